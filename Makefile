@@ -1,0 +1,39 @@
+# The two commands: `make demo` (run the pipeline on the bundled sample) and `make test` (the test suite).
+# Both create .venv/ here on first use; nothing is installed outside it.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# constraints.txt pins torch to the CPU build for everything that pulls it in.
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --constraint constraints.txt
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: demo test dev install install-dev clean
+
+demo: install
+	$(BIN)/persona-hub demo
+
+test: install-dev
+	$(BIN)/pytest
+
+dev: install
+	$(BIN)/persona-hub ui
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP_INSTALL) --editable .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP_INSTALL) --editable ".[dev]"
+	touch $@
+
+# Local state only: the Dagster instance, the Delta tables, test artifacts. Keeps .venv.
+clean:
+	rm -rf .dagster_home .persona_hub .test-artifacts

@@ -1,0 +1,27 @@
+"""The one partitioning of every stage asset: one partition per text shard."""
+
+from collections.abc import Sequence
+
+import dagster as dg
+
+from persona_hub_dagster.lib.shards import ShardFile, ShardRegistry
+
+text_shards = dg.DynamicPartitionsDefinition(name="text_shards")
+
+
+def register_shards(
+    instance: dg.DagsterInstance,
+    registry: ShardRegistry,
+    files: Sequence[ShardFile],
+    *,
+    registered_by: str,
+    text_column: str | None = None,
+    replace: bool = False,
+) -> list[str]:
+    """Record the shards in the registry, then add their partitions to Dagster; returns the keys that are new to
+    Dagster. The registry goes first so that a partition never exists without a file to read."""
+    registry.register(files, registered_by=registered_by, text_column=text_column, replace=replace)
+    new_keys = [f.key for f in files if not instance.has_dynamic_partition(text_shards.name, f.key)]
+    if new_keys:
+        instance.add_dynamic_partitions(text_shards.name, new_keys)
+    return new_keys

@@ -1,0 +1,154 @@
+"""raw_text and raw_text_rejects: one text shard, cleaned, deduplicated and accounted for, in two Delta tables."""
+
+import json
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from persona_hub_dagster.defs.partitions import text_shards
+from persona_hub_dagster.defs.storage import (
+    DeltaStorageResource,
+    column_schema,
+    commit_metadata,
+    table_write_metadata,
+)
+from persona_hub_dagster.lib.corpus.cleaning import CLEANING_VERSION, UNICODE_FORMS, CleaningOptions
+from persona_hub_dagster.lib.corpus.ingest import RAW_TEXT_SCHEMA, REJECTS_SCHEMA, ShardIngest
+from persona_hub_dagster.lib.corpus.readers import SourceFileError, SourceSpec
+from persona_hub_dagster.lib.shards import ShardRegistry, UnknownShard
+
+RAW_TEXT = dg.AssetKey("raw_text")
+RAW_TEXT_REJECTS = dg.AssetKey("raw_text_rejects")
+
+
+class RawTextConfig(dg.Config):
+    text_column: str = Field(
+        default="text",
+        description="Field (JSONL) or column (CSV, Parquet) holding the text; a shard registered with its own "
+        "--text-column uses that instead.",
+    )
+    unicode_form: str | None = Field(
+        default="NFC", description=f"Unicode normalization: one of {', '.join(UNICODE_FORMS)}, or null for none."
+    )
+    min_chars: int = Field(default=20, description="Texts shorter than this after cleaning are rejected.")
+    max_chars: int = Field(default=100_000, description="Texts longer than this after cleaning are rejected.")
+    batch_size: int = Field(default=20_000, description="Records per batch: bounds memory, whatever the shard size.")
+    max_reject_rate: float = Field(
+        default=0.5, description="The reject-rate check warns when more of the shard's records than this are rejected."
+    )
+
+
+@dg.multi_asset(
+    name="ingest_raw_text",
+    specs=[
+        dg.AssetSpec(
+            RAW_TEXT,
+            description=(
+                "The texts of one shard, Unicode-normalized, whitespace-collapsed, within the length limits and "
+                "without exact duplicates. `text_id` is a content hash; `source_uri` and `record_index` point back "
+                "to the record in the source file."
+            ),
+            group_name="ingestion",
+            kinds={"deltalake", "polars"},
+            code_version=f"cleaning-v{CLEANING_VERSION}",
+            metadata={"dagster/column_schema": column_schema(RAW_TEXT_SCHEMA)},
+        ),
+        dg.AssetSpec(
+            RAW_TEXT_REJECTS,
+            description=(
+                "Every record of the shard that did not make it into raw_text, with the reason (invalid_json, "
+                "missing_text, undecodable_bytes, too_short, too_long, duplicate, ...) and the raw content: "
+                "nothing is dropped silently."
+            ),
+            group_name="ingestion",
+            kinds={"deltalake", "polars"},
+            code_version=f"cleaning-v{CLEANING_VERSION}",
+            metadata={"dagster/column_schema": column_schema(REJECTS_SCHEMA)},
+        ),
+    ],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "text_ids_unique", asset=RAW_TEXT, blocking=True,
+            description="Re-reads the written shard: every text_id occurs once (lineage joins depend on it).",
+        ),
+        dg.AssetCheckSpec(
+            "reject_rate", asset=RAW_TEXT,
+            description="Warns when a larger share of the shard's records was rejected than max_reject_rate.",
+        ),
+    ],
+    partitions_def=text_shards,
+    can_subset=False,
+)
+def ingest_raw_text(context: dg.AssetExecutionContext, config: RawTextConfig, storage: DeltaStorageResource):
+    """Read the shard's file from the registry, clean it, and write both tables for this shard only."""
+    shard = context.partition_key
+    store = storage.store()
+    try:
+        registered = ShardRegistry(store).get(shard)
+    except UnknownShard as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from exc
+    spec = SourceSpec(
+        uri=registered.source_uri,
+        format=registered.format,
+        compression=registered.compression,
+        text_column=registered.text_column or config.text_column,
+    )
+    ingest = ShardIngest(
+        spec,
+        shard=shard,
+        run_id=context.run.run_id,
+        options=CleaningOptions(config.unicode_form, config.min_chars, config.max_chars),
+        batch_size=config.batch_size,
+    )
+    context.log.info(f"Ingesting shard {shard!r} from {spec.uri} ({spec.format})")
+
+    provenance = commit_metadata(context.run.run_id, RAW_TEXT)
+    try:
+        texts = store.write_partitions(
+            RAW_TEXT.path, ingest.accepted(), partitions=[shard], schema=RAW_TEXT_SCHEMA, commit_metadata=provenance
+        )
+    except SourceFileError as exc:
+        raise dg.Failure(f"Shard {shard!r} cannot be ingested: {exc}", allow_retries=False) from exc
+    rejects = store.write_partitions(
+        RAW_TEXT_REJECTS.path, ingest.rejects(), partitions=[shard], commit_metadata=provenance
+    )
+    report = ingest.report
+    by_reason = dict(sorted(report.rejected.items()))
+
+    yield dg.MaterializeResult(
+        asset_key=RAW_TEXT,
+        metadata={
+            **table_write_metadata(texts),
+            "source_uri": dg.MetadataValue.path(spec.uri),
+            "records_read": dg.MetadataValue.int(report.records),
+            "rejected_rows": dg.MetadataValue.int(report.rejected_total),
+            "duplicates_removed": dg.MetadataValue.int(report.rejected.get("duplicate", 0)),
+            "rejected_by_reason": dg.MetadataValue.json(by_reason),
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key=RAW_TEXT_REJECTS,
+        metadata={**table_write_metadata(rejects), "rejected_by_reason": dg.MetadataValue.json(by_reason)},
+    )
+
+    counts = store.scan(RAW_TEXT.path, [shard]).select(
+        rows=pl.len(), distinct=pl.col("text_id").n_unique()
+    ).collect().row(0, named=True)
+    yield dg.AssetCheckResult(
+        asset_key=RAW_TEXT,
+        check_name="text_ids_unique",
+        passed=counts["rows"] == counts["distinct"],
+        metadata={"rows": counts["rows"], "distinct_text_ids": counts["distinct"]},
+    )
+    yield dg.AssetCheckResult(
+        asset_key=RAW_TEXT,
+        check_name="reject_rate",
+        passed=report.reject_rate <= config.max_reject_rate,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "reject_rate": dg.MetadataValue.float(round(report.reject_rate, 4)),
+            "max_reject_rate": dg.MetadataValue.float(config.max_reject_rate),
+            "rejected_by_reason": dg.MetadataValue.text(json.dumps(by_reason)),
+        },
+    )

@@ -1,0 +1,89 @@
+"""Reading files from a local folder or an object store with one API (pyarrow.fs).
+
+S3 settings come from the usual environment variables (AWS_REGION, AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...),
+the same ones deltalake's object store reads, so one environment serves both.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pyarrow.fs as pafs
+
+from persona_hub_dagster.lib.locations import is_uri, normalize_location
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    uri: str  # absolute path or full URI
+    relative_path: str  # relative to the listed location, with "/" separators
+    size_bytes: int
+    modified_at: datetime | None
+
+
+def resolve(location: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem holding `location` and the path within it."""
+    location = normalize_location(location)
+    if is_uri(location):
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), location
+
+
+def uri_for(location: str, path_in_fs: str) -> str:
+    """Turn a path inside the filesystem of `location` back into a URI of the same scheme."""
+    if is_uri(location):
+        scheme = location.split("://", 1)[0]
+        return f"{scheme}://{path_in_fs}"
+    return path_in_fs
+
+
+def list_files(location: str) -> list[FileEntry]:
+    """Every regular file under `location`, recursively, sorted by relative path. Missing location: empty list."""
+    fs, base = resolve(location)
+    info = fs.get_file_info(base)
+    if info.type == pafs.FileType.NotFound:
+        return []
+    if info.type == pafs.FileType.File:
+        return [_entry(location, info, info.base_name)]
+    entries = []
+    for item in fs.get_file_info(pafs.FileSelector(base, recursive=True)):
+        if item.type != pafs.FileType.File:
+            continue
+        relative = item.path[len(base) :].lstrip("/")
+        entries.append(_entry(location, item, relative))
+    return sorted(entries, key=lambda e: e.relative_path)
+
+
+def stat(uri: str) -> FileEntry:
+    """Size and modification time of one file; FileNotFoundError when it is not there."""
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise FileNotFoundError(f"{uri}: no such file")
+    return _entry(uri, info, info.base_name)
+
+
+def open_binary(uri: str, compression: str | None = None, buffer_size: int = 1 << 20) -> io.BufferedReader:
+    """A buffered binary stream over the file, decompressed on the fly ('gzip', 'zstd', 'bz2' or None)."""
+    fs, path = resolve(uri)
+    return io.BufferedReader(fs.open_input_stream(path, compression=compression), buffer_size=buffer_size)
+
+
+def open_random_access(uri: str):
+    """A seekable file (Parquet needs one)."""
+    fs, path = resolve(uri)
+    return fs.open_input_file(path)
+
+
+def _entry(location: str, info: pafs.FileInfo, relative: str) -> FileEntry:
+    modified = info.mtime
+    if modified is not None and modified.tzinfo is None:
+        modified = modified.replace(tzinfo=UTC)
+    return FileEntry(
+        uri=uri_for(location, info.path),
+        relative_path=relative,
+        size_bytes=int(info.size or 0),
+        modified_at=modified,
+    )

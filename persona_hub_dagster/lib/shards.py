@@ -1,0 +1,276 @@
+"""Text shards: which files are shards, what they are called, and the registry that remembers them.
+
+A shard is one file (or object) of raw text: `.jsonl`/`.ndjson`, `.parquet`, `.csv` or `.txt`, the text formats
+optionally compressed (`.gz`, `.zst`, `.bz2`). Its key is derived from its path under the watched location
+(`fineweb/part-00017.parquet` -> `fineweb-part-00017`), so keys are stable and readable in the UI.
+
+The registry is a small Delta table (`<storage root>/_meta/text_shards`) mapping each key to its file, format and
+fingerprint (size and modification time). It lives with the data, not in Dagster's database, because every worker
+of a cluster needs it and it must survive a rebuilt Dagster instance. It also records the order shards were
+registered in (`registration_seq`), which cross-shard deduplication follows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+
+import polars as pl
+import pyarrow as pa
+
+from persona_hub_dagster.lib import filesystems
+from persona_hub_dagster.lib.storage import DeltaStore
+
+FORMAT_BY_SUFFIX = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv", ".txt": "txt"}
+COMPRESSION_BY_SUFFIX = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2"}
+FORMATS = ("jsonl", "parquet", "csv", "txt")
+MAX_KEY_CHARS = 100
+SHARD_KEY_RE = re.compile(rf"^[a-z0-9][a-z0-9._-]{{0,{MAX_KEY_CHARS - 1}}}$")
+
+
+class InvalidShard(ValueError):
+    """A key or file that cannot be a shard."""
+
+
+class UnknownShard(LookupError):
+    """A shard key that is not in the registry."""
+
+
+class ShardConflict(ValueError):
+    """A key that is already registered for another file."""
+
+
+@dataclass(frozen=True)
+class ShardFile:
+    key: str
+    uri: str
+    format: str
+    compression: str | None
+    size_bytes: int
+    modified_at: datetime | None
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes when the file is replaced or rewritten; the sensor re-ingests a shard when it does."""
+        stamp = int(self.modified_at.timestamp() * 1_000_000) if self.modified_at else 0
+        return f"{self.size_bytes}:{stamp}"
+
+
+@dataclass(frozen=True)
+class RegisteredShard:
+    key: str
+    source_uri: str
+    format: str
+    compression: str | None
+    text_column: str | None
+    fingerprint: str
+    registration_seq: int
+    registered_at: datetime
+    registered_by: str
+
+
+def detect_format(name: str) -> tuple[str, str | None] | None:
+    """('jsonl', 'gzip') for `x.jsonl.gz`; None when the name is not a shard format."""
+    suffixes = [s.lower() for s in PurePosixPath(name).suffixes]
+    compression = None
+    if suffixes and suffixes[-1] in COMPRESSION_BY_SUFFIX:
+        compression = COMPRESSION_BY_SUFFIX[suffixes.pop()]
+    if not suffixes or suffixes[-1] not in FORMAT_BY_SUFFIX:
+        return None
+    file_format = FORMAT_BY_SUFFIX[suffixes[-1]]
+    if file_format == "parquet" and compression:
+        return None  # Parquet compresses internally; a compressed Parquet file cannot be read by row group
+    return file_format, compression
+
+
+def shard_key_for(relative_path: str) -> str:
+    """A readable, stable key from a path: lower case, format suffixes dropped, other characters folded to '-'."""
+    path = PurePosixPath(relative_path)
+    name = path.name
+    detected = detect_format(name)
+    if detected:
+        n_suffixes = 2 if detected[1] else 1
+        name = name.rsplit(".", n_suffixes)[0]
+    raw = "/".join([*path.parent.parts, name]) if str(path.parent) != "." else name
+    key = re.sub(r"[^a-z0-9._-]+", "-", raw.lower()).strip("-._")
+    key = re.sub(r"-{2,}", "-", key)
+    if len(key) > MAX_KEY_CHARS:
+        digest = hashlib.blake2b(raw.encode(), digest_size=4).hexdigest()
+        key = key[: MAX_KEY_CHARS - 9].rstrip("-._") + "-" + digest
+    return validate_shard_key(key or "shard")
+
+
+def validate_shard_key(key: str) -> str:
+    if not SHARD_KEY_RE.match(key):
+        raise InvalidShard(
+            f"Invalid shard key {key!r}: use 1-{MAX_KEY_CHARS} characters of a-z, 0-9, '.', '_' or '-', "
+            "starting with a letter or digit."
+        )
+    return key
+
+
+def shard_file(entry: filesystems.FileEntry, key: str | None = None, file_format: str | None = None) -> ShardFile:
+    detected = detect_format(entry.uri)
+    if file_format is None:
+        if detected is None:
+            raise InvalidShard(
+                f"{entry.uri}: not a shard format; expected one of "
+                f"{', '.join(FORMAT_BY_SUFFIX)} (text formats optionally {', '.join(COMPRESSION_BY_SUFFIX)})"
+            )
+        file_format, compression = detected
+    else:
+        if file_format not in FORMATS:
+            raise InvalidShard(f"Unknown format {file_format!r}; expected one of {FORMATS}")
+        compression = detected[1] if detected else None
+    return ShardFile(
+        key=validate_shard_key(key) if key else shard_key_for(entry.relative_path),
+        uri=entry.uri,
+        format=file_format,
+        compression=compression,
+        size_bytes=entry.size_bytes,
+        modified_at=entry.modified_at,
+    )
+
+
+@dataclass(frozen=True)
+class Discovery:
+    files: list[ShardFile]
+    skipped: list[str]  # why other files under the location are not shards
+
+
+def discover_shard_files(location: str) -> Discovery:
+    """The shard files under `location`. Hidden files and folders (., _) are ignored; files of other formats and
+    files whose key collides with an earlier file's are skipped with a reason."""
+    files: list[ShardFile] = []
+    skipped: list[str] = []
+    seen: dict[str, str] = {}
+    for entry in filesystems.list_files(location):
+        if any(part.startswith((".", "_")) for part in PurePosixPath(entry.relative_path).parts):
+            continue
+        if detect_format(entry.relative_path) is None:
+            skipped.append(f"{entry.relative_path}: not a shard format")
+            continue
+        if entry.size_bytes == 0:
+            skipped.append(f"{entry.relative_path}: empty file (still being written?)")
+            continue
+        shard = shard_file(entry)
+        if shard.key in seen:
+            skipped.append(f"{entry.relative_path}: key {shard.key!r} already taken by {seen[shard.key]}")
+            continue
+        seen[shard.key] = entry.relative_path
+        files.append(shard)
+    return Discovery(files=files, skipped=skipped)
+
+
+REGISTRY_SCHEMA = pa.schema(
+    [
+        ("shard", pa.string()),
+        ("source_uri", pa.string()),
+        ("format", pa.string()),
+        ("compression", pa.string()),
+        ("text_column", pa.string()),
+        ("size_bytes", pa.int64()),
+        ("modified_at", pa.timestamp("us", tz="UTC")),
+        ("fingerprint", pa.string()),
+        ("registration_seq", pa.int64()),
+        ("registered_at", pa.timestamp("us", tz="UTC")),
+        ("updated_at", pa.timestamp("us", tz="UTC")),
+        ("registered_by", pa.string()),
+    ]
+)
+
+
+class ShardRegistry:
+    """The shard registry table under the storage root."""
+
+    TABLE = ("_meta", "text_shards")
+    COMPACT_AFTER_FILES = 64
+
+    def __init__(self, store: DeltaStore):
+        self.store = store
+
+    def frame(self) -> pl.DataFrame:
+        if not self.store.exists(self.TABLE):
+            return pl.from_arrow(REGISTRY_SCHEMA.empty_table())
+        return self.store.read(self.TABLE).sort("registration_seq", "shard")
+
+    def get(self, key: str) -> RegisteredShard:
+        rows = self.frame().filter(pl.col("shard") == key)
+        if rows.is_empty():
+            raise UnknownShard(
+                f"Shard {key!r} is not registered in {self.store.table_uri(self.TABLE)}. Put its file under the "
+                f"watched source location for the sensor to find, or run `persona-hub register-shard PATH --key {key}`."
+            )
+        row = rows.row(0, named=True)
+        return RegisteredShard(
+            key=row["shard"],
+            source_uri=row["source_uri"],
+            format=row["format"],
+            compression=row["compression"],
+            text_column=row["text_column"],
+            fingerprint=row["fingerprint"],
+            registration_seq=row["registration_seq"],
+            registered_at=row["registered_at"],
+            registered_by=row["registered_by"],
+        )
+
+    def register(
+        self,
+        files: Sequence[ShardFile],
+        *,
+        registered_by: str,
+        text_column: str | None = None,
+        replace: bool = False,
+    ) -> None:
+        """Add or update shards in one commit. A key keeps its first registration time and sequence number when its
+        file changes; a key already registered for a different file is a ShardConflict unless `replace`."""
+        if not files:
+            return
+        keys = [f.key for f in files]
+        if len(set(keys)) != len(keys):
+            raise ShardConflict(f"The same key appears twice in one registration: {keys}")
+        existing = {row["shard"]: row for row in self.frame().iter_rows(named=True)}
+        if not replace:
+            for f in files:
+                old = existing.get(f.key)
+                if old and old["source_uri"] != f.uri:
+                    raise ShardConflict(
+                        f"Shard {f.key!r} is already registered for {old['source_uri']}, not {f.uri}; "
+                        "choose another key or replace it explicitly."
+                    )
+        now = datetime.now(UTC)
+        next_seq = max((row["registration_seq"] for row in existing.values()), default=-1) + 1
+        rows = []
+        for f in files:
+            old = existing.get(f.key)
+            if old:
+                seq, registered_at = old["registration_seq"], old["registered_at"]
+            else:
+                seq, registered_at, next_seq = next_seq, now, next_seq + 1
+            rows.append(
+                {
+                    "shard": f.key,
+                    "source_uri": f.uri,
+                    "format": f.format,
+                    "compression": f.compression,
+                    "text_column": text_column if text_column is not None else (old or {}).get("text_column"),
+                    "size_bytes": f.size_bytes,
+                    "modified_at": f.modified_at,
+                    "fingerprint": f.fingerprint,
+                    "registration_seq": seq,
+                    "registered_at": registered_at,
+                    "updated_at": now,
+                    "registered_by": registered_by,
+                }
+            )
+        self.store.write_partitions(
+            self.TABLE,
+            pa.Table.from_pylist(rows, schema=REGISTRY_SCHEMA),
+            partitions=keys,
+            physically_partitioned=False,  # one tiny row per shard: a folder per shard would be all overhead
+        )
+        self.store.compact(self.TABLE, min_files=self.COMPACT_AFTER_FILES)

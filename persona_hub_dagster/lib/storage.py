@@ -1,0 +1,332 @@
+"""Delta tables, one per asset, written one partition (shard) at a time.
+
+The semantics every stage relies on, each proven in persona_hub_dagster_tests/test_storage.py, locally and on S3:
+
+- A table lives at `<root>/<asset key path>`; the root is a local folder or an object-store URI (`s3://bucket/prefix`).
+- `write_partitions` replaces exactly the given partitions in one Delta commit, using `mode="overwrite"` with a
+  predicate on the partition column, also when the table does not exist yet. Re-running a shard replaces that shard
+  and nothing else; a shard that now has no rows is emptied, not left stale.
+- A row whose partition value is not among the partitions being written is an error, and nothing is committed.
+- New columns merge into the table schema; older rows read back with nulls in them.
+- Writers of different partitions can run at once and lose nothing. delta-rs rebases non-conflicting concurrent commits
+  itself; what remains (the race to create the table, two writers changing the schema) raises `CommitFailedError`,
+  which is retried with jittered backoff.
+- A stream of record batches is spooled to a local Arrow IPC file while it is validated, so memory stays bounded for
+  large shards and a retried commit can read the data again.
+- Tables are physically partitioned by `shard`: a shard overwrite only removes that shard's files, and a one-shard
+  read only opens that shard's files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake.exceptions import CommitFailedError
+
+from persona_hub_dagster.lib.locations import default_storage_root, join_location, normalize_location
+
+PARTITION_COLUMN = "shard"
+WRITE_ID_KEY = "persona_hub.write_id"
+
+TableData = pl.DataFrame | pa.Table | Iterable[pa.RecordBatch | pl.DataFrame]
+
+
+class TableNotFound(LookupError):
+    """Raised when reading a table that has never been written."""
+
+
+class PartitionMismatch(ValueError):
+    """Raised when data handed to a partition write holds rows of other partitions."""
+
+
+@dataclass(frozen=True)
+class TableWrite:
+    """What one committed write did: enough for the Dagster materialization metadata."""
+
+    uri: str
+    version: int
+    partitions: tuple[str, ...] | None  # None: the whole table was replaced
+    rows_written: int
+    table_rows: int
+    schema: pa.Schema  # the table's schema after the write (merged)
+    preview: pl.DataFrame  # the first rows written
+    attempts: int = 1
+    commit_metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DeltaStore:
+    """The project's Delta tables under one storage root.
+
+    `storage_options` go to deltalake's object store (and polars). For S3 they may stay empty: the object store reads
+    AWS_* variables (AWS_REGION, AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...) from the environment.
+    """
+
+    root: str = field(default_factory=default_storage_root)
+    storage_options: dict[str, str] = field(default_factory=dict)
+    max_commit_attempts: int = 20
+    spool_dir: str | None = None  # where streamed writes are spooled; None: the system temp folder
+
+    def __post_init__(self) -> None:
+        self.root = normalize_location(self.root)
+
+    # ------------------------------------------------------------------ locations
+
+    def table_uri(self, table: str | Sequence[str]) -> str:
+        """`<root>/<asset key path>`: `"raw_text"` or `("synthetic", "math")` -> `<root>/synthetic/math`."""
+        parts = table.split("/") if isinstance(table, str) else list(table)
+        if not parts or any(not p or p in {".", ".."} for p in parts):
+            raise ValueError(f"Invalid table name {table!r}")
+        return join_location(self.root, *parts)
+
+    def exists(self, table: str | Sequence[str]) -> bool:
+        return DeltaTable.is_deltatable(self.table_uri(table), storage_options=self._options())
+
+    def delta_table(self, table: str | Sequence[str], version: int | None = None) -> DeltaTable:
+        uri = self.table_uri(table)
+        if not DeltaTable.is_deltatable(uri, storage_options=self._options()):
+            raise TableNotFound(f"No Delta table at {uri}: it has not been materialized yet.")
+        return DeltaTable(uri, version=version, storage_options=self._options())
+
+    # ------------------------------------------------------------------ reads
+
+    def scan(
+        self,
+        table: str | Sequence[str],
+        partitions: Sequence[str] | None = None,
+        *,
+        version: int | None = None,
+    ) -> pl.LazyFrame:
+        """A lazy scan of the table: all partitions, or only `partitions` (pruned to their files)."""
+        dt = self.delta_table(table, version=version)
+        # Partition columns come out of a Delta scan at the end; put columns back in table-schema order.
+        columns = [f.name for f in dt.schema().fields]
+        frame = pl.scan_delta(dt).select(columns)
+        if partitions is not None:
+            frame = frame.filter(pl.col(PARTITION_COLUMN).is_in(list(partitions)))
+        return frame
+
+    def read(self, table: str | Sequence[str], partitions: Sequence[str] | None = None) -> pl.DataFrame:
+        return self.scan(table, partitions).collect()
+
+    def partitions(self, table: str | Sequence[str]) -> list[str]:
+        """The partition values present in the table (from the Delta log; no data files are read)."""
+        if not self.exists(table):
+            return []
+        return sorted({p[PARTITION_COLUMN] for p in self.delta_table(table).partitions()})
+
+    def row_count(self, table: str | Sequence[str], partitions: Sequence[str] | None = None) -> int:
+        """Row count from the per-file statistics in the Delta log; no data files are read."""
+        return _row_count(self.delta_table(table), partitions)
+
+    # ------------------------------------------------------------------ writes
+
+    def write_partitions(
+        self,
+        table: str | Sequence[str],
+        data: TableData,
+        *,
+        partitions: Sequence[str] | None,
+        schema: pa.Schema | None = None,
+        commit_metadata: dict[str, str] | None = None,
+        physically_partitioned: bool = True,
+    ) -> TableWrite:
+        """Atomically replace `partitions` of `table` with `data` (all of the table when `partitions` is None).
+
+        `data` is a polars DataFrame, an Arrow table, or an iterable of record batches / DataFrames (streamed through
+        a local spool file). `schema` is needed only to create a table from an empty stream.
+        """
+        uri = self.table_uri(table)
+        wanted = tuple(dict.fromkeys(partitions)) if partitions is not None else None
+        if wanted is not None and not wanted:
+            raise ValueError("partitions must name at least one partition, or be None for the whole table")
+        with _as_arrow(data, schema, wanted, self.spool_dir) as (arrow_data, rows_written):
+            write_id = uuid.uuid4().hex
+            metadata = {**(commit_metadata or {}), WRITE_ID_KEY: write_id}
+            attempts = self._commit(uri, arrow_data, wanted, metadata, physically_partitioned)
+            preview = pl.from_arrow(_first_rows(arrow_data(), 5))
+        dt = DeltaTable(uri, storage_options=self._options())
+        assert isinstance(preview, pl.DataFrame)
+        return TableWrite(
+            uri=uri,
+            version=_version_of_write(dt, write_id),
+            partitions=wanted,
+            rows_written=rows_written,
+            table_rows=_row_count(dt, None),
+            schema=pa.schema(dt.schema().to_arrow()),
+            preview=preview,
+            attempts=attempts,
+            commit_metadata=metadata,
+        )
+
+    def compact(self, table: str | Sequence[str], *, min_files: int = 2) -> bool:
+        """Merge small files once the table has `min_files` or more. Best effort: losing the commit race to another
+        writer only means compaction waits for the next call."""
+        dt = self.delta_table(table)
+        if len(dt.file_uris()) < min_files:
+            return False
+        try:
+            dt.optimize.compact()
+        except CommitFailedError:
+            return False
+        return True
+
+    def _commit(self, uri, arrow_data, partitions, metadata, physically_partitioned) -> int:
+        for attempt in range(1, self.max_commit_attempts + 1):
+            try:
+                write_deltalake(
+                    uri,
+                    arrow_data(),
+                    mode="overwrite",
+                    predicate=partition_predicate(partitions) if partitions is not None else None,
+                    partition_by=[PARTITION_COLUMN] if physically_partitioned and partitions is not None else None,
+                    # Partition writes merge new columns in; a whole-table replace also replaces the schema.
+                    schema_mode="merge" if partitions is not None else "overwrite",
+                    storage_options=self._options(),
+                    commit_properties=CommitProperties(custom_metadata=metadata),
+                )
+                return attempt
+            except CommitFailedError:
+                if attempt == self.max_commit_attempts:
+                    raise
+                # Full jitter: racing writers spread out instead of colliding again in lockstep.
+                time.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
+        raise AssertionError("unreachable")
+
+    def _options(self) -> dict[str, str] | None:
+        return dict(self.storage_options) or None
+
+
+def partition_predicate(partitions: Sequence[str]) -> str:
+    """A SQL predicate selecting the partitions, with quotes escaped."""
+    quoted = ", ".join("'" + p.replace("'", "''") + "'" for p in partitions)
+    if len(partitions) == 1:
+        return f"{PARTITION_COLUMN} = {quoted}"
+    return f"{PARTITION_COLUMN} IN ({quoted})"
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _as_arrow(
+    data: TableData, schema: pa.Schema | None, partitions: tuple[str, ...] | None, spool_dir: str | None
+) -> Iterator[tuple[Callable[[], pa.Table | pa.RecordBatchReader], int]]:
+    """Yield (a factory of fresh Arrow streams over the validated data, its row count).
+
+    In-memory inputs are validated in one vectorized pass. Streams are validated batch by batch while being spooled
+    to an Arrow IPC file; each retry re-reads the spool through a memory map.
+    """
+    if isinstance(data, pl.DataFrame):
+        data = data.to_arrow()
+    if isinstance(data, pa.Table):
+        if partitions is not None:
+            _check_partitions(data, partitions)
+        table = data
+        yield (lambda: table), table.num_rows
+        return
+
+    fd, path = tempfile.mkstemp(prefix="persona-hub-spool-", suffix=".arrow", dir=spool_dir)
+    os.close(fd)
+    try:
+        rows = 0
+        writer = None
+        spool_schema = schema
+        with pa.OSFile(path, "wb") as sink:
+            for item in data:
+                batch = _to_record_batch(item)
+                if spool_schema is None:
+                    spool_schema = batch.schema
+                elif batch.schema != spool_schema:
+                    batch = batch.cast(spool_schema)
+                if partitions is not None:
+                    _check_partitions(batch, partitions)
+                if writer is None:
+                    writer = pa.ipc.new_file(sink, spool_schema)
+                writer.write_batch(batch)
+                rows += batch.num_rows
+            if spool_schema is None:
+                raise ValueError("An empty stream of batches needs an explicit `schema` to create its table.")
+            if writer is None:
+                writer = pa.ipc.new_file(sink, spool_schema)
+            writer.close()
+
+        def reader() -> pa.RecordBatchReader:
+            source = pa.ipc.open_file(pa.memory_map(path, "r"))
+            batches = (source.get_batch(i) for i in range(source.num_record_batches))
+            return pa.RecordBatchReader.from_batches(source.schema, batches)
+
+        yield reader, rows
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def _to_record_batch(item: pa.RecordBatch | pl.DataFrame) -> pa.RecordBatch:
+    if isinstance(item, pa.RecordBatch):
+        return item
+    if isinstance(item, pl.DataFrame):
+        table = item.to_arrow()
+    elif isinstance(item, pa.Table):
+        table = item
+    else:
+        raise TypeError(f"Expected record batches or polars DataFrames, got {type(item).__name__}")
+    return table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], table.schema)
+
+
+def _check_partitions(data: pa.Table | pa.RecordBatch, partitions: tuple[str, ...]) -> None:
+    if PARTITION_COLUMN not in data.schema.names:
+        raise PartitionMismatch(f"Data has no {PARTITION_COLUMN!r} column; columns are {data.schema.names}")
+    column = data.column(PARTITION_COLUMN)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        raise PartitionMismatch(f"The {PARTITION_COLUMN!r} column must hold strings, not {column.type}")
+    outside_mask = pc.invert(pc.fill_null(pc.is_in(column, value_set=pa.array(partitions, type=column.type)), False))
+    if pc.any(outside_mask).as_py():
+        outside = pc.unique(pc.filter(column, outside_mask)).to_pylist()
+        raise PartitionMismatch(
+            f"Rows with {PARTITION_COLUMN} in {sorted(map(str, outside))[:5]} are outside the partitions being "
+            f"written {list(partitions)[:5]}; nothing was written."
+        )
+
+
+def _first_rows(stream_or_table, n: int) -> pa.Table:
+    if isinstance(stream_or_table, pa.Table):
+        return stream_or_table.slice(0, n)
+    batches, taken = [], 0
+    for batch in stream_or_table:
+        batches.append(batch.slice(0, n - taken))
+        taken += batches[-1].num_rows
+        if taken >= n:
+            break
+    return pa.Table.from_batches(batches, schema=stream_or_table.schema)
+
+
+def _row_count(dt: DeltaTable, partitions: Sequence[str] | None) -> int:
+    actions = pa.table(dt.get_add_actions(flatten=True))
+    if actions.num_rows == 0:
+        return 0
+    counts = actions.column("num_records")
+    partition_field = f"partition.{PARTITION_COLUMN}"
+    if partitions is not None and partition_field in actions.schema.names:
+        mask = pc.is_in(actions.column(partition_field), value_set=pa.array(list(partitions)))
+        counts = pc.filter(counts, mask)
+    return int(pc.sum(counts).as_py() or 0)
+
+
+def _version_of_write(dt: DeltaTable, write_id: str) -> int:
+    """The table version our commit became (other writers may have committed after it)."""
+    for commit in dt.history(limit=200):
+        if commit.get(WRITE_ID_KEY) == write_id:
+            return int(commit["version"])
+    return int(dt.version())
