@@ -62,6 +62,8 @@ def text_shard_sensor(
         f"{len(discovery.files)} shard files under {location}: {len(new_partitions)} new, "
         f"{len(to_run) - len(new_partitions)} changed"
     )
+    if not to_run:
+        return dg.SensorResult(skip_reason=f"No new or changed shard files under {location}.", cursor=digest)
     return dg.SensorResult(
         # The run key names the file version: a retried tick never ingests the same version twice.
         run_requests=[dg.RunRequest(partition_key=s.key, run_key=f"{s.key}@{s.fingerprint}") for s in to_run],

@@ -1,0 +1,80 @@
+"""The persona-hub command as users run it (a real subprocess), on a temporary instance and storage root."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from persona_hub_dagster.lib.storage import DeltaStore
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def env(tmp_path):
+    home = tmp_path / "dagster_home"
+    return {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "PERSONA_HUB_STORAGE": str(tmp_path / "delta"),
+        "PERSONA_HUB_SOURCE": str(tmp_path / "corpus"),
+    }
+
+
+def persona_hub(env, *args, check=True) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "persona_hub_dagster.cli", *args]
+    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_demo_registers_and_processes_the_sample_shard(env):
+    result = persona_hub(env, "demo")
+    store = DeltaStore(root=env["PERSONA_HUB_STORAGE"])
+    assert store.row_count("raw_text", ["sample"]) >= 140
+    assert "raw_text" in result.stdout and store.table_uri("raw_text") in result.stdout
+    assert "http://127.0.0.1:3000" in result.stdout
+
+    # The instance the UI reads knows the shard and the run.
+    home = Path(env["DAGSTER_HOME"])
+    assert (home / "dagster.yaml").resolve() == (REPO / "dagster.yaml").resolve()
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.get_dynamic_partitions("text_shards") == ["sample"]
+        event = instance.get_latest_materialization_event(dg.AssetKey("raw_text"))
+        assert event.asset_materialization.partition == "sample"
+
+    # Running it again is idempotent: same shard, same rows, one more run.
+    persona_hub(env, "demo")
+    assert store.row_count("raw_text", ["sample"]) == store.row_count("raw_text")
+
+
+def test_register_materialize_and_list_shards_by_hand(env, tmp_path):
+    path = tmp_path / "incoming" / "Forum Posts.jsonl"
+    path.parent.mkdir()
+    path.write_text("".join(json.dumps({"body": f"post {i}: my build crashes after the patch, any ideas?"}) + "\n"
+                            for i in range(4)))
+    result = persona_hub(env, "register-shard", str(path), "--text-column", "body")
+    assert "registered shard 'forum-posts'" in result.stdout
+
+    persona_hub(env, "materialize", "forum-posts")
+    assert DeltaStore(root=env["PERSONA_HUB_STORAGE"]).row_count("raw_text", ["forum-posts"]) == 4
+    listing = persona_hub(env, "shards").stdout
+    assert "forum-posts" in listing and str(path) in listing
+
+
+def test_cli_errors_are_one_clear_line(env, tmp_path):
+    notes = tmp_path / "notes.md"
+    notes.write_text("# not a shard")
+    result = persona_hub(env, "register-shard", str(notes), check=False)
+    assert result.returncode == 2 and "not a shard format" in result.stderr
+
+    result = persona_hub(env, "register-shard", str(tmp_path / "missing.jsonl"), check=False)
+    assert result.returncode == 2 and "no such file" in result.stderr
+
+    result = persona_hub(env, "materialize", "never-registered", check=False)
+    assert result.returncode == 1 and "is not registered" in result.stderr
