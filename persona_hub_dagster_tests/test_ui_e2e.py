@@ -114,6 +114,31 @@ def dagster_dev(tmp_path, artifacts_dir):
         log.close()
 
 
+def dismiss_community_dialog(page) -> None:
+    """The UI greets a new instance with a "Join the Dagster community" dialog, a moment after the page renders."""
+    skip = page.get_by_role("button", name="Skip")
+    try:
+        skip.wait_for(timeout=15_000)
+    except Exception:
+        return  # not shown (the instance has seen it before)
+    skip.click()
+    skip.wait_for(state="detached")
+
+
+def launch_materialization(page, materialize, artifacts_dir: Path) -> None:
+    materialize.click()
+    # raw_text is produced together with raw_text_rejects; the UI asks to confirm the pair.
+    page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
+    page.get_by_text("Launch runs to materialize").wait_for()
+    page.get_by_text("Select a partition or create one").click()
+    page.get_by_role("menuitem", name=SHARD).click()
+    page.keyboard.press("Escape")
+    launch = page.get_by_role("button", name="Launch 1 run")
+    launch.wait_for()
+    page.screenshot(path=str(artifacts_dir / "launch_dialog.png"))
+    launch.click()
+
+
 def test_materialize_a_shard_from_the_asset_page(dagster_dev, artifacts_dir):
     from playwright.sync_api import sync_playwright
 
@@ -127,21 +152,12 @@ def test_materialize_a_shard_from_the_asset_page(dagster_dev, artifacts_dir):
         page.goto(f"{base}/assets/raw_text", wait_until="networkidle")
         materialize = page.get_by_role("button", name="Materialize…")
         materialize.wait_for()
-        skip = page.get_by_role("button", name="Skip")  # the first-visit community dialog
-        if skip.is_visible():
-            skip.click()
-
-        materialize.click()
-        # raw_text is produced together with raw_text_rejects; the UI asks to confirm the pair.
-        page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
-        page.get_by_text("Launch runs to materialize").wait_for()
-        page.get_by_text("Select a partition or create one").click()
-        page.get_by_role("menuitem", name=SHARD).click()
-        page.keyboard.press("Escape")
-        launch = page.get_by_role("button", name="Launch 1 run")
-        launch.wait_for()
-        page.screenshot(path=str(artifacts_dir / "launch_dialog.png"))
-        launch.click()
+        dismiss_community_dialog(page)
+        try:
+            launch_materialization(page, materialize, artifacts_dir)
+        except Exception:
+            page.screenshot(path=str(artifacts_dir / "failure.png"))
+            raise
 
         runs_query = """
             query ($partition: String!) {
