@@ -4,8 +4,8 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-# constraints.txt pins torch to the CPU build for everything that pulls it in.
-PIP_INSTALL := $(BIN)/python -m pip install --quiet --constraint constraints.txt
+# infra/constraints.txt pins torch to the CPU build for everything that pulls it in.
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --constraint infra/constraints.txt
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
 .PHONY: demo test dev install install-dev clean
@@ -26,7 +26,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+$(VENV)/.installed: pyproject.toml infra/constraints.txt | $(BIN)/python
 	$(PIP_INSTALL) --editable .
 	touch $@
 

@@ -41,7 +41,7 @@ WRITE_ID_KEY = "persona_hub.write_id"
 
 # delta-rs buffers a whole row group (default: 1M rows) and more per open file; with its defaults a 340 MB write
 # peaked at 1.1 GB of extra memory here. Smaller row groups and files keep a write's memory flat as shards grow
-# (measured: +260 MB for 680 MB of text), at no cost to scans, which prune by partition anyway.
+# (measured: +173 MB for 673 MB of text; bench/RESULTS.md), at no cost to scans, which prune by partition anyway.
 TARGET_FILE_BYTES = 64 * 2**20
 WRITER_PROPERTIES = WriterProperties(max_row_group_size=16_384, compression="ZSTD")
 
@@ -101,9 +101,10 @@ class DeltaStore:
 
     def delta_table(self, table: str | Sequence[str], version: int | None = None) -> DeltaTable:
         uri = self.table_uri(table)
-        if not DeltaTable.is_deltatable(uri, storage_options=self._options()):
-            raise TableNotFound(f"No Delta table at {uri}: it has not been materialized yet.")
-        return DeltaTable(uri, version=version, storage_options=self._options())
+        try:
+            return DeltaTable(uri, version=version, storage_options=self._options())
+        except TableNotFoundError as exc:
+            raise TableNotFound(f"No Delta table at {uri}: it has not been materialized yet.") from exc
 
     # ------------------------------------------------------------------ reads
 

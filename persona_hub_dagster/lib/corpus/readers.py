@@ -234,15 +234,8 @@ def _read_csv(spec: SourceSpec, batch_size: int, stats: ReadStats) -> Iterator[p
     with stream:
         for batch in reader:
             yield from flush_malformed()
-            texts = batch.column(spec.text_column).to_pylist()
-            fields = _fields_as_json(batch, others)
-            for i, value in enumerate(texts):
-                stats.records += 1
-                stats.with_text_field += 1
-                out = _add_decoded(batcher, index, value, fields[i] if fields else None)
-                index += 1
-                if out is not None:
-                    yield out
+            yield from _add_table_batch(batcher, batch, spec.text_column, others, index, stats)
+            index += batch.num_rows
     yield from flush_malformed()
     if (last := batcher.flush()) is not None:
         yield last
@@ -267,15 +260,8 @@ def _read_parquet(spec: SourceSpec, batch_size: int, stats: ReadStats) -> Iterat
     index = 0
     batcher = _Batcher(batch_size)
     for batch in parquet.iter_batches(batch_size=batch_size):
-        texts = batch.column(spec.text_column).to_pylist()
-        fields = _fields_as_json(batch, others)
-        for i, value in enumerate(texts):
-            stats.records += 1
-            stats.with_text_field += 1
-            out = _add_decoded(batcher, index, value, fields[i] if fields else None)
-            index += 1
-            if out is not None:
-                yield out
+        yield from _add_table_batch(batcher, batch, spec.text_column, others, index, stats)
+        index += batch.num_rows
     if (last := batcher.flush()) is not None:
         yield last
 
@@ -288,6 +274,18 @@ def _csv_header(spec: SourceSpec) -> list[str]:
     if not header:
         raise SourceFileError(f"{spec.uri}: cannot be read as csv: no header row")
     return header
+
+
+def _add_table_batch(
+    batcher: _Batcher, batch: pa.RecordBatch, text_column: str, others: list[str], first_index: int, stats: ReadStats
+) -> Iterator[pl.DataFrame]:
+    """The records of one columnar batch (CSV or Parquet): the text column, plus the other columns as JSON."""
+    fields = _fields_as_json(batch, others)
+    for i, value in enumerate(batch.column(text_column).to_pylist()):
+        stats.records += 1
+        stats.with_text_field += 1
+        if (out := _add_decoded(batcher, first_index + i, value, fields[i] if fields else None)) is not None:
+            yield out
 
 
 def _add_decoded(batcher: _Batcher, index: int, value, fields: str | None) -> pl.DataFrame | None:
