@@ -3,6 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
+from persona_hub_dagster.defs.models import EmbeddingsResource, LLMResource
 from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
 from persona_hub_dagster.lib.locations import default_source_location
 
@@ -24,6 +25,8 @@ def resources() -> dg.Definitions:
             "storage": storage,
             "io_manager": DeltaIOManager(storage=storage),
             "shard_source": ShardSourceResource(),
+            "llm": LLMResource(),
+            "embeddings": EmbeddingsResource(),
         },
         # One shard's steps run in one process: on a small machine the multiprocess executor costs seconds per
         # step, and parallelism comes from running shards as separate runs (see README: Scaling).

@@ -176,6 +176,26 @@ class DeltaStore:
             commit_metadata=metadata,
         )
 
+    def append(
+        self, table: str | Sequence[str], data: pl.DataFrame | pa.Table, *, partition_by: Sequence[str] = ()
+    ) -> int:
+        """Append rows in one commit (for append-only tables such as the LLM response cache); returns the version.
+        Appends by concurrent writers do not conflict; a lost race to create the table is retried."""
+        uri = self.table_uri(table)
+        arrow = data.to_arrow() if isinstance(data, pl.DataFrame) else data
+        self._with_commit_retries(
+            lambda: write_deltalake(
+                uri,
+                arrow,
+                mode="append",
+                partition_by=list(partition_by) or None,
+                schema_mode="merge",
+                storage_options=self._options(),
+                writer_properties=WRITER_PROPERTIES,
+            )
+        )
+        return DeltaTable(uri, storage_options=self._options()).version()
+
     def compact(self, table: str | Sequence[str], *, min_files: int = 2) -> bool:
         """Merge small files once the table has `min_files` or more. Best effort: losing the commit race to another
         writer only means compaction waits for the next call."""
@@ -196,34 +216,43 @@ class DeltaStore:
             dt = DeltaTable(uri, storage_options=self._options())
         except TableNotFoundError:
             dt = None
-        for attempt in range(1, self.max_commit_attempts + 1):
-            try:
-                write_deltalake(
-                    dt if dt is not None else uri,
-                    arrow_data(),
-                    mode="overwrite",
-                    predicate=partition_predicate(partitions) if partitions is not None else None,
-                    partition_by=[PARTITION_COLUMN] if physically_partitioned and partitions is not None else None,
-                    # Partition writes merge new columns in; a whole-table replace also replaces the schema.
-                    schema_mode="merge" if partitions is not None else "overwrite",
-                    storage_options=self._options(),
-                    target_file_size=TARGET_FILE_BYTES,
-                    writer_properties=WRITER_PROPERTIES,
-                    commit_properties=CommitProperties(custom_metadata=metadata),
-                )
-                break
-            except CommitFailedError:
-                if attempt == self.max_commit_attempts:
-                    raise
-                # Full jitter: racing writers spread out instead of colliding again in lockstep.
-                time.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
-                if dt is not None:
-                    dt.update_incremental()
+
+        def commit() -> None:
+            write_deltalake(
+                dt if dt is not None else uri,
+                arrow_data(),
+                mode="overwrite",
+                predicate=partition_predicate(partitions) if partitions is not None else None,
+                partition_by=[PARTITION_COLUMN] if physically_partitioned and partitions is not None else None,
+                # Partition writes merge new columns in; a whole-table replace also replaces the schema.
+                schema_mode="merge" if partitions is not None else "overwrite",
+                storage_options=self._options(),
+                target_file_size=TARGET_FILE_BYTES,
+                writer_properties=WRITER_PROPERTIES,
+                commit_properties=CommitProperties(custom_metadata=metadata),
+            )
+
+        attempts = self._with_commit_retries(commit, refresh=dt.update_incremental if dt is not None else None)
         if dt is None:
             dt = DeltaTable(uri, storage_options=self._options())
         else:
             dt.update_incremental()
-        return dt, attempt
+        return dt, attempts
+
+    def _with_commit_retries(self, commit: Callable[[], None], refresh: Callable[[], None] | None = None) -> int:
+        """Run `commit` until it succeeds; returns the attempts it took. Only CommitFailedError (a lost race with
+        another writer) is retried, with full jitter so that racing writers spread out."""
+        for attempt in range(1, self.max_commit_attempts + 1):
+            try:
+                commit()
+                return attempt
+            except CommitFailedError:
+                if attempt == self.max_commit_attempts:
+                    raise
+                time.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
+                if refresh is not None:
+                    refresh()
+        raise AssertionError("unreachable")
 
     def _options(self) -> dict[str, str] | None:
         return dict(self.storage_options) or None

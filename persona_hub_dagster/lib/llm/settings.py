@@ -1,0 +1,144 @@
+"""Choosing and opening a backend from configuration alone (never by editing code).
+
+    PERSONA_HUB_LLM_BACKEND   llama_cpp (default) | openai | vllm
+    PERSONA_HUB_LLM_MODEL     llama_cpp: a local .gguf (default: the packaged SmolLM2-135M-Instruct);
+                              openai/vllm: the served model name (openai: default the server's first model)
+    PERSONA_HUB_LLM_BASE_URL  openai: required; vllm: an existing endpoint, or unset to start `vllm serve` here
+    PERSONA_HUB_LLM_API_KEY   the key itself, read at call time, never stored in configuration
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+
+from persona_hub_dagster.lib.llm.backends.llama_cpp import LlamaCppBackend
+from persona_hub_dagster.lib.llm.backends.managed_server import ManagedServer, free_port, vllm_serve_command
+from persona_hub_dagster.lib.llm.backends.openai_compatible import API_KEY_ENV, OpenAICompatibleBackend
+from persona_hub_dagster.lib.llm.client import Backend
+
+BACKENDS = ("llama_cpp", "openai", "vllm")
+ENV = {
+    "backend": "PERSONA_HUB_LLM_BACKEND",
+    "model": "PERSONA_HUB_LLM_MODEL",
+    "base_url": "PERSONA_HUB_LLM_BASE_URL",
+}
+
+
+class LLMConfigError(ValueError):
+    """A configuration that cannot work, with what to set instead."""
+
+
+@dataclass(frozen=True)
+class LLMSettings:
+    backend: str = "llama_cpp"
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str = API_KEY_ENV
+    # llama_cpp (in-process)
+    n_ctx: int = 4096
+    n_threads: int = 1
+    # openai / vllm over HTTP
+    max_concurrency: int = 8
+    timeout_s: float = 120.0
+    max_retries: int = 4
+    # vllm, when this process starts the server
+    tensor_parallel_size: int = 1
+    max_num_seqs: int = 256
+    gpu_memory_utilization: float = 0.90
+    max_model_len: int | None = None
+    server_startup_timeout_s: float = 900.0
+    # validation retries of invalid structured outputs (LLMClient)
+    max_attempts: int = 3
+
+    @classmethod
+    def from_env(cls, **overrides) -> LLMSettings:
+        values = {name: os.environ[var] for name, var in ENV.items() if os.environ.get(var)}
+        return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise LLMConfigError(f"Unknown LLM backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+
+    def describe(self) -> dict[str, object]:
+        """For logs and metadata: the settings, with no secret in them (the key stays in its variable)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+ServeCommand = Callable[[LLMSettings, int], list[str]]
+
+
+def vllm_command(settings: LLMSettings, port: int) -> list[str]:
+    return vllm_serve_command(
+        settings.model,
+        port=port,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        max_num_seqs=settings.max_num_seqs,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        max_model_len=settings.max_model_len,
+    )
+
+
+@contextlib.contextmanager
+def open_backend(
+    settings: LLMSettings, *, serve_command: ServeCommand = vllm_command, health_path: str = "/health"
+) -> Iterator[Backend]:
+    """The configured backend, closed (and its managed server stopped) when the block exits, however it exits.
+
+    `serve_command`/`health_path` describe the server started for `vllm` without a base_url; they exist so that the
+    same machinery can be exercised with another OpenAI-compatible server where vLLM cannot run (tests use
+    llama.cpp's server).
+    """
+    if settings.backend == "llama_cpp":
+        backend: Backend = LlamaCppBackend(settings.model, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
+        try:
+            yield backend
+        finally:
+            backend.close()
+        return
+
+    if settings.backend == "openai" or settings.base_url:
+        if not settings.base_url:
+            raise LLMConfigError(
+                "The openai backend needs PERSONA_HUB_LLM_BASE_URL (e.g. http://127.0.0.1:8000/v1 for `vllm serve`, "
+                "http://127.0.0.1:11434/v1 for Ollama, https://api.openai.com/v1)."
+            )
+        backend = _http_backend(settings, settings.base_url)
+        try:
+            yield backend
+        finally:
+            backend.close()
+        return
+
+    # vllm without an endpoint: start `vllm serve` for the duration of the block.
+    if not settings.model:
+        raise LLMConfigError("The vllm backend needs PERSONA_HUB_LLM_MODEL (a Hugging Face id or a local path).")
+    command = serve_command(settings, free_port())
+    if serve_command is vllm_command and shutil.which("vllm") is None:
+        raise LLMConfigError(
+            "vllm is not installed here: install the gpu extra (pip install 'persona-hub-dagster[gpu]') on a GPU "
+            "machine, or point PERSONA_HUB_LLM_BASE_URL at a running vLLM server."
+        )
+    port = int(command[command.index("--port") + 1])
+    with ManagedServer(command, port=port, health_path=health_path,
+                       startup_timeout_s=settings.server_startup_timeout_s) as server:
+        backend = _http_backend(settings, server.base_url)
+        try:
+            yield backend
+        finally:
+            backend.close()
+
+
+def _http_backend(settings: LLMSettings, base_url: str) -> OpenAICompatibleBackend:
+    return OpenAICompatibleBackend(
+        base_url,
+        settings.model,
+        api_key_env=settings.api_key_env,
+        max_concurrency=settings.max_concurrency,
+        timeout_s=settings.timeout_s,
+        max_retries=settings.max_retries,
+        name="vllm" if settings.backend == "vllm" else "openai",
+    )
