@@ -7,6 +7,11 @@ BIN := $(VENV)/bin
 # infra/constraints.txt pins torch to the CPU build for everything that pulls it in.
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --constraint infra/constraints.txt
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+# llama-cpp-python has no binary wheel for Linux on PyPI and compiles once (pip caches the wheel afterwards).
+# LLAVA_BUILD=OFF skips the multimodal library we do not use; GGML_NATIVE=OFF builds for portable AVX2 instead of
+# -march=native, which on CPUs with AMX (recent Xeons, also in VMs) produces a library that segfaults in decode.
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: demo test dev install install-dev clean
 

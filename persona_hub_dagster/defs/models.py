@@ -44,6 +44,10 @@ class LLMResource(dg.ConfigurableResource):
     n_threads: int = Field(
         default=1, description="llama_cpp threads. 1 is safest: 2 threads collapse when another process uses a core."
     )
+    reuse_prefix: bool = Field(
+        default=False,
+        description="llama_cpp: reuse the KV cache of shared prompt prefixes (faster; outputs not bit-reproducible).",
+    )
     max_concurrency: int = Field(default=8, description="Requests in flight to an HTTP backend.")
     timeout_s: float = Field(default=120.0, description="Per-request timeout for HTTP backends.")
     max_retries: int = Field(default=4, description="Transport retries (429/5xx/connection) with backoff.")
@@ -65,6 +69,7 @@ class LLMResource(dg.ConfigurableResource):
             api_key_env=self.api_key_env,
             n_ctx=self.n_ctx,
             n_threads=self.n_threads,
+            reuse_prefix=self.reuse_prefix,
             max_concurrency=self.max_concurrency,
             timeout_s=self.timeout_s,
             max_retries=self.max_retries,

@@ -95,7 +95,7 @@ class Embedder:
 
             self._transformer = SentenceTransformer(str(self.model_dir), device=device, local_files_only=True)
             self.family = "sentence-transformers"
-            self.dimension = int(self._transformer.get_sentence_embedding_dimension())
+            self.dimension = int(self._transformer.get_embedding_dimension())
 
     @property
     def identity(self) -> str:

@@ -13,13 +13,13 @@ rejection with the raw text and the reason. One bad output never fails the batch
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from persona_hub_dagster.lib.llm.cache import ResponseCache
 from persona_hub_dagster.lib.llm.structured import parse_structured
-from persona_hub_dagster.lib.llm.types import Completion, LLMRequest, LLMResponse
+from persona_hub_dagster.lib.llm.types import Completion, LLMRequest, LLMResponse, request_batches
 
 
 class Backend(Protocol):
@@ -119,6 +119,12 @@ class LLMClient:
                 reason = response.error.split(":", 1)[0]
                 self.usage.rejection_reasons[reason] = self.usage.rejection_reasons.get(reason, 0) + 1
         return final
+
+    def generate_batches(self, requests: Sequence[LLMRequest], batch_size: int) -> Iterator[list[LLMResponse]]:
+        """The responses batch by batch: each batch is one backend call and one cache commit, so a run that dies
+        loses at most the batch in flight."""
+        for batch in request_batches(requests, batch_size):
+            yield self.generate(batch)
 
     def close(self) -> None:
         self.backend.close()

@@ -41,6 +41,7 @@ class LLMSettings:
     # llama_cpp (in-process)
     n_ctx: int = 4096
     n_threads: int = 1
+    reuse_prefix: bool = False  # faster on shared prompt prefixes, but not bit-reproducible
     # openai / vllm over HTTP
     max_concurrency: int = 8
     timeout_s: float = 120.0
@@ -93,7 +94,9 @@ def open_backend(
     llama.cpp's server).
     """
     if settings.backend == "llama_cpp":
-        backend: Backend = LlamaCppBackend(settings.model, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
+        backend: Backend = LlamaCppBackend(
+            settings.model, n_ctx=settings.n_ctx, n_threads=settings.n_threads, reuse_prefix=settings.reuse_prefix
+        )
         try:
             yield backend
         finally:

@@ -5,8 +5,10 @@ Settings learned the hard way on small machines:
 - n_threads defaults to 1. With 2 threads, throughput collapses 10-50x as soon as another process takes a core
   (the threads spin-wait on each other); raise it only on a machine whose cores are this process's alone.
 - n_ctx must be set: llama-cpp-python's default (512) cannot hold a prompt with a text in it.
-- Requests are run in prompt order, so that consecutive prompts share their prefix: llama.cpp keeps the previous
-  prompt's KV cache and evaluates only the new suffix.
+- Reproducibility first: the KV cache is reset before each request, so a seed gives the same output whatever ran
+  before. (Reusing the previous prompt's KV cache for a shared prefix evaluates the suffix in a different batch
+  shape, which changes the logits in the last bits and, at temperature > 0, the sampled text; measured.) With
+  `reuse_prefix=True` requests run in prompt order and share their prefix's KV cache: faster, not bit-reproducible.
 - JSON schemas become a GBNF grammar (llama-cpp-python's response_format), so decoding cannot leave the schema.
 """
 
@@ -67,6 +69,7 @@ class LlamaCppBackend:
         n_threads: int = 1,
         n_batch: int = 512,
         seed: int = 0,
+        reuse_prefix: bool = False,
     ):
         try:
             from llama_cpp import Llama
@@ -75,6 +78,7 @@ class LlamaCppBackend:
         self.path = resolve_gguf(model)
         self.model = self.path.name
         self.n_ctx = n_ctx
+        self.reuse_prefix = reuse_prefix
         self._llm = Llama(
             model_path=str(self.path),
             n_ctx=n_ctx,
@@ -90,9 +94,13 @@ class LlamaCppBackend:
         return f"{self.name}:{self.model}:{self.path.stat().st_size}"
 
     def complete(self, requests: Sequence[LLMRequest]) -> list[Completion]:
-        order = sorted(range(len(requests)), key=lambda i: [m["content"] for m in requests[i].messages])
+        order = range(len(requests))
+        if self.reuse_prefix:  # neighbours share the longest prefixes
+            order = sorted(order, key=lambda i: [m["content"] for m in requests[i].messages])
         results: dict[int, Completion] = {}
         for i in order:
+            if not self.reuse_prefix:
+                self._llm.reset()
             results[i] = self._complete_one(requests[i])
         return [results[i] for i in range(len(requests))]
 

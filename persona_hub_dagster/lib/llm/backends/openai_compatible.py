@@ -8,7 +8,8 @@
 - The API key is read from an environment variable (default PERSONA_HUB_LLM_API_KEY); it is never stored in
   configuration, logged, or part of the identity.
 - JSON schemas go out as `response_format: json_schema` (guided decoding on vLLM). A server that rejects that mode
-  (llama-cpp-python's server answers 500) is switched, once, to `json_object` with the schema in the prompt.
+  (llama-cpp-python's server answers 500) is switched, once, to `json_object` with the schema in the prompt (and
+  in the response_format, which llama-cpp-python's server enforces with a grammar).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class OpenAICompatibleBackend:
             timeout=timeout_s,
             max_retries=max_retries,
         )
-        self._json_schema_mode: bool | None = None  # None: not known yet for this server
+        self._structured_mode_index = 0  # into STRUCTURED_MODES
+        self._structured_mode_known = False
         self._mode_lock = threading.Lock()
         # No model named: a local server (llama.cpp, Ollama with one model) serves one; ask it which.
         self.model = model or self._served_model()
@@ -127,40 +129,55 @@ class OpenAICompatibleBackend:
         )
 
     def _structured(self, kwargs: dict, schema) -> object:
-        if self._json_schema_mode is not False:
-            # While the mode is unknown, probe without retries: a server that rejects json_schema answers 500,
-            # and retrying that with backoff would only delay the switch.
-            client = self._client if self._json_schema_mode else self._client.with_options(max_retries=0)
+        """Send a schema-constrained request in the best mode the server accepts, learning the mode once.
+
+        Modes, best first: `json_schema` (OpenAI, vLLM: guided decoding); `json_object` carrying the schema
+        (llama-cpp-python's server turns it into a grammar); plain `json_object`. The last two also put the schema
+        in the prompt. While the mode is unknown, a mode is probed without transport retries: a server that rejects
+        it answers 4xx/500, and retrying that with backoff would only delay the switch.
+        """
+        while True:
+            mode = STRUCTURED_MODES[self._structured_mode_index]
+            known = self._structured_mode_known
+            client = self._client if known else self._client.with_options(max_retries=0)
             try:
-                response = client.chat.completions.create(
-                    **kwargs,
-                    response_format={
-                        "type": "json_schema",
-                        "json_schema": {"name": "output", "schema": dict(schema), "strict": True},
-                    },
-                )
-                self._json_schema_mode = True
-                return response
+                response = client.chat.completions.create(**_with_structured_mode(kwargs, schema, mode))
             except (self._openai.BadRequestError, self._openai.UnprocessableEntityError,
                     self._openai.InternalServerError) as exc:
-                if self._json_schema_mode:  # the mode worked before: this is a real error
-                    raise
+                if known or self._structured_mode_index == len(STRUCTURED_MODES) - 1:
+                    raise  # the mode worked before, or there is nothing left to try: a real error
                 with self._mode_lock:
-                    if self._json_schema_mode is None:
-                        log.warning(
-                            "%s rejected response_format json_schema (%s); using json_object with the schema in the "
-                            "prompt from now on", self.base_url, _short(exc),
-                        )
-                    self._json_schema_mode = False
-        messages = [dict(m) for m in kwargs["messages"]]
-        instructions = schema_instructions(schema)
-        if messages and messages[0]["role"] == "system":
-            messages[0]["content"] = f"{messages[0]['content']}\n\n{instructions}"
-        else:
-            messages.insert(0, {"role": "system", "content": instructions})
-        return self._client.chat.completions.create(
-            **{**kwargs, "messages": messages}, response_format={"type": "json_object"}
-        )
+                    if STRUCTURED_MODES[self._structured_mode_index] == mode:
+                        self._structured_mode_index += 1
+                        log.warning("%s rejected structured mode %s (%s); trying %s", self.base_url, mode,
+                                    _short(exc), STRUCTURED_MODES[self._structured_mode_index])
+                continue
+            self._structured_mode_known = True
+            return response
+
+    @property
+    def structured_mode(self) -> str | None:
+        """The structured-output mode this server accepted (None until one was tried)."""
+        return STRUCTURED_MODES[self._structured_mode_index] if self._structured_mode_known else None
+
+
+STRUCTURED_MODES = ("json_schema", "json_object+schema", "json_object")
+
+
+def _with_structured_mode(kwargs: dict, schema, mode: str) -> dict:
+    if mode == "json_schema":
+        return {**kwargs, "response_format": {
+            "type": "json_schema", "json_schema": {"name": "output", "schema": dict(schema), "strict": True}}}
+    messages = [dict(m) for m in kwargs["messages"]]
+    instructions = schema_instructions(schema)
+    if messages and messages[0]["role"] == "system":
+        messages[0]["content"] = f"{messages[0]['content']}\n\n{instructions}"
+    else:
+        messages.insert(0, {"role": "system", "content": instructions})
+    response_format = {"type": "json_object"}
+    if mode == "json_object+schema":
+        response_format["schema"] = dict(schema)
+    return {**kwargs, "messages": messages, "response_format": response_format}
 
 
 def _short(exc: Exception, limit: int = 300) -> str:

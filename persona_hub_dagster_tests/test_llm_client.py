@@ -1,0 +1,187 @@
+"""LLMClient's contract with a scripted backend: order, structured-output validation, retries with new seeds,
+rejections that keep the raw text, the response cache, and usage accounting."""
+
+import json
+
+import pytest
+
+from persona_hub_dagster.lib.llm import LLMClient, LLMRequest, ResponseCache, SamplingParams, cache_namespace
+from persona_hub_dagster.lib.llm.structured import parse_structured
+from persona_hub_dagster.lib.llm.types import Completion
+from persona_hub_dagster_tests.helpers.scripted_backend import ScriptedBackend
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"persona": {"type": "string", "minLength": 3}, "relation": {"enum": ["read", "write"]}},
+    "required": ["persona", "relation"],
+    "additionalProperties": False,
+}
+
+
+def request(i: int, **kwargs) -> LLMRequest:
+    return LLMRequest.chat(f"text {i}", system="extract", json_schema=SCHEMA, request_id=f"r{i}", **kwargs)
+
+
+def good(persona: str = "a chef") -> Completion:
+    return Completion(json.dumps({"persona": persona, "relation": "read"}), "stop", 10, 5, 0.01)
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+
+
+@pytest.mark.parametrize(
+    ("text", "finish", "reason"),
+    [
+        ('{"persona": "a chef", "relation": "read"}', "stop", None),
+        ('```json\n{"persona": "a chef", "relation": "read"}\n```', "stop", None),
+        ('Sure! {"persona": "a chef", "relation": "read"} Hope this helps.', "stop", None),
+        ("", "stop", "empty"),
+        ('{"persona": "a chef", "relat', "length", "truncated"),
+        ('{"persona": "a chef" "relation": "read"}', "stop", "invalid_json"),
+        ('{"persona": "a chef", "relation": "like"}', "stop", "schema_mismatch: relation"),
+        ('{"persona": "x", "relation": "read"}', "stop", "schema_mismatch: persona"),
+        ('{"persona": "a chef", "relation": "read", "extra": 1}', "stop", "schema_mismatch: (root)"),
+        ('["a chef"]', "stop", "schema_mismatch"),
+    ],
+)
+def test_structured_outputs_are_parsed_and_validated(text, finish, reason):
+    parsed, error = parse_structured(text, SCHEMA, finish)
+    if reason is None:
+        assert error is None and parsed == {"persona": "a chef", "relation": "read"}
+    else:
+        assert parsed is None and error.startswith(reason)
+
+
+# ------------------------------------------------------------------------------------------------ client
+
+
+def test_responses_come_back_in_order_with_ids_in_one_batched_call():
+    backend = ScriptedBackend(lambda r: good(f"reader of {r.messages[-1]['content']}"))
+    responses = LLMClient(backend).generate([request(i) for i in range(5)])
+    assert [r.request_id for r in responses] == [f"r{i}" for i in range(5)]
+    assert [r.parsed["persona"] for r in responses] == [f"reader of text {i}" for i in range(5)]
+    assert backend.batches == [5]
+    assert all(r.ok and r.attempts == 1 and r.backend == "scripted" for r in responses)
+
+
+def test_invalid_outputs_are_retried_with_new_seeds_then_rejected_with_raw_text():
+    def answer(r: LLMRequest) -> Completion:
+        i = int(r.messages[-1]["content"].split()[1])
+        if i == 0:
+            return good()
+        if i == 1:  # valid on the second attempt
+            return good() if r.sampling.seed != 7 else Completion("not json", "stop")
+        return Completion('{"persona": "a chef", "relation": "hate"}', "stop")  # never valid
+
+    backend = ScriptedBackend(answer)
+    client = LLMClient(backend, max_attempts=3)
+    responses = client.generate([request(i, sampling=SamplingParams(seed=7)) for i in range(3)])
+
+    assert [r.ok for r in responses] == [True, True, False]
+    assert [r.attempts for r in responses] == [1, 2, 3]
+    rejected = responses[2]
+    assert rejected.error.startswith("schema_mismatch: relation") and '"hate"' in rejected.text
+    seeds = [c.sampling.seed for c in backend.calls]
+    assert seeds == [7, 7, 7, 1007, 1007, 2007]  # a retry never repeats the seed that failed
+    assert backend.batches == [3, 2, 1]  # retries are batched too
+    usage = client.usage
+    assert (usage.requests, usage.calls, usage.retries, usage.rejections) == (3, 6, 3, 1)
+    assert usage.rejection_reasons == {"schema_mismatch": 1}
+
+
+def test_transport_errors_become_rejections_not_exceptions():
+    backend = ScriptedBackend(lambda r: Completion(None, error="http_503: overloaded"))
+    responses = LLMClient(backend, max_attempts=2).generate([request(0)])
+    assert not responses[0].ok and responses[0].error == "http_503: overloaded" and responses[0].attempts == 2
+
+
+def test_a_prompt_that_does_not_fit_is_not_retried():
+    backend = ScriptedBackend(lambda r: Completion(None, error="context_overflow: 5000 tokens > n_ctx 4096"))
+    responses = LLMClient(backend, max_attempts=3).generate([request(0)])
+    assert responses[0].attempts == 1 and responses[0].error.startswith("context_overflow")
+
+
+def test_plain_text_requests_need_only_non_empty_text():
+    backend = ScriptedBackend(lambda r: Completion("  " if r.request_id == "b" else "hello", "stop"))
+    a, b = LLMClient(backend, max_attempts=1).generate(
+        [LLMRequest.chat("x", request_id="a"), LLMRequest.chat("y", request_id="b")]
+    )
+    assert a.ok and a.parsed is None and a.text == "hello"
+    assert b.error == "empty"
+
+
+# ------------------------------------------------------------------------------------------------ cache
+
+
+def test_cache_replays_completions_and_revalidates_them(local_store):
+    namespace = cache_namespace("text_personas", "sample")
+    answers = iter([good("first"), Completion("broken", "stop"), good("third")])
+    backend = ScriptedBackend(lambda r: next(answers))
+    client = LLMClient(backend, cache=ResponseCache(local_store, namespace), max_attempts=1)
+    first = client.generate([request(0), request(1), request(2)])
+    assert [r.ok for r in first] == [True, False, True] and backend.batches == [3]
+
+    # A new client (a re-run) on the same namespace: nothing is asked again, the rejection is re-derived.
+    rerun_backend = ScriptedBackend(lambda r: pytest.fail("should have been served from the cache"))
+    rerun = LLMClient(rerun_backend, cache=ResponseCache(local_store, namespace), max_attempts=1)
+    again = rerun.generate([request(2), request(0), request(1)])
+    assert [r.request_id for r in again] == ["r2", "r0", "r1"]
+    assert all(r.cache_hit for r in again) and again[2].error.startswith("invalid_json")
+    assert rerun.usage.cache_hits == 3 and rerun.usage.calls == 0 and rerun.usage.prompt_tokens == 0
+
+
+def test_cache_keys_change_with_everything_that_changes_the_output(local_store):
+    base = request(0)
+    keys = {
+        base.cache_key("m1"),
+        base.cache_key("m2"),
+        request(0, sampling=SamplingParams(temperature=0.1)).cache_key("m1"),
+        request(0, sampling=SamplingParams(seed=1)).cache_key("m1"),
+        LLMRequest.chat("text 0", system="extract", json_schema={**SCHEMA, "required": ["persona"]}).cache_key("m1"),
+        LLMRequest.chat("text 0", system="extract differently", json_schema=SCHEMA).cache_key("m1"),
+    }
+    assert len(keys) == 6
+    assert base.cache_key("m1") == request(0).cache_key("m1")  # and nothing else (not the request id)
+
+
+def test_namespaces_are_separate_and_transport_errors_are_not_cached(local_store):
+    backend = ScriptedBackend(lambda r: Completion(None, error="timeout: 120 s"))
+    LLMClient(backend, cache=ResponseCache(local_store, "stage.a"), max_attempts=1).generate([request(0)])
+    assert len(ResponseCache(local_store, "stage.a")) == 0
+
+    LLMClient(ScriptedBackend(lambda r: good()), cache=ResponseCache(local_store, "stage.a")).generate([request(0)])
+    assert len(ResponseCache(local_store, "stage.a")) == 1
+    assert len(ResponseCache(local_store, "stage.b")) == 0
+    with pytest.raises(ValueError):
+        ResponseCache(local_store, "bad/namespace")
+    assert cache_namespace("synthetic/math", "shard 1") == "synthetic-math.shard-1"
+
+
+def test_cache_works_on_s3(s3_bucket):
+    from persona_hub_dagster.lib.storage import DeltaStore
+
+    store = DeltaStore(root=f"s3://{s3_bucket}/root")
+    LLMClient(ScriptedBackend(lambda r: good()), cache=ResponseCache(store, "s.x")).generate([request(0), request(1)])
+    replay = LLMClient(ScriptedBackend(lambda r: pytest.fail("not cached")), cache=ResponseCache(store, "s.x"))
+    assert all(r.cache_hit for r in replay.generate([request(1), request(0)]))
+
+
+def test_concurrent_runs_append_to_one_namespace_without_losing_entries(storage_root):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from persona_hub_dagster.lib.storage import DeltaStore
+
+    writer = Path(__file__).parent / "helpers" / "cache_writer.py"
+    processes = [
+        subprocess.Popen([sys.executable, str(writer), storage_root, "stage.shared", prefix, "15"],
+                         stderr=subprocess.PIPE, text=True)
+        for prefix in ("a", "b", "c")
+    ]
+    for process in processes:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+    cache = ResponseCache(DeltaStore(root=storage_root), "stage.shared")
+    assert len(cache) == 45
+    assert cache.lookup(["b-14"])["b-14"].text == "answer b 14"

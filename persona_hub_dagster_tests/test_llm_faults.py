@@ -1,0 +1,199 @@
+"""Fault injection for the OpenAI-compatible backend: a small local HTTP server that answers 429 (with
+Retry-After), 500, slowly, with malformed JSON, or with truncated output, and records what it was sent."""
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from persona_hub_dagster.lib.llm import LLMClient, LLMRequest, LLMSettings, SamplingParams
+from persona_hub_dagster.lib.llm.backends.openai_compatible import OpenAICompatibleBackend
+
+SCHEMA = {"type": "object", "properties": {"persona": {"type": "string"}}, "required": ["persona"]}
+
+
+class FaultServer:
+    """Answers each POST with the next scripted behaviour (then "ok" forever)."""
+
+    def __init__(self, *behaviours):
+        self.script = deque(behaviours)
+        self.requests: list[dict] = []  # time, headers, body
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.requests.append({"t": time.monotonic(), "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
+                    behaviour = server.script.popleft() if server.script else ("ok",)
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    server.respond(self, behaviour, body)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_port}/v1"
+
+    def respond(self, handler, behaviour, body):
+        kind = behaviour[0]
+        if kind == "status":
+            status, headers = behaviour[1], behaviour[2] if len(behaviour) > 2 else {}
+            self._send(handler, status, {"error": {"message": f"scripted {status}"}}, headers)
+        elif kind == "sleep":
+            time.sleep(behaviour[1])
+            self._send(handler, 200, completion("late"))
+        elif kind == "malformed":
+            payload = b'{"id": "x", "choices": [ {"message": '  # cut off mid-document
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(payload)))
+            handler.end_headers()
+            handler.wfile.write(payload)
+        elif kind == "content":
+            self._send(handler, 200, completion(behaviour[1], behaviour[2] if len(behaviour) > 2 else "stop"))
+        else:
+            delay = behaviour[1] if len(behaviour) > 1 else 0
+            time.sleep(delay)
+            self._send(handler, 200, completion(json.dumps({"persona": "a reader"})))
+
+    @staticmethod
+    def _send(handler, status, payload, headers=None):
+        data = json.dumps(payload).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        for key, value in (headers or {}).items():
+            handler.send_header(key, value)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def completion(content: str, finish_reason: str = "stop") -> dict:
+    return {
+        "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": "scripted",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+    }
+
+
+@pytest.fixture
+def fault_server(request):
+    servers = []
+
+    def start(*behaviours) -> FaultServer:
+        servers.append(FaultServer(*behaviours))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def backend_for(server: FaultServer, **kwargs) -> OpenAICompatibleBackend:
+    return OpenAICompatibleBackend(server.base_url, "scripted", **{"max_retries": 3, "timeout_s": 10, **kwargs})
+
+
+def ask(backend, **kwargs):
+    return backend.complete([LLMRequest.chat("hello", sampling=SamplingParams(max_tokens=16), **kwargs)])[0]
+
+
+def test_429_is_retried_after_the_servers_retry_after(fault_server):
+    server = fault_server(("status", 429, {"Retry-After": "1"}), ("ok",))
+    result = ask(backend_for(server))
+    assert result.error is None and result.prompt_tokens == 7 and result.completion_tokens == 3
+    first, second = server.requests
+    assert second["t"] - first["t"] >= 0.95  # waited as told, not the default 0.5 s backoff
+
+
+def test_5xx_is_retried_with_growing_backoff_then_reported(fault_server):
+    server = fault_server(("status", 500), ("status", 503), ("ok",))
+    assert ask(backend_for(server)).error is None
+    gaps = [b["t"] - a["t"] for a, b in zip(server.requests, server.requests[1:])]
+    assert len(gaps) == 2 and gaps[1] > gaps[0] * 1.2  # exponential, with at most 25% jitter
+
+    always_failing = fault_server(*[("status", 502)] * 10)
+    result = ask(backend_for(always_failing, max_retries=2))
+    assert result.error.startswith("http_502") and len(always_failing.requests) == 3
+
+
+def test_timeouts_are_bounded_and_reported(fault_server):
+    server = fault_server(("sleep", 3), ("sleep", 3))
+    started = time.monotonic()
+    result = ask(backend_for(server, timeout_s=0.5, max_retries=1))
+    assert result.error.startswith("timeout") and time.monotonic() - started < 3.5
+    assert len(server.requests) == 2
+
+
+def test_a_malformed_body_is_rejected_then_asked_again(fault_server):
+    server = fault_server(("malformed",), ("ok",))
+    responses = LLMClient(backend_for(server)).generate([LLMRequest.chat("hi", json_schema=SCHEMA)])
+    assert responses[0].ok and responses[0].attempts == 2
+
+    only_malformed = fault_server(*[("malformed",)] * 10)
+    response = LLMClient(backend_for(only_malformed, max_retries=0), max_attempts=2).generate(
+        [LLMRequest.chat("hi")])[0]
+    assert response.error.startswith("malformed_response")
+
+
+def test_truncated_output_becomes_a_rejection_that_keeps_the_text(fault_server):
+    partial = '{"persona": "a retired sailor who'
+    server = fault_server(*[("content", partial, "length")] * 3)
+    response = LLMClient(backend_for(server), max_attempts=3).generate(
+        [LLMRequest.chat("hi", json_schema=SCHEMA)])[0]
+    assert response.error.startswith("truncated") and response.text == partial and response.attempts == 3
+
+
+def test_connection_errors_are_reported_not_raised():
+    backend = OpenAICompatibleBackend("http://127.0.0.1:9/v1", "none", max_retries=1, timeout_s=2)
+    assert ask(backend).error.startswith("connection")
+
+
+def test_concurrency_is_bounded(fault_server):
+    server = fault_server(*[("ok", 0.3)] * 10)
+    backend = backend_for(server, max_concurrency=3)
+    results = backend.complete([LLMRequest.chat(f"q{i}") for i in range(10)])
+    assert all(r.error is None for r in results)
+    assert server.max_in_flight == 3
+
+
+def test_the_api_key_is_sent_and_never_shown(fault_server, monkeypatch, caplog):
+    secret = "sk-test-very-secret-0123456789"
+    monkeypatch.setenv("PERSONA_HUB_LLM_API_KEY", secret)
+    server = fault_server(("status", 500), ("ok",))
+    caplog.set_level(logging.DEBUG)
+    backend = backend_for(server)
+    client = LLMClient(backend)
+    response = client.generate([LLMRequest.chat("hi", json_schema=SCHEMA)])[0]
+
+    assert all(r["headers"]["authorization"] == f"Bearer {secret}" for r in server.requests)
+    settings = LLMSettings.from_env(backend="openai", base_url=server.base_url, model="scripted")
+    visible = [repr(settings.describe()), backend.identity, repr(response), repr(client.usage.as_metadata()),
+               caplog.text]
+    assert not any(secret in text for text in visible)
+
+    from persona_hub_dagster.defs.models import LLMResource
+
+    resource = LLMResource(backend="openai", base_url=server.base_url, model="scripted")
+    assert secret not in repr(resource) and "api_key_env" in type(resource).model_fields

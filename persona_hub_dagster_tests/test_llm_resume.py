@@ -1,0 +1,46 @@
+"""Crash and resume for real: a stage process using the embedded model is killed mid-way, then run again."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from persona_hub_dagster.lib.llm.cache import CACHE_TABLE
+from persona_hub_dagster.lib.storage import DeltaStore
+
+STAGE = Path(__file__).parent / "helpers" / "resumable_stage.py"
+N, BATCH = 24, 4
+
+
+@pytest.mark.timeout(600)
+def test_a_killed_run_resumes_from_the_cache_without_lost_or_duplicated_rows(tmp_path):
+    root = str(tmp_path / "delta")
+    store = DeltaStore(root=root)
+    first = subprocess.Popen([sys.executable, str(STAGE), root, str(N), str(BATCH)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    finished_calls = 0
+    while finished_calls < 2 * BATCH and time.monotonic() < deadline:
+        assert first.poll() is None, first.communicate()[1]
+        time.sleep(0.2)
+        finished_calls = store.row_count(CACHE_TABLE) if store.exists(CACHE_TABLE) else 0
+    first.send_signal(signal.SIGKILL)  # no cleanup, no chance to write anything more
+    first.wait(timeout=30)
+    finished_calls = store.row_count(CACHE_TABLE)
+    assert BATCH <= finished_calls < N and finished_calls % BATCH == 0  # whole batches, committed atomically
+    assert not store.exists("resume_output")
+
+    second = subprocess.run([sys.executable, str(STAGE), root, str(N), str(BATCH)],
+                            capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    usage = json.loads(second.stdout.strip().splitlines()[-1])
+
+    output = store.read("resume_output")
+    assert output.height == N and output["item_id"].n_unique() == N  # nothing lost, nothing twice
+    assert usage["cache_hits"] >= 0.95 * finished_calls
+    assert usage["calls"] == N - usage["cache_hits"]  # only the missing calls were paid for
+    assert store.row_count(CACHE_TABLE) == N
