@@ -92,9 +92,10 @@ def main() -> None:
 
     print(f"## raw_text ingest, {date.today()}, {platform.node()} ({platform.machine()}, {platform.python_version()})")
     print(f"shard: {args.texts} lines, {size_mb:.0f} MB JSONL (WikiText-2 paragraphs: {WIKITEXT.exists()})")
-    print(f"baseline read_ndjson + Delta write: {baseline_rows} rows in {baseline_s:.2f} s = {baseline_rows / baseline_s:,.0f} texts/s")
-    print(f"ShardIngest + Delta write (clean, dedup, rejects): {our_rows} rows in {our_s:.2f} s = {report.records / our_s:,.0f} records/s")
-    print(f"ratio (ours / baseline, records per second): {(report.records / our_s) / (baseline_rows / baseline_s):.2f}")
+    baseline_rate, our_rate = baseline_rows / baseline_s, report.records / our_s
+    print(f"baseline read_ndjson + Delta write: {baseline_rows} rows, {baseline_s:.2f} s, {baseline_rate:,.0f}/s")
+    print(f"ShardIngest + Delta write (clean, dedup, rejects): {our_rows} rows, {our_s:.2f} s, {our_rate:,.0f}/s")
+    print(f"ratio (ours / baseline, records per second): {our_rate / baseline_rate:.2f}")
     print(f"rejected: {dict(report.rejected)}; peak RSS of the process: {peak_mb:.0f} MB")
 
 

@@ -62,7 +62,7 @@ def cmd_register_shard(args) -> int:
     print(f"{'registered' if new else 'updated'} shard {shard.key!r} -> {shard.uri} ({shard.format})")
     if args.materialize:
         return _materialize([shard.key], DEFAULT_JOB)
-    print(f"materialize it with `persona-hub materialize {shard.key}` or from the UI (asset raw_text, partition {shard.key})")
+    print(f"materialize it with `persona-hub materialize {shard.key}`, or in the UI (raw_text, partition {shard.key})")
     return 0
 
 
@@ -133,6 +133,7 @@ def _register(shard, *, text_column: str | None = None, replace: bool = False) -
     import dagster as dg
 
     from persona_hub_dagster.defs.partitions import register_shards
+
     with dg.DagsterInstance.get() as instance:
         new = register_shards(
             instance,

@@ -56,8 +56,11 @@ def test_demo_registers_and_processes_the_sample_shard(env):
 def test_register_materialize_and_list_shards_by_hand(env, tmp_path):
     path = tmp_path / "incoming" / "Forum Posts.jsonl"
     path.parent.mkdir()
-    path.write_text("".join(json.dumps({"body": f"post {i}: my build crashes after the patch, any ideas?"}) + "\n"
-                            for i in range(4)))
+    path.write_text(
+        "".join(
+            json.dumps({"body": f"post {i}: my build crashes after the patch, any ideas?"}) + "\n" for i in range(4)
+        )
+    )
     result = persona_hub(env, "register-shard", str(path), "--text-column", "body")
     assert "registered shard 'forum-posts'" in result.stdout
 

@@ -83,8 +83,14 @@ def test_whitespace_rules_agree_with_the_plain_definition():
 
 def test_length_limits_reject_with_reasons():
     records = pl.DataFrame(
-        {"record_index": [0, 1, 2, 3], "text": ["   ", "short", "x" * 30, "y" * 60],
-         "source_fields": [None] * 4, "error": [None] * 4, "detail": [None] * 4, "raw": [None] * 4},
+        {
+            "record_index": [0, 1, 2, 3],
+            "text": ["   ", "short", "x" * 30, "y" * 60],
+            "source_fields": [None] * 4,
+            "error": [None] * 4,
+            "detail": [None] * 4,
+            "raw": [None] * 4,
+        },
         schema_overrides={"source_fields": pl.String, "error": pl.String, "detail": pl.String, "raw": pl.String},
     )
     out = clean_records(records, CleaningOptions(min_chars=10, max_chars=50))
@@ -106,7 +112,7 @@ def test_jsonl_keeps_every_record_somewhere(tmp_path):
     path = write_jsonl(
         tmp_path / "s.jsonl",
         [
-            b'\xef\xbb\xbf' + json.dumps({"text": GOOD[0], "url": "https://example.com/1"}).encode(),
+            b"\xef\xbb\xbf" + json.dumps({"text": GOOD[0], "url": "https://example.com/1"}).encode(),
             json.dumps({"text": GOOD[1]}).encode(),
             b"",  # a blank line is not a record
             b"{not json",

@@ -83,7 +83,11 @@ def test_the_asset_keys_follow_the_house_conventions():
 def test_dg_validates_the_project():
     dg_cli = Path(sys.executable).parent / "dg"
     result = subprocess.run(
-        [str(dg_cli), "check", "defs"], cwd=REPO, capture_output=True, text=True, timeout=300,
+        [str(dg_cli), "check", "defs"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "VIRTUAL_ENV": str(Path(sys.executable).parents[1])},
     )
     assert result.returncode == 0, result.stdout + result.stderr

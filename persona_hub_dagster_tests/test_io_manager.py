@@ -126,7 +126,11 @@ def test_materializations_report_counts_schema_location_and_preview(resources, s
 
 def test_a_missing_upstream_table_fails_with_a_clear_message(resources, shards_instance):
     result = dg.materialize(
-        ASSETS, selection=[doubled], resources=resources, instance=shards_instance, partition_key="a",
+        ASSETS,
+        selection=[doubled],
+        resources=resources,
+        instance=shards_instance,
+        partition_key="a",
         raise_on_error=False,
     )
     assert not result.success

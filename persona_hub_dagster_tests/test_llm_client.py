@@ -175,8 +175,9 @@ def test_concurrent_runs_append_to_one_namespace_without_losing_entries(storage_
 
     writer = Path(__file__).parent / "helpers" / "cache_writer.py"
     processes = [
-        subprocess.Popen([sys.executable, str(writer), storage_root, "stage.shared", prefix, "15"],
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, str(writer), storage_root, "stage.shared", prefix, "15"], stderr=subprocess.PIPE, text=True
+        )
         for prefix in ("a", "b", "c")
     ]
     for process in processes:

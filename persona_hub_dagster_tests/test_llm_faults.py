@@ -34,7 +34,13 @@ class FaultServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
-                    server.requests.append({"t": time.monotonic(), "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
+                    server.requests.append(
+                        {
+                            "t": time.monotonic(),
+                            "headers": {k.lower(): v for k, v in self.headers.items()},
+                            "body": body,
+                        }
+                    )
                     behaviour = server.script.popleft() if server.script else ("ok",)
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
@@ -92,7 +98,10 @@ class FaultServer:
 
 def completion(content: str, finish_reason: str = "stop") -> dict:
     return {
-        "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": "scripted",
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "scripted",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}],
         "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
     }
@@ -130,7 +139,7 @@ def test_429_is_retried_after_the_servers_retry_after(fault_server):
 def test_5xx_is_retried_with_growing_backoff_then_reported(fault_server):
     server = fault_server(("status", 500), ("status", 503), ("ok",))
     assert ask(backend_for(server)).error is None
-    gaps = [b["t"] - a["t"] for a, b in zip(server.requests, server.requests[1:])]
+    gaps = [b["t"] - a["t"] for a, b in zip(server.requests, server.requests[1:], strict=False)]
     assert len(gaps) == 2 and gaps[1] > gaps[0] * 1.2  # exponential, with at most 25% jitter
 
     always_failing = fault_server(*[("status", 502)] * 10)
@@ -152,16 +161,16 @@ def test_a_malformed_body_is_rejected_then_asked_again(fault_server):
     assert responses[0].ok and responses[0].attempts == 2
 
     only_malformed = fault_server(*[("malformed",)] * 10)
-    response = LLMClient(backend_for(only_malformed, max_retries=0), max_attempts=2).generate(
-        [LLMRequest.chat("hi")])[0]
+    response = LLMClient(backend_for(only_malformed, max_retries=0), max_attempts=2).generate([LLMRequest.chat("hi")])[
+        0
+    ]
     assert response.error.startswith("malformed_response")
 
 
 def test_truncated_output_becomes_a_rejection_that_keeps_the_text(fault_server):
     partial = '{"persona": "a retired sailor who'
     server = fault_server(*[("content", partial, "length")] * 3)
-    response = LLMClient(backend_for(server), max_attempts=3).generate(
-        [LLMRequest.chat("hi", json_schema=SCHEMA)])[0]
+    response = LLMClient(backend_for(server), max_attempts=3).generate([LLMRequest.chat("hi", json_schema=SCHEMA)])[0]
     assert response.error.startswith("truncated") and response.text == partial and response.attempts == 3
 
 
@@ -189,8 +198,13 @@ def test_the_api_key_is_sent_and_never_shown(fault_server, monkeypatch, caplog):
 
     assert all(r["headers"]["authorization"] == f"Bearer {secret}" for r in server.requests)
     settings = LLMSettings.from_env(backend="openai", base_url=server.base_url, model="scripted")
-    visible = [repr(settings.describe()), backend.identity, repr(response), repr(client.usage.as_metadata()),
-               caplog.text]
+    visible = [
+        repr(settings.describe()),
+        backend.identity,
+        repr(response),
+        repr(client.usage.as_metadata()),
+        caplog.text,
+    ]
     assert not any(secret in text for text in visible)
 
     from persona_hub_dagster.defs.models import LLMResource

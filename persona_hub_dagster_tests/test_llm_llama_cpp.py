@@ -67,11 +67,24 @@ def test_structured_generation_is_schema_valid(backend):
     assert usage.completion_tokens_per_s > 0
 
 
-def test_a_seed_makes_generation_reproducible(backend):
-    request = LLMRequest.chat("Name a job in one word.", sampling=SamplingParams(max_tokens=8, temperature=1.0, seed=42))
-    first = backend.complete([request])[0].text
-    backend.complete([request.with_seed(7)])  # something else in between
-    assert backend.complete([request])[0].text == first
+def test_a_seed_makes_a_run_reproducible():
+    """Default (prefix KV reuse): the same requests in the same order give the same outputs in a fresh process
+    state; with reuse_prefix=False every request is reproducible on its own, whatever ran before it."""
+    requests = [
+        LLMRequest.chat(
+            f"Name a job that involves {thing}, in one word.",
+            sampling=SamplingParams(max_tokens=8, temperature=1.0, seed=42),
+        )
+        for thing in ("boats", "bread", "boats")
+    ]
+
+    def run(**options):
+        with open_backend(LLMSettings(n_ctx=512, **options)) as backend:
+            return [c.text for c in backend.complete(requests)]
+
+    assert run() == run()
+    independent = run(reuse_prefix=False)
+    assert independent[0] == independent[2]  # same request, same output, despite the one in between
 
 
 def test_plain_text_and_stop_sequences(backend):

@@ -54,7 +54,9 @@ def server():
 def test_plain_chat_against_a_real_server(server):
     backend = OpenAICompatibleBackend(server.base_url, None, max_concurrency=2)
     assert backend.model.endswith(".gguf")  # asked the server which model it serves
-    requests = [LLMRequest.chat(f"Say the number {i} in words.", sampling=SamplingParams(max_tokens=12)) for i in range(3)]
+    requests = [
+        LLMRequest.chat(f"Say the number {i} in words.", sampling=SamplingParams(max_tokens=12)) for i in range(3)
+    ]
     completions = backend.complete(requests)
     assert all(c.error is None and c.text for c in completions)
     assert all(c.prompt_tokens > 0 and c.completion_tokens > 0 for c in completions)
@@ -64,8 +66,12 @@ def test_structured_output_falls_back_to_json_object_when_json_schema_is_rejecte
     backend = OpenAICompatibleBackend(server.base_url, None, max_concurrency=2)
     client = LLMClient(backend)
     requests = [
-        LLMRequest.chat(f"Describe a reader of a text about {topic}.", json_schema=SCHEMA,
-                        sampling=SamplingParams(max_tokens=48), request_id=topic)
+        LLMRequest.chat(
+            f"Describe a reader of a text about {topic}.",
+            json_schema=SCHEMA,
+            sampling=SamplingParams(max_tokens=48),
+            request_id=topic,
+        )
         for topic in ("gardening", "tax law")
     ]
     responses = client.generate(requests)
@@ -102,8 +108,13 @@ def test_a_failing_step_still_stops_the_server():
 @pytest.mark.parametrize("how", ["interrupt", "kill"])
 def test_an_interrupted_or_killed_run_does_not_leave_the_server_behind(how):
     child = subprocess.Popen(
-        [sys.executable, str(Path(__file__).parent / "helpers" / "managed_server_child.py"), str(packaged_model_path())],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            str(Path(__file__).parent / "helpers" / "managed_server_child.py"),
+            str(packaged_model_path()),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     server_pid = int(child.stdout.readline())
@@ -124,11 +135,22 @@ def test_a_server_that_cannot_start_fails_fast_with_its_log():
 
 
 def test_vllm_command_line_and_missing_install():
-    command = vllm_serve_command("Qwen/Qwen2.5-7B-Instruct", port=8001, tensor_parallel_size=2, max_num_seqs=512,
-                                 gpu_memory_utilization=0.85, max_model_len=8192)
+    command = vllm_serve_command(
+        "Qwen/Qwen2.5-7B-Instruct",
+        port=8001,
+        tensor_parallel_size=2,
+        max_num_seqs=512,
+        gpu_memory_utilization=0.85,
+        max_model_len=8192,
+    )
     assert command[:3] == ["vllm", "serve", "Qwen/Qwen2.5-7B-Instruct"]
-    for flag, value in [("--tensor-parallel-size", "2"), ("--max-num-seqs", "512"),
-                        ("--gpu-memory-utilization", "0.85"), ("--max-model-len", "8192"), ("--host", "127.0.0.1")]:
+    for flag, value in [
+        ("--tensor-parallel-size", "2"),
+        ("--max-num-seqs", "512"),
+        ("--gpu-memory-utilization", "0.85"),
+        ("--max-model-len", "8192"),
+        ("--host", "127.0.0.1"),
+    ]:
         assert command[command.index(flag) + 1] == value
     assert "--enable-prefix-caching" in command
     if subprocess.run(["which", "vllm"], capture_output=True).returncode != 0:

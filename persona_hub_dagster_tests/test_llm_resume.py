@@ -20,8 +20,12 @@ N, BATCH = 24, 4
 def test_a_killed_run_resumes_from_the_cache_without_lost_or_duplicated_rows(tmp_path):
     root = str(tmp_path / "delta")
     store = DeltaStore(root=root)
-    first = subprocess.Popen([sys.executable, str(STAGE), root, str(N), str(BATCH)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, str(STAGE), root, str(N), str(BATCH)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     finished_calls = 0
     while finished_calls < 2 * BATCH and time.monotonic() < deadline:
@@ -34,8 +38,9 @@ def test_a_killed_run_resumes_from_the_cache_without_lost_or_duplicated_rows(tmp
     assert BATCH <= finished_calls < N and finished_calls % BATCH == 0  # whole batches, committed atomically
     assert not store.exists("resume_output")
 
-    second = subprocess.run([sys.executable, str(STAGE), root, str(N), str(BATCH)],
-                            capture_output=True, text=True, timeout=300)
+    second = subprocess.run(
+        [sys.executable, str(STAGE), root, str(N), str(BATCH)], capture_output=True, text=True, timeout=300
+    )
     assert second.returncode == 0, second.stderr
     usage = json.loads(second.stdout.strip().splitlines()[-1])
 

@@ -19,12 +19,22 @@ def described_topics(
     client = llm.client(store, stage="described_topics", shard=context.partition_key, run_id=context.run.run_id)
     topics = ["knitting", "orbital mechanics"]
     responses = client.generate(
-        [LLMRequest.chat(f"One sentence on who reads about {t}.", sampling=SamplingParams(max_tokens=16), request_id=t)
-         for t in topics]
+        [
+            LLMRequest.chat(
+                f"One sentence on who reads about {t}.", sampling=SamplingParams(max_tokens=16), request_id=t
+            )
+            for t in topics
+        ]
     )
     vectors = embeddings.embedder(store).encode([r.text for r in responses])
-    rows = pl.DataFrame({"shard": context.partition_key, "topic": topics, "text": [r.text for r in responses],
-                         "dim": [len(v) for v in vectors]})
+    rows = pl.DataFrame(
+        {
+            "shard": context.partition_key,
+            "topic": topics,
+            "text": [r.text for r in responses],
+            "dim": [len(v) for v in vectors],
+        }
+    )
     store.write_partitions("described_topics", rows, partitions=[context.partition_key])
     return dg.MaterializeResult(metadata={**usage_metadata(client.usage), "model": client.identity})
 
@@ -72,7 +82,10 @@ def test_configuration_comes_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("PERSONA_HUB_EMBEDDING_MODEL", str(tmp_path))
     settings = LLMResource().settings()
     assert (settings.backend, settings.model, settings.base_url) == (
-        "openai", "Qwen/Qwen2.5-7B-Instruct", "http://10.0.0.5:8000/v1")
+        "openai",
+        "Qwen/Qwen2.5-7B-Instruct",
+        "http://10.0.0.5:8000/v1",
+    )
     assert EmbeddingsResource().model == str(tmp_path)
     # Run config still wins over the environment.
     assert LLMResource(backend="llama_cpp", model=None).settings().backend == "llama_cpp"

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
-import pytest
 
 from persona_hub_dagster.defs.partitions import register_shards, text_shards
 from persona_hub_dagster.defs.raw_text.assets import ingest_raw_text
@@ -32,7 +31,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def register(instance, store, path: Path, key: str, **kwargs) -> None:
     register_shards(
-        instance, ShardRegistry(store), [shard_file(filesystems.stat(str(path)), key=key)], registered_by="test",
+        instance,
+        ShardRegistry(store),
+        [shard_file(filesystems.stat(str(path)), key=key)],
+        registered_by="test",
         **kwargs,
     )
 
@@ -78,8 +80,11 @@ def test_a_shard_lands_in_raw_text_and_raw_text_rejects(instance, store, tmp_pat
     rejects = store.read("raw_text_rejects")
     assert sorted(rejects["reason"].to_list()) == ["duplicate", "missing_text", "too_short"]
 
-    materializations = {m.asset_key.to_user_string(): m.metadata for m in result.get_asset_materialization_events() and
-                        [e.materialization for e in result.get_asset_materialization_events()]}
+    materializations = {
+        m.asset_key.to_user_string(): m.metadata
+        for m in result.get_asset_materialization_events()
+        and [e.materialization for e in result.get_asset_materialization_events()]
+    }
     texts_meta, rejects_meta = materializations["raw_text"], materializations["raw_text_rejects"]
     assert texts_meta["dagster/partition_row_count"].value == 5
     assert texts_meta["records_read"].value == 8
@@ -152,7 +157,10 @@ def sensor_context(instance, location: str, store: DeltaStore, cursor=None):
     return dg.build_sensor_context(
         instance=instance,
         cursor=cursor,
-        resources={"shard_source": ShardSourceResource(location=location), "storage": DeltaStorageResource(root=store.root)},
+        resources={
+            "shard_source": ShardSourceResource(location=location),
+            "storage": DeltaStorageResource(root=store.root),
+        },
     )
 
 

@@ -25,15 +25,22 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 CHROMIUM = "/usr/bin/chromium"
 # As root in a closed network: no sandbox, and none of Chromium's background connections.
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 SHARD = "ui-shard"
 
 if not os.path.exists(CHROMIUM):
     if os.environ.get("PERSONA_HUB_REQUIRE_E2E"):
         raise RuntimeError(f"{CHROMIUM} is missing and PERSONA_HUB_REQUIRE_E2E is set (apt-get install chromium)")
-    pytest.skip(f"browser test needs Debian's chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+    pytest.skip(
+        f"browser test needs Debian's chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True
+    )
 
 
 def graphql(port: int, query: str, variables: dict | None = None) -> dict:
@@ -85,7 +92,11 @@ def dagster_dev(tmp_path, artifacts_dir):
     sample = REPO / "persona_hub_dagster" / "data" / "sample_corpus.jsonl"
     subprocess.run(
         [sys.executable, "-m", "persona_hub_dagster.cli", "register-shard", str(sample), "--key", SHARD],
-        env=env, cwd=REPO, check=True, capture_output=True, timeout=120,
+        env=env,
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
 
     port = free_port()
@@ -93,15 +104,22 @@ def dagster_dev(tmp_path, artifacts_dir):
     dagster = Path(sys.executable).parent / "dagster"
     process = subprocess.Popen(
         [str(dagster), "dev", "--host", "127.0.0.1", "--port", str(port), "--workspace", "workspace.yaml"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: the webserver, daemon and code server stop together
         preexec_fn=_restore_default_sigint,
     )
     try:
         wait_until(
-            lambda: graphql(port, "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus } } } }")
-            ["workspaceOrError"]["locationEntries"][0]["loadStatus"] == "LOADED",
-            timeout=180, what="the code location to load", process=process,
+            lambda: graphql(port, "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus } } } }")[
+                "workspaceOrError"
+            ]["locationEntries"][0]["loadStatus"]
+            == "LOADED",
+            timeout=180,
+            what="the code location to load",
+            process=process,
         )
         yield port, DeltaStore(root=str(storage))
     finally:

@@ -92,9 +92,7 @@ def table_write_metadata(write: TableWrite) -> dict[str, dg.MetadataValue]:
 
 
 def column_schema(schema: pa.Schema) -> dg.TableSchema:
-    return dg.TableSchema(
-        columns=[dg.TableColumn(name=f.name, type=str(f.type), description=None) for f in schema]
-    )
+    return dg.TableSchema(columns=[dg.TableColumn(name=f.name, type=str(f.type), description=None) for f in schema])
 
 
 def markdown_preview(frame: pl.DataFrame, max_rows: int = 5) -> str:

@@ -22,9 +22,7 @@ def main() -> None:
     attempts = []
     for round_number in range(rounds):
         rows = 100 + round_number
-        frame = pl.DataFrame(
-            {"shard": [shard] * rows, "round": [round_number] * rows, "i": list(range(rows))}
-        )
+        frame = pl.DataFrame({"shard": [shard] * rows, "round": [round_number] * rows, "i": list(range(rows))})
         if round_number >= 2:
             frame = frame.with_columns(pl.lit(round_number).alias(f"extra_{shard}"))
         attempts.append(store.write_partitions("table", frame, partitions=[shard]).attempts)

@@ -9,8 +9,12 @@ import time
 from persona_hub_dagster.lib.llm.backends.managed_server import ManagedServer, free_port, llama_cpp_server_command
 
 port = free_port()
-with ManagedServer(llama_cpp_server_command(sys.argv[1], port=port, n_ctx=512), port=port,
-                   health_path="/v1/models", startup_timeout_s=120) as server:
+with ManagedServer(
+    llama_cpp_server_command(sys.argv[1], port=port, n_ctx=512),
+    port=port,
+    health_path="/v1/models",
+    startup_timeout_s=120,
+) as server:
     print(server.pid, flush=True)
     while True:
         time.sleep(0.2)

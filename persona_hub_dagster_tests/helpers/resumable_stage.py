@@ -16,8 +16,11 @@ from persona_hub_dagster.lib.storage import DeltaStore
 root, n, batch_size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 store = DeltaStore(root=root)
 requests = [
-    LLMRequest.chat(f"Name one kind of person who would read about topic number {i}.",
-                    sampling=SamplingParams(max_tokens=12, seed=i), request_id=f"item-{i}")
+    LLMRequest.chat(
+        f"Name one kind of person who would read about topic number {i}.",
+        sampling=SamplingParams(max_tokens=12, seed=i),
+        request_id=f"item-{i}",
+    )
     for i in range(n)
 ]
 with open_backend(LLMSettings(n_ctx=512)) as backend:

@@ -69,11 +69,14 @@ class RawTextConfig(dg.Config):
     ],
     check_specs=[
         dg.AssetCheckSpec(
-            "text_ids_unique", asset=RAW_TEXT, blocking=True,
+            "text_ids_unique",
+            asset=RAW_TEXT,
+            blocking=True,
             description="Re-reads the written shard: every text_id occurs once (lineage joins depend on it).",
         ),
         dg.AssetCheckSpec(
-            "reject_rate", asset=RAW_TEXT,
+            "reject_rate",
+            asset=RAW_TEXT,
             description="Warns when a larger share of the shard's records was rejected than max_reject_rate.",
         ),
     ],
@@ -132,9 +135,12 @@ def ingest_raw_text(context: dg.AssetExecutionContext, config: RawTextConfig, st
         metadata={**table_write_metadata(rejects), "rejected_by_reason": dg.MetadataValue.json(by_reason)},
     )
 
-    counts = store.scan(RAW_TEXT.path, [shard]).select(
-        rows=pl.len(), distinct=pl.col("text_id").n_unique()
-    ).collect().row(0, named=True)
+    counts = (
+        store.scan(RAW_TEXT.path, [shard])
+        .select(rows=pl.len(), distinct=pl.col("text_id").n_unique())
+        .collect()
+        .row(0, named=True)
+    )
     yield dg.AssetCheckResult(
         asset_key=RAW_TEXT,
         check_name="text_ids_unique",

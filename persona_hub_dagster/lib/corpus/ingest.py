@@ -24,7 +24,9 @@ RAW_TEXT_SCHEMA = pa.schema(
         pa.field("text_id", pa.string(), nullable=False),  # content hash of the cleaned text
         pa.field("shard", pa.string(), nullable=False),
         pa.field("source_uri", pa.string(), nullable=False),
-        pa.field("record_index", pa.int64()),  # position in the file: line (JSONL), row (CSV, Parquet), paragraph (.txt)
+        pa.field(
+            "record_index", pa.int64()
+        ),  # position in the file: line (JSONL), row (CSV, Parquet), paragraph (.txt)
         pa.field("text", pa.string(), nullable=False),
         pa.field("n_chars", pa.int64(), nullable=False),
         pa.field("source_fields", pa.string()),  # the record's other fields as JSON (title, url, ...)
@@ -166,4 +168,8 @@ class ShardIngest:
         self.report.accepted += kept.height
         accepted = kept.with_columns(**constants).select(RAW_TEXT_SCHEMA.names)
         table = accepted.to_arrow().cast(RAW_TEXT_SCHEMA)
-        return table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], RAW_TEXT_SCHEMA)
+        return (
+            table.combine_chunks().to_batches()[0]
+            if table.num_rows
+            else pa.RecordBatch.from_pylist([], RAW_TEXT_SCHEMA)
+        )

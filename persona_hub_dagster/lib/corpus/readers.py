@@ -56,7 +56,9 @@ class ReadStats:
     invalid_syntax: int = 0
 
 
-def read_records(spec: SourceSpec, *, batch_size: int = 20_000, stats: ReadStats | None = None) -> Iterator[pl.DataFrame]:
+def read_records(
+    spec: SourceSpec, *, batch_size: int = 20_000, stats: ReadStats | None = None
+) -> Iterator[pl.DataFrame]:
     stats = stats if stats is not None else ReadStats()
     readers = {"jsonl": _read_jsonl, "txt": _read_txt, "csv": _read_csv, "parquet": _read_parquet}
     if spec.format not in readers:
@@ -253,8 +255,13 @@ def _read_parquet(spec: SourceSpec, batch_size: int, stats: ReadStats) -> Iterat
     if spec.text_column not in schema.names:
         raise SourceFileError(f"{spec.uri}: no column {spec.text_column!r}; the columns are {schema.names}")
     text_type = schema.field(spec.text_column).type
-    if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type) or pa.types.is_binary(text_type)
-            or pa.types.is_large_binary(text_type) or pa.types.is_string_view(text_type)):
+    if not (
+        pa.types.is_string(text_type)
+        or pa.types.is_large_string(text_type)
+        or pa.types.is_binary(text_type)
+        or pa.types.is_large_binary(text_type)
+        or pa.types.is_string_view(text_type)
+    ):
         raise SourceFileError(f"{spec.uri}: column {spec.text_column!r} holds {text_type}, not text")
     others = [n for n in schema.names if n != spec.text_column]
     index = 0
@@ -295,7 +302,9 @@ def _add_decoded(batcher: _Batcher, index: int, value, fields: str | None) -> pl
         try:
             value = value.decode("utf-8")
         except UnicodeDecodeError as exc:
-            return batcher.add(index, fields=fields, error="undecodable_bytes", detail=_undecodable(exc), raw=_escaped(value))
+            return batcher.add(
+                index, fields=fields, error="undecodable_bytes", detail=_undecodable(exc), raw=_escaped(value)
+            )
     return batcher.add(index, text=value, fields=fields)
 
 

@@ -114,6 +114,7 @@ class ResponseCache:
                 return self._entries
             for key, text, finish, prompt, completion, latency in frame.iter_rows():
                 # A key written twice (two runs racing on the same request) holds the same kind of answer; keep one.
-                self._entries[key] = Completion(text, finish, prompt or 0, completion or 0, latency or 0.0, cache_hit=True)
+                self._entries[key] = Completion(
+                    text, finish, prompt or 0, completion or 0, latency or 0.0, cache_hit=True
+                )
         return self._entries
-

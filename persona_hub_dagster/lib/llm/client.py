@@ -141,7 +141,9 @@ class LLMClient:
             answers = self.backend.complete([batch[i] for i in missing])
             self.usage.backend_seconds += time.perf_counter() - started
             if len(answers) != len(missing):
-                raise RuntimeError(f"{self.backend.name} returned {len(answers)} completions for {len(missing)} requests")
+                raise RuntimeError(
+                    f"{self.backend.name} returned {len(answers)} completions for {len(missing)} requests"
+                )
             fresh = dict(zip(missing, answers, strict=True))
             self.usage.calls += len(answers)
             self.usage.prompt_tokens += sum(a.prompt_tokens for a in answers)

@@ -1,10 +1,10 @@
 """Choosing and opening a backend from configuration alone (never by editing code).
 
-    PERSONA_HUB_LLM_BACKEND   llama_cpp (default) | openai | vllm
-    PERSONA_HUB_LLM_MODEL     llama_cpp: a local .gguf (default: the packaged SmolLM2-135M-Instruct);
-                              openai/vllm: the served model name (openai: default the server's first model)
-    PERSONA_HUB_LLM_BASE_URL  openai: required; vllm: an existing endpoint, or unset to start `vllm serve` here
-    PERSONA_HUB_LLM_API_KEY   the key itself, read at call time, never stored in configuration
+PERSONA_HUB_LLM_BACKEND   llama_cpp (default) | openai | vllm
+PERSONA_HUB_LLM_MODEL     llama_cpp: a local .gguf (default: the packaged SmolLM2-135M-Instruct);
+                          openai/vllm: the served model name (openai: default the server's first model)
+PERSONA_HUB_LLM_BASE_URL  openai: required; vllm: an existing endpoint, or unset to start `vllm serve` here
+PERSONA_HUB_LLM_API_KEY   the key itself, read at call time, never stored in configuration
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class LLMSettings:
     # llama_cpp (in-process)
     n_ctx: int = 4096
     n_threads: int = 1
-    reuse_prefix: bool = False  # faster on shared prompt prefixes, but not bit-reproducible
+    reuse_prefix: bool = True  # KV reuse of shared prompt prefixes; False: every request bit-reproducible alone
     # openai / vllm over HTTP
     max_concurrency: int = 8
     timeout_s: float = 120.0
@@ -126,8 +126,9 @@ def open_backend(
             "machine, or point PERSONA_HUB_LLM_BASE_URL at a running vLLM server."
         )
     port = int(command[command.index("--port") + 1])
-    with ManagedServer(command, port=port, health_path=health_path,
-                       startup_timeout_s=settings.server_startup_timeout_s) as server:
+    with ManagedServer(
+        command, port=port, health_path=health_path, startup_timeout_s=settings.server_startup_timeout_s
+    ) as server:
         backend = _http_backend(settings, server.base_url)
         try:
             yield backend

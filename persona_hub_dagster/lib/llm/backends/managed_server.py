@@ -47,12 +47,19 @@ def vllm_serve_command(
 ) -> list[str]:
     """`vllm serve` with prefix caching on (persona prompts share long prefixes)."""
     command = [
-        "vllm", "serve", model,
-        "--host", host,
-        "--port", str(port),
-        "--tensor-parallel-size", str(tensor_parallel_size),
-        "--max-num-seqs", str(max_num_seqs),
-        "--gpu-memory-utilization", str(gpu_memory_utilization),
+        "vllm",
+        "serve",
+        model,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--tensor-parallel-size",
+        str(tensor_parallel_size),
+        "--max-num-seqs",
+        str(max_num_seqs),
+        "--gpu-memory-utilization",
+        str(gpu_memory_utilization),
         "--enable-prefix-caching",
     ]
     if max_model_len:
@@ -65,13 +72,21 @@ def llama_cpp_server_command(
 ) -> list[str]:
     """llama-cpp-python's OpenAI-compatible server (the `server` extra)."""
     return [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", str(model_path),
-        "--host", host,
-        "--port", str(port),
-        "--n_ctx", str(n_ctx),
-        "--n_threads", str(n_threads),
-        "--n_threads_batch", str(n_threads),
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model_path),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(n_ctx),
+        "--n_threads",
+        str(n_threads),
+        "--n_threads_batch",
+        str(n_threads),
     ]
 
 
@@ -96,7 +111,9 @@ class ManagedServer:
         self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.env = env
-        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="managed-server-", suffix=".log")[1])
+        self.log_path = (
+            Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="managed-server-", suffix=".log")[1])
+        )
         self.process: subprocess.Popen | None = None
 
     @property

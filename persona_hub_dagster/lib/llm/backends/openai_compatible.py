@@ -107,7 +107,9 @@ class OpenAICompatibleBackend:
         except self._openai.APITimeoutError as exc:
             return Completion(None, error=f"timeout: {exc}", latency_s=time.perf_counter() - started)
         except self._openai.APIStatusError as exc:
-            return Completion(None, error=f"http_{exc.status_code}: {_short(exc)}", latency_s=time.perf_counter() - started)
+            return Completion(
+                None, error=f"http_{exc.status_code}: {_short(exc)}", latency_s=time.perf_counter() - started
+            )
         except self._openai.APIConnectionError as exc:
             return Completion(None, error=f"connection: {exc}", latency_s=time.perf_counter() - started)
         except (self._openai.APIResponseValidationError, json.JSONDecodeError, ValueError, TypeError) as exc:
@@ -142,15 +144,23 @@ class OpenAICompatibleBackend:
             client = self._client if known else self._client.with_options(max_retries=0)
             try:
                 response = client.chat.completions.create(**_with_structured_mode(kwargs, schema, mode))
-            except (self._openai.BadRequestError, self._openai.UnprocessableEntityError,
-                    self._openai.InternalServerError) as exc:
+            except (
+                self._openai.BadRequestError,
+                self._openai.UnprocessableEntityError,
+                self._openai.InternalServerError,
+            ) as exc:
                 if known or self._structured_mode_index == len(STRUCTURED_MODES) - 1:
                     raise  # the mode worked before, or there is nothing left to try: a real error
                 with self._mode_lock:
                     if STRUCTURED_MODES[self._structured_mode_index] == mode:
                         self._structured_mode_index += 1
-                        log.warning("%s rejected structured mode %s (%s); trying %s", self.base_url, mode,
-                                    _short(exc), STRUCTURED_MODES[self._structured_mode_index])
+                        log.warning(
+                            "%s rejected structured mode %s (%s); trying %s",
+                            self.base_url,
+                            mode,
+                            _short(exc),
+                            STRUCTURED_MODES[self._structured_mode_index],
+                        )
                 continue
             self._structured_mode_known = True
             return response
@@ -166,8 +176,13 @@ STRUCTURED_MODES = ("json_schema", "json_object+schema", "json_object")
 
 def _with_structured_mode(kwargs: dict, schema, mode: str) -> dict:
     if mode == "json_schema":
-        return {**kwargs, "response_format": {
-            "type": "json_schema", "json_schema": {"name": "output", "schema": dict(schema), "strict": True}}}
+        return {
+            **kwargs,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": dict(schema), "strict": True},
+            },
+        }
     messages = [dict(m) for m in kwargs["messages"]]
     instructions = schema_instructions(schema)
     if messages and messages[0]["role"] == "system":
