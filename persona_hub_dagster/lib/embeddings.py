@@ -53,6 +53,12 @@ def _offline() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
+def embedding_identity(model: str | None, fast: bool = False) -> str:
+    """What distinguishes one embedding space from another, known without loading the model."""
+    name = DEFAULT_MODEL if model in DEFAULT_MODEL_ALIASES else Path(model).expanduser().name
+    return f"model2vec:{name}:static-pca{STATIC_PCA_DIMS}" if fast else f"sentence-transformers:{name}"
+
+
 def resolve_model_dir(model: str | None) -> Path:
     """The packaged MiniLM for the default names; otherwise a local sentence-transformers directory."""
     if model in DEFAULT_MODEL_ALIASES:
@@ -104,8 +110,7 @@ class Embedder:
 
     @property
     def identity(self) -> str:
-        suffix = f":static-pca{STATIC_PCA_DIMS}" if self.fast else ""
-        return f"{self.family}:{self.model_name}{suffix}"
+        return embedding_identity(self.model_name, self.fast)
 
     @property
     def duplicate_threshold(self) -> float:
