@@ -9,7 +9,7 @@
 | template_echo | prompt scaffolding leaked into the output (JSON braces, "persona:", our text markers) |
 | mostly_non_letters | under half of the characters are letters (markup, numbers, emoji strings) |
 | repetitive | degenerate repetition: one word is over a third of the words, or a 3-word phrase recurs 3+ times |
-| not_a_person | English text in which nothing points to a person: no person noun, role suffix, personal pronoun or "who" |
+| not_a_person | English text where nothing points to a person: no person noun, role suffix, pronoun or "who" |
 
 The last is a heuristic with a generous vocabulary: it exists to catch outputs that describe a thing, a place or an
 event ("A delicious chocolate cake recipe."), not to judge persona quality; text in other languages is not judged.
