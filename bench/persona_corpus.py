@@ -177,7 +177,7 @@ SYLLABLES = [
 def pseudo_word(rng: random.Random) -> str:
     """A made-up name: like the names, places and niche topics real personas mention, it makes most texts carry a
     few rare words, as real persona corpora do (templates alone would make every word common)."""
-    return "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4)))
+    return "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(3, 4)))
 
 
 def base_persona(rng: random.Random) -> str:

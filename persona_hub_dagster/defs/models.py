@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from persona_hub_dagster.lib.embeddings import EMBEDDING_MODEL_ENV, Embedder
+from persona_hub_dagster.lib.embeddings import EMBEDDING_MODEL_ENV, Embedder, LazyEmbedder, embedding_identity
 from persona_hub_dagster.lib.llm.cache import ResponseCache, cache_namespace
 from persona_hub_dagster.lib.llm.client import Backend, LLMClient, UsageStats
 from persona_hub_dagster.lib.llm.settings import ENV, LLMSettings, open_backend
@@ -119,6 +119,10 @@ class EmbeddingsResource(dg.ConfigurableResource):
     )
 
     _embedder: Embedder | None = PrivateAttr(default=None)
+
+    def lazy_embedder(self, store: DeltaStore | None = None) -> LazyEmbedder:
+        """The embedder, loaded on first use (its identity is known at once)."""
+        return LazyEmbedder(embedding_identity(self.model, self.fast), lambda: self.embedder(store))
 
     def embedder(self, store: DeltaStore | None = None) -> Embedder:
         """Loaded once per resource instance; the fast mode caches its distilled model under the storage root."""

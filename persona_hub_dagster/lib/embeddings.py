@@ -135,6 +135,21 @@ class Embedder:
         return vectors / np.maximum(norms, 1e-12)
 
 
+class LazyEmbedder:
+    """An Embedder that loads its model on the first encode: a step with nothing to embed never pays for loading
+    (MiniLM takes seconds). Its identity is known without loading."""
+
+    def __init__(self, identity: str, load):
+        self.identity = identity
+        self._load = load
+        self._embedder: Embedder | None = None
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if self._embedder is None:
+            self._embedder = self._load()
+        return self._embedder.encode(texts)
+
+
 def load_static_model(model_dir: Path, cache_root: str | None):
     """The model2vec distillation of `model_dir`, distilled once and then loaded from the cache.
 

@@ -105,7 +105,7 @@ def build_persona_hub(
     order = {s: i for i, s in enumerate(registry.sort("registration_seq", "shard")["shard"].to_list())}
     shards = sorted(context.partition_keys, key=lambda s: (order.get(s, len(order)), s))
     settings = config.settings()
-    embedder = embeddings.embedder(store) if settings.semantic_threshold is not None else None
+    embedder = embeddings.lazy_embedder(store) if settings.semantic_threshold is not None else None
     run_id = context.run.run_id
     provenance = commit_metadata(run_id, PERSONA_HUB)
     per_shard, writes = {}, {}

@@ -15,6 +15,8 @@ import numpy as np
 
 from persona_hub_dagster.lib.dedup.minhash import TokenizedBatch, exact_jaccard
 
+VERIFY_BLOCK = 2_000_000  # candidate pairs verified at a time
+
 
 def exact_similar_pairs(batch: TokenizedBatch, threshold: float) -> np.ndarray:
     """All pairs (i, j), i < j, with Jaccard >= threshold: (m, 2) int64. Two empty sets count as identical."""
@@ -32,6 +34,15 @@ def exact_similar_pairs(batch: TokenizedBatch, threshold: float) -> np.ndarray:
     index: dict[int, list[int]] = defaultdict(list)
     empties: list[int] = []
     candidates: list[tuple[int, int]] = []
+    verified: list[np.ndarray] = []
+
+    def verify() -> None:  # in blocks: the candidates of a large input do not all fit in memory at once
+        if candidates:
+            block = np.array(candidates, dtype=np.int64)
+            block = np.stack((block.min(axis=1), block.max(axis=1)), axis=1)
+            verified.append(block[exact_jaccard(batch, batch, block) >= threshold])
+            candidates.clear()
+
     offsets = batch.offsets
     for x in np.lexsort((np.arange(n), lengths)).tolist():
         size = int(lengths[x])
@@ -49,9 +60,10 @@ def exact_similar_pairs(batch: TokenizedBatch, threshold: float) -> np.ndarray:
                     candidates.append((y, x))
         for token in ranked[start : start + int(index_len[x])].tolist():
             index[token].append(x)
-    if not candidates:
+        if len(candidates) >= VERIFY_BLOCK:
+            verify()
+    verify()
+    if not verified:
         return np.zeros((0, 2), dtype=np.int64)
-    pairs = np.array(candidates, dtype=np.int64)
-    pairs = np.stack((pairs.min(axis=1), pairs.max(axis=1)), axis=1)
-    pairs = pairs[exact_jaccard(batch, batch, pairs) >= threshold]
+    pairs = np.concatenate(verified)
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
