@@ -19,11 +19,11 @@ ANN: `semantic_keep_first` with IVF on --ann vectors: MiniLM embeddings of real 
 
 import argparse
 import multiprocessing as mp
-from concurrent.futures import ProcessPoolExecutor
 import platform
 import resource
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import date
 from pathlib import Path
 
@@ -81,8 +81,12 @@ def run_datasketch(n: int):
             representative[i] = min(found)
         else:
             lsh.insert(i, m)
-    return {"seconds": time.perf_counter() - started, "peak_mb": _peak_mb(), "representative": representative,
-            "bands": f"{lsh.b}x{lsh.r}"}
+    return {
+        "seconds": time.perf_counter() - started,
+        "peak_mb": _peak_mb(),
+        "representative": representative,
+        "bands": f"{lsh.b}x{lsh.r}",
+    }
 
 
 def run_truth(n: int):
@@ -146,8 +150,14 @@ def ann_pass(embed: int, size: int, sample: int = 2000):
         earlier = np.flatnonzero(kept_mask[:i])
         if len(earlier) and float((vectors[earlier] @ vectors[i]).max()) >= THRESHOLD:
             misses += 1
-    return {"seconds": seconds, "peak_mb": _peak_mb(), "index": result.index, "kept": len(kept),
-            "size": len(vectors), "kept_recall": 1 - misses / len(probe)}
+    return {
+        "seconds": seconds,
+        "peak_mb": _peak_mb(),
+        "index": result.index,
+        "kept": len(kept),
+        "size": len(vectors),
+        "kept_recall": 1 - misses / len(probe),
+    }
 
 
 def main() -> None:
@@ -172,9 +182,13 @@ def main() -> None:
             passes.append(("datasketch per-record loop", _in_fresh_process(run_datasketch, n)))
         for name, result in passes:
             recall, precision = quality(n, result["representative"], truth["pairs"])
-            print(f"| {n:,} | {name} | {result['seconds']:.1f} | {n / result['seconds']:,.0f} | "
-                  f"{result['peak_mb']:,.0f} | {result['bands']} | {recall:.4f} | {precision:.4f} |")
-        print(f"| {n:,} | exact Jaccard join (truth: {len(truth['pairs']):,} pairs) | {truth['seconds']:.1f} | | | | | |")
+            print(
+                f"| {n:,} | {name} | {result['seconds']:.1f} | {n / result['seconds']:,.0f} | "
+                f"{result['peak_mb']:,.0f} | {result['bands']} | {recall:.4f} | {precision:.4f} |"
+            )
+        print(
+            f"| {n:,} | exact Jaccard join (truth: {len(truth['pairs']):,} pairs) | {truth['seconds']:.1f} | | | | | |"
+        )
         if len(passes) > 1 and "datasketch" in passes[-1][0]:
             ratio = passes[-1][1]["seconds"] / passes[0][1]["seconds"]
             print(f"\nours vs the datasketch loop at {n:,}: {ratio:.1f}x faster\n")
@@ -183,10 +197,12 @@ def main() -> None:
         print(f"MiniLM (sentence-transformers, CPU, batch 64): {rate:,.0f} personas/s on {args.embed:,} personas")
     if args.ann:
         ann = _in_fresh_process(ann_pass, args.ann_real, args.ann)
-        print(f"FAISS keep-first at cosine {THRESHOLD}: {ann['size']:,} vectors ({args.ann_real:,} real MiniLM "
-              f"embeddings + perturbed copies) in {ann['seconds']:.1f} s with {ann['index']}, "
-              f"kept {ann['kept']:,}, recall on a sample of kept vectors {ann['kept_recall']:.4f}, "
-              f"peak RSS {ann['peak_mb']:,.0f} MB")
+        print(
+            f"FAISS keep-first at cosine {THRESHOLD}: {ann['size']:,} vectors ({args.ann_real:,} real MiniLM "
+            f"embeddings + perturbed copies) in {ann['seconds']:.1f} s with {ann['index']}, "
+            f"kept {ann['kept']:,}, recall on a sample of kept vectors {ann['kept_recall']:.4f}, "
+            f"peak RSS {ann['peak_mb']:,.0f} MB"
+        )
 
 
 if __name__ == "__main__":

@@ -202,8 +202,17 @@ def test_materialize_a_shard_from_the_asset_page(dagster_dev, artifacts_dir):
         rows = {e["label"]: e.get("intValue") for e in materialization["metadataEntries"]}
         assert rows["dagster/partition_row_count"] == store.row_count("raw_text", [SHARD]) > 100
 
-        # The asset graph, for the test artifacts.
-        page.goto(f"{base}/asset-groups", wait_until="networkidle")
-        page.get_by_text("raw_text_rejects").first.wait_for()
-        page.screenshot(path=str(artifacts_dir / "asset_graph.png"), full_page=True)
+        # The asset graph, for the test artifacts: the global lineage shows one collapsed node per
+        # group; the ingestion group's own lineage shows both of its assets.
+        try:
+            page.goto(f"{base}/asset-groups", wait_until="networkidle")
+            for group in ("ingestion", "hub"):
+                page.get_by_text(group, exact=True).first.wait_for()
+            page.screenshot(path=str(artifacts_dir / "asset_graph.png"), full_page=True)
+            page.goto(f"{base}/locations/persona_hub_dagster/asset-groups/ingestion", wait_until="networkidle")
+            page.get_by_text("raw_text_rejects").first.wait_for()
+            page.screenshot(path=str(artifacts_dir / "ingestion_group.png"), full_page=True)
+        except Exception:
+            page.screenshot(path=str(artifacts_dir / "failure.png"))
+            raise
         browser.close()

@@ -13,6 +13,7 @@ from persona_hub_dagster.lib.dedup.hub import (
     DECISIONS_TABLE,
     EMBEDDINGS_TABLE,
     HUB_TABLE,
+    RUNS_SCHEMA,
     RUNS_TABLE,
     HubSettings,
     dedup_shard,
@@ -128,7 +129,7 @@ def build_persona_hub(
         )
         store.write_partitions(BANDS_TABLE, result.bands, partitions=[shard], commit_metadata=provenance)
         store.write_partitions(EMBEDDINGS_TABLE, result.embeddings, partitions=[shard], commit_metadata=provenance)
-        run = pl.DataFrame([{**result.run, "prefix_expected": expected}])
+        run = pl.DataFrame([{**result.run, "prefix_expected": expected}], schema=RUNS_SCHEMA)
         store.write_partitions(RUNS_TABLE, run, partitions=[shard], commit_metadata=provenance)
         per_shard[shard] = result.counts
         context.log.info(f"persona_hub {shard}: {result.counts}")

@@ -35,6 +35,16 @@ DECISIONS_TABLE = ("persona_hub_decisions",)
 BANDS_TABLE = ("_index", "persona_hub", "minhash_bands")
 EMBEDDINGS_TABLE = ("_index", "persona_hub", "embeddings")
 RUNS_TABLE = ("_index", "persona_hub", "runs")
+RUNS_SCHEMA = {
+    "shard": pl.String,
+    "deduplicated_at": pl.Datetime("us", "UTC"),
+    "run_id": pl.String,
+    "prefix_present": pl.List(pl.String),
+    "prefix_expected": pl.List(pl.String),
+    "hub_config": pl.String,
+    "candidates": pl.Int64,
+    "kept": pl.Int64,
+}
 CANDIDATE_SOURCES = (("text_personas",), ("expanded_personas",))
 REQUIRED_COLUMNS = ("persona_id", "persona", "shard")
 
@@ -151,12 +161,15 @@ def dedup_shard(
         seed=settings.seed,
         min_recall=settings.min_recall,
     )
-    pair_score = {(int(a), int(b)): float(s) for (a, b), s in zip(within.pairs.tolist(), within.jaccard, strict=True)}
-    for local, rep in enumerate(within.representative.tolist()):
-        if rep != local:
+    dropped_local = np.flatnonzero(within.representative != np.arange(len(live)))
+    if len(dropped_local):
+        sub = batch.subset(live)
+        pairs = np.stack((within.representative[dropped_local], dropped_local), axis=1)
+        scores = minhash.exact_jaccard(sub, sub, pairs)
+        for local, rep, score in zip(dropped_local.tolist(), pairs[:, 0].tolist(), scores.tolist(), strict=True):
             i = int(live[local])
             reason[i], duplicate_of[i], duplicate_shard[i] = "minhash", ids[live[rep]], shard
-            similarity[i] = pair_score.get((rep, local), 1.0)
+            similarity[i] = score
             alive[i] = False
 
     # 3. embeddings: earlier shards' kept personas, then within the shard
@@ -193,8 +206,10 @@ def dedup_shard(
         decided_at=pl.lit(now),
         run_id=pl.lit(run_id),
     )
-    hub = candidates.with_columns(position=pl.Series(np.arange(n), dtype=pl.Int64))[kept.tolist()].with_columns(
-        hub_config=pl.lit(fingerprint), run_id=pl.lit(run_id)
+    hub = (
+        candidates.with_columns(position=pl.Series(np.arange(n), dtype=pl.Int64))
+        .filter(pl.Series(alive))
+        .with_columns(hub_config=pl.lit(fingerprint), run_id=pl.lit(run_id))
     )
     kept_ids = [ids[i] for i in kept]
     band_frame = pl.DataFrame(

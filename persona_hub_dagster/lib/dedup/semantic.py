@@ -198,8 +198,9 @@ def _centroids(vectors: np.ndarray, nlist: int, threads: int | None) -> np.ndarr
     faiss.omp_set_num_threads(threads or os.cpu_count() or 1)
     rng = np.random.default_rng(0)
     sample = vectors[rng.choice(len(vectors), min(len(vectors), nlist * 64), replace=False)]
-    kmeans = faiss.Kmeans(vectors.shape[1], nlist, niter=10, spherical=True, seed=1, max_points_per_centroid=64,
-                          verbose=False)
+    kmeans = faiss.Kmeans(
+        vectors.shape[1], nlist, niter=10, spherical=True, seed=1, max_points_per_centroid=64, verbose=False
+    )
     kmeans.train(sample)
     return kmeans.centroids.astype(np.float32)
 
