@@ -142,17 +142,21 @@ def ann_pass(embed: int, size: int, sample: int = 2000):
     started = time.perf_counter()
     result = semantic_keep_first(vectors, threshold=THRESHOLD)
     seconds = time.perf_counter() - started
+    peak_mb = _peak_mb()  # of the dedup pass (and the embedding above), before the brute-force recall check
     kept = np.flatnonzero(result.kept)
-    probe = rng.choice(kept, min(sample, len(kept)), replace=False)
-    misses = 0
-    kept_mask = result.kept
-    for i in probe.tolist():
-        earlier = np.flatnonzero(kept_mask[:i])
-        if len(earlier) and float((vectors[earlier] @ vectors[i]).max()) >= THRESHOLD:
-            misses += 1
+    probe = np.sort(rng.choice(kept, min(sample, len(kept)), replace=False))
+    # Brute force, chunked (a probe must have no earlier kept vector at cosine >= the threshold).
+    violated = np.zeros(len(probe), dtype=bool)
+    for start in range(0, len(vectors), 65_536):
+        stop = min(start + 65_536, len(vectors))
+        rows = np.arange(start, stop)
+        sims = vectors[start:stop] @ vectors[probe].T
+        earlier_kept = result.kept[start:stop, None] & (rows[:, None] < probe[None, :])
+        violated |= ((sims >= THRESHOLD) & earlier_kept).any(axis=0)
+    misses = int(violated.sum())
     return {
         "seconds": seconds,
-        "peak_mb": _peak_mb(),
+        "peak_mb": peak_mb,
         "index": result.index,
         "kept": len(kept),
         "size": len(vectors),

@@ -8,16 +8,35 @@ import argparse
 import os
 import shutil
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 
 from persona_hub_dagster.lib import filesystems
+from persona_hub_dagster.lib.lineage import print_traced_example
 from persona_hub_dagster.lib.locations import normalize_location, project_dir
 from persona_hub_dagster.lib.shards import InvalidShard, ShardConflict, ShardRegistry, shard_file
 from persona_hub_dagster.lib.storage import DeltaStore
 
 SAMPLE_SHARD = "sample"
 DEFAULT_JOB = "process_text_shard"
+# Demo-sized settings: every stage runs, on a sample of the shard, so the embedded CPU model finishes in minutes.
+# (The asset defaults are the full method: four relations per text, six hops, 200 personas per task, ...)
+DEMO_OPS_CONFIG = {
+    "text_to_persona": {"config": {"max_texts": 32, "relations_per_text": 1, "max_tokens": 64}},
+    "persona_to_persona": {"config": {"hops": 2, "fan_out": 2, "max_calls": 16, "max_tokens": 160}},
+    "synthesize_math": {"config": {"personas": 10}},
+    "synthesize_instructions": {"config": {"personas": 8}},
+    "evaluate_math": {
+        "config": {
+            "reasoning_solutions": 2,
+            "program_solutions": 1,
+            "min_agreement": 2,
+            "reasoning_max_tokens": 256,
+            "program_max_tokens": 192,
+        }
+    },
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     materialize.add_argument("--job", default=DEFAULT_JOB, help=f"default {DEFAULT_JOB}: every stage of the shard")
 
     commands.add_parser("shards", help="list the registered shards")
-    commands.add_parser("demo", help=f"register the bundled sample corpus as shard '{SAMPLE_SHARD}' and process it")
+    demo = commands.add_parser("demo", help=f"register the bundled sample corpus as shard '{SAMPLE_SHARD}', process it")
+    demo.add_argument("--full", action="store_true", help="the asset defaults instead of demo-sized settings (hours)")
 
     ui = commands.add_parser("ui", help="start the Dagster UI and daemon (dagster dev) on 127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
@@ -85,8 +105,12 @@ def cmd_demo(_args) -> int:
     shard = shard_file(filesystems.stat(str(sample)), key=SAMPLE_SHARD)
     # replace=True: the demo stays runnable after the checkout moves, which changes the sample's path.
     _register(shard, replace=True)
-    status = _materialize([SAMPLE_SHARD], DEFAULT_JOB)
+    started = time.perf_counter()
+    status = _materialize([SAMPLE_SHARD], DEFAULT_JOB, ops_config=None if _args.full else DEMO_OPS_CONFIG)
+    print(f"  ({time.perf_counter() - started:.0f} s)")
     _print_tables(SAMPLE_SHARD)
+    if status == 0:
+        print_traced_example(DeltaStore(), SAMPLE_SHARD)
     print(
         "\nOpen the UI with `make dev` (or `.venv/bin/persona-hub ui`), then http://127.0.0.1:3000 "
         f"-> Assets: every table above is an asset; partition '{SAMPLE_SHARD}' is the sample shard."
@@ -146,7 +170,7 @@ def _register(shard, *, text_column: str | None = None, replace: bool = False) -
     return bool(new)
 
 
-def _materialize(shards: list[str], job_name: str) -> int:
+def _materialize(shards: list[str], job_name: str, ops_config: dict | None = None) -> int:
     import dagster as dg
 
     from persona_hub_dagster.definitions import defs
@@ -164,7 +188,10 @@ def _materialize(shards: list[str], job_name: str) -> int:
                 partition_key=shard,
                 instance=instance,
                 raise_on_error=False,
-                run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+                run_config={
+                    "loggers": {"console": {"config": {"log_level": "INFO"}}},
+                    **({"ops": ops_config} if ops_config else {}),
+                },
             )
             print(f"  run {result.run_id}: {'success' if result.success else 'FAILED'}")
             if not result.success:

@@ -146,3 +146,17 @@ def _http_backend(settings: LLMSettings, base_url: str) -> OpenAICompatibleBacke
         max_retries=settings.max_retries,
         name="vllm" if settings.backend == "vllm" else "openai",
     )
+
+
+def model_identity(settings: LLMSettings) -> str:
+    """The configured model's identity without loading it (for code versions at definition load): the same string
+    the opened backend reports where it can be known up front."""
+    if settings.backend == "llama_cpp":
+        from persona_hub_dagster.lib.llm.backends.llama_cpp import ModelNotFound, resolve_gguf
+
+        try:
+            path = resolve_gguf(settings.model)
+        except ModelNotFound:
+            return f"llama_cpp:{settings.model or 'smollm2-135m'}"
+        return f"llama_cpp:{path.name}:{path.stat().st_size}"
+    return f"{'vllm' if settings.backend == 'vllm' else 'openai'}:{settings.model or 'default'}"

@@ -12,14 +12,18 @@ Settings learned the hard way on small machines:
   computed in another batch shape, which changes logits in the last bits and, at temperature > 0, possibly the
   text. `reuse_prefix=False` resets per request for bit-for-bit reproducibility of every request on its own.
 - JSON schemas become a GBNF grammar (llama-cpp-python's response_format), so decoding cannot leave the schema.
+  String length bounds stay out of the grammar: llama.cpp unrolls `maxLength: n` into n nested optional rules, and
+  past a few hundred the grammar parser gives up and the process crashes (measured: maxLength 2000 segfaults).
+  The client still validates the full schema, lengths included, on every output.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from persona_hub_dagster.lib.llm.types import Completion, LLMRequest
 
@@ -120,7 +124,7 @@ class LlamaCppBackend:
             "seed": sampling.seed,
         }
         if request.json_schema is not None:
-            kwargs["response_format"] = {"type": "json_object", "schema": dict(request.json_schema)}
+            kwargs["response_format"] = {"type": "json_object", "schema": grammar_schema(request.json_schema)}
         started = time.perf_counter()
         try:
             out = self._llm.create_chat_completion(**kwargs)
@@ -138,3 +142,25 @@ class LlamaCppBackend:
             completion_tokens=int(usage.get("completion_tokens") or 0),
             latency_s=time.perf_counter() - started,
         )
+
+
+# String bounds the grammar may carry: small ones cost little; larger ones are left to validation (see above).
+_GRAMMAR_MAX_STRING_BOUND = 16
+
+
+def grammar_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """The schema for llama.cpp's grammar: the same structure, without large string length bounds."""
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, Mapping):
+            out = {}
+            for key, value in node.items():
+                if key in ("maxLength", "minLength") and isinstance(value, int) and value > _GRAMMAR_MAX_STRING_BOUND:
+                    continue
+                out[key] = strip(value)
+            return out
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    return strip(schema)

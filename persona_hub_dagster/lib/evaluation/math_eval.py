@@ -1,0 +1,219 @@
+"""Evaluating synthetic math problems by agreement of independent solutions (the paper kept 11.6k of 20k problems
+where at least two of three solutions agreed).
+
+Per problem: `reasoning_solutions` step-by-step solutions (each with its own seed) and `program_solutions` Python
+programs whose printed result is the answer, run in the sandbox. Final answers are normalized (answers.py) and
+grouped by equivalence; `agreement` is the size of the largest group, and a problem is verified when it reaches
+`min_agreement`. Every solution is kept with its answer or what went wrong, and invalid model outputs are kept as
+rejections, so a problem's verdict can always be traced to its solutions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import polars as pl
+
+from persona_hub_dagster.lib import prompts
+from persona_hub_dagster.lib.evaluation import answers
+from persona_hub_dagster.lib.evaluation.sandbox import SandboxLimits, run_python
+from persona_hub_dagster.lib.generation import (
+    Planned,
+    StageOutput,
+    StageRun,
+    chat_request,
+    run_requests,
+)
+from persona_hub_dagster.lib.llm.client import LLMClient
+from persona_hub_dagster.lib.llm.types import LLMResponse, SamplingParams
+
+STAGE = "eval/math"
+REASONING_TEMPLATE = "math_solution"
+PROGRAM_TEMPLATE = "math_program"
+
+REASONING_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "reasoning": {"type": "string", "maxLength": 6000},
+        "answer": {"type": "string", "minLength": 1, "maxLength": 200},
+    },
+    "required": ["reasoning", "answer"],
+}
+PROGRAM_SCHEMA = {
+    "type": "object",
+    "properties": {"program": {"type": "string", "minLength": 1, "maxLength": 6000}},
+    "required": ["program"],
+}
+
+EVAL_MATH_SCHEMA = {
+    "item_id": pl.String,
+    "persona_id": pl.String,
+    "shard": pl.String,
+    "problem": pl.String,
+    "n_solutions": pl.Int32,  # solutions asked for
+    "n_answered": pl.Int32,  # of them, those that produced a final answer
+    "agreement": pl.Int32,  # size of the largest group of equivalent answers
+    "answer": pl.String,  # that group's answer (normalized), null when nothing was answered
+    "answers": pl.List(pl.String),  # every solution's normalized answer ("" when it had none), in solution order
+    "verified": pl.Boolean,  # agreement >= min_agreement: the shard's verified set
+    "model": pl.String,
+    "prompt_version": pl.String,
+    "run_id": pl.String,
+}
+SOLUTIONS_SCHEMA = {
+    "item_id": pl.String,
+    "shard": pl.String,
+    "solution_index": pl.Int32,
+    "kind": pl.String,  # reasoning | program
+    "output": pl.String,  # the reasoning, or the program's source
+    "raw_answer": pl.String,  # the stated answer, or the program's last printed line
+    "answer": pl.String,  # normalized
+    "error": pl.String,  # why there is no answer: rejected output, program error, timeout
+    "execution_seconds": pl.Float64,
+    "model": pl.String,
+    "prompt_version": pl.String,
+    "run_id": pl.String,
+}
+
+
+@dataclass(frozen=True)
+class MathEvalSettings:
+    reasoning_solutions: int = 2
+    program_solutions: int = 1
+    min_agreement: int = 2
+    limits: SandboxLimits = field(default_factory=SandboxLimits)
+    reasoning_sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.7, max_tokens=512))
+    program_sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.7, max_tokens=384))
+    parallel_programs: int = field(default_factory=lambda: os.cpu_count() or 2)
+
+    def __post_init__(self) -> None:
+        total = self.reasoning_solutions + self.program_solutions
+        if total < 2:
+            raise ValueError("Agreement needs at least two independent solutions")
+        if not 1 <= self.min_agreement <= total:
+            raise ValueError(f"min_agreement must be between 1 and {total}")
+
+    @property
+    def n_solutions(self) -> int:
+        return self.reasoning_solutions + self.program_solutions
+
+
+@dataclass
+class MathEvalOutput:
+    rows: list[dict[str, Any]]
+    solutions: list[dict[str, Any]]
+    rejects: list[dict[str, Any]]
+
+
+def prompt_version() -> str:
+    return f"{prompts.load(REASONING_TEMPLATE).version},{prompts.load(PROGRAM_TEMPLATE).version}"
+
+
+def plan(problems: pl.DataFrame, settings: MathEvalSettings) -> tuple[list[Planned], list[Planned]]:
+    reasoning_prompt, program_prompt = prompts.load(REASONING_TEMPLATE), prompts.load(PROGRAM_TEMPLATE)
+    reasoning, programs = [], []
+    for item_id, problem in problems.select("item_id", "problem").iter_rows():
+        shown = prompts.delimited("problem", problem)
+        for index in range(settings.n_solutions):
+            is_program = index >= settings.reasoning_solutions
+            base = settings.program_sampling if is_program else settings.reasoning_sampling
+            sampling = replace(base, seed=None if base.seed is None else base.seed + index)
+            request = chat_request(
+                program_prompt if is_program else reasoning_prompt,
+                sampling=sampling,
+                json_schema=PROGRAM_SCHEMA if is_program else REASONING_SCHEMA,
+                request_id=f"{item_id}:{index}",
+                problem=shown,
+            )
+            keys = {"item_id": item_id, "solution_index": index, "kind": "program" if is_program else "reasoning"}
+            (programs if is_program else reasoning).append(Planned(item_id, request, keys))
+    return reasoning, programs
+
+
+def _parse_reasoning(item: Planned, response: LLMResponse) -> Iterable[dict[str, Any]]:
+    yield {"output": response.parsed["reasoning"], "raw_answer": response.parsed["answer"]}
+
+
+def _parse_program(item: Planned, response: LLMResponse) -> Iterable[dict[str, Any]]:
+    yield {"output": response.parsed["program"]}
+
+
+def evaluate_math(
+    problems: pl.DataFrame,
+    client: LLMClient,
+    settings: MathEvalSettings,
+    *,
+    shard: str,
+    run_id: str,
+    batch_size: int = 32,
+) -> MathEvalOutput:
+    """`problems`: the shard's synthetic/math rows (item_id, persona_id, problem)."""
+    run = StageRun(STAGE, shard, run_id, client.backend.model, prompt_version())
+    reasoning, programs = plan(problems, settings)
+    solved = StageOutput()
+    solved.extend(run_requests(client, reasoning, _parse_reasoning, run, batch_size=batch_size))
+    written = run_requests(client, programs, _parse_program, run, batch_size=batch_size)
+    solved.rejects.extend(written.rejects)
+    solved.rows.extend(_execute(written.rows, settings))
+
+    solutions: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in solved.rows:
+        normalized = answers.normalize(row.get("raw_answer")) if not row.get("error") else answers.normalize("")
+        solutions[(row["item_id"], row["solution_index"])] = {**row, "answer": normalized.text or None}
+    for reject in solved.rejects:  # an invalid output is a solution without an answer
+        keys = _request_keys(reject)
+        solutions[(keys["item_id"], keys["solution_index"])] = {
+            **keys,
+            **run.stamp(),
+            "output": reject["raw_output"],
+            "raw_answer": None,
+            "answer": None,
+            "error": f"rejected: {reject['reason']}",
+        }
+
+    rows = []
+    for item_id, persona, problem in problems.select("item_id", "persona_id", "problem").iter_rows():
+        mine = [solutions.get((item_id, i)) for i in range(settings.n_solutions)]
+        normalized = [
+            answers.normalize(s["raw_answer"]) if s and not s.get("error") else answers.normalize("") for s in mine
+        ]
+        agreement, majority = answers.agreement(normalized)
+        rows.append(
+            {
+                "item_id": item_id,
+                "persona_id": persona,
+                "problem": problem,
+                "n_solutions": settings.n_solutions,
+                "n_answered": sum(1 for a in normalized if not a.empty),
+                "agreement": agreement,
+                "answer": majority.text if majority is not None else None,
+                "answers": [a.text for a in normalized],
+                "verified": agreement >= settings.min_agreement,
+                **run.stamp(),
+            }
+        )
+    return MathEvalOutput(rows=rows, solutions=list(solutions.values()), rejects=solved.rejects)
+
+
+def _execute(programs: list[dict[str, Any]], settings: MathEvalSettings) -> list[dict[str, Any]]:
+    """Run every program in the sandbox (several at once: each is a separate process with its own limits)."""
+
+    def run_one(row: dict[str, Any]) -> dict[str, Any]:
+        result = run_python(row["output"], settings.limits)
+        raw = answers.last_number_line(result.stdout) if result.ok else None
+        error = result.failure or (None if raw else "no_output: the program printed nothing")
+        return {**row, "raw_answer": raw, "error": error, "execution_seconds": round(result.seconds, 4)}
+
+    with ThreadPoolExecutor(max_workers=max(1, settings.parallel_programs)) as pool:
+        return list(pool.map(run_one, programs))
+
+
+def _request_keys(reject: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    keys = json.loads(reject["request"])
+    return {"item_id": keys["item_id"], "solution_index": int(keys["solution_index"]), "kind": keys["kind"]}

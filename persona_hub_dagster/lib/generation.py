@@ -1,0 +1,168 @@
+"""What every generative stage shares: turning a prompt template into requests, and model answers into rows or
+rejections.
+
+A stage (Text-to-Persona, Persona-to-Persona, a synthesis task, a solver) plans `Planned` requests, each carrying the
+ids its output rows need (text_id, persona_id, ...); `LLMClient.generate_batches` answers them batch by batch (each
+batch one cache commit, so a killed run resumes where it stopped); the stage's parser turns an accepted answer into
+rows, and everything else, the raw text included, becomes a row of the stage's rejects table with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import polars as pl
+
+from persona_hub_dagster.lib.ids import content_id
+from persona_hub_dagster.lib.llm.client import LLMClient
+from persona_hub_dagster.lib.llm.types import LLMRequest, LLMResponse, SamplingParams
+from persona_hub_dagster.lib.prompts import PromptTemplate
+
+REJECTS_SCHEMA = {
+    "shard": pl.String,
+    "stage": pl.String,
+    "subject_id": pl.String,  # what the request was about: a text_id, a persona_id, an item_id
+    "request": pl.String,  # the request's ids and parameters, as JSON
+    "raw_output": pl.String,  # what the model said, verbatim (null when it said nothing)
+    "reason": pl.String,
+    "model": pl.String,
+    "prompt_version": pl.String,
+    "run_id": pl.String,
+    "rejected_at": pl.Datetime("us", "UTC"),
+}
+
+_SPACE_RE = re.compile(r"\s+")
+_QUOTES = "\"'“”‘’`"
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One request and the ids its rows will carry."""
+
+    subject_id: str
+    request: LLMRequest
+    keys: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Rejected(ValueError):
+    """Raised by a parser for an answer that is valid JSON but not usable; the message is the reason."""
+
+
+@dataclass
+class StageOutput:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+
+    def extend(self, other: StageOutput) -> None:
+        self.rows.extend(other.rows)
+        self.rejects.extend(other.rejects)
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """Who produced the rows: recorded in each of them."""
+
+    stage: str
+    shard: str
+    run_id: str
+    model: str
+    prompt_version: str
+
+    def stamp(self) -> dict[str, Any]:
+        return {"shard": self.shard, "model": self.model, "prompt_version": self.prompt_version, "run_id": self.run_id}
+
+
+def chat_request(
+    template: PromptTemplate,
+    *,
+    sampling: SamplingParams,
+    json_schema: Mapping[str, Any] | None,
+    request_id: str,
+    **variables: object,
+) -> LLMRequest:
+    system, user = template.render(**variables)
+    return LLMRequest.chat(user, system=system, sampling=sampling, json_schema=json_schema, request_id=request_id)
+
+
+def run_requests(
+    client: LLMClient,
+    planned: Sequence[Planned],
+    parse: Callable[[Planned, LLMResponse], Iterable[dict[str, Any]]],
+    run: StageRun,
+    *,
+    batch_size: int,
+) -> StageOutput:
+    """Answer every planned request; parse accepted answers into rows, keep the rest as rejections."""
+    output = StageOutput()
+    if not planned:
+        return output
+    answered = 0
+    for responses in client.generate_batches([p.request for p in planned], batch_size):
+        for item, response in zip(planned[answered : answered + len(responses)], responses, strict=True):
+            if not response.ok:
+                output.rejects.append(reject_row(run, item, response.text, response.error))
+                continue
+            try:
+                rows = list(parse(item, response))
+            except Rejected as exc:
+                output.rejects.append(reject_row(run, item, response.text, str(exc)))
+                continue
+            output.rows.extend({**item.keys, **row, **run.stamp()} for row in rows)
+        answered += len(responses)
+    return output
+
+
+def reject_row(run: StageRun, item: Planned, raw_output: str | None, reason: str | None) -> dict[str, Any]:
+    return {
+        "shard": run.shard,
+        "stage": run.stage,
+        "subject_id": item.subject_id,
+        "request": json.dumps(dict(item.keys), sort_keys=True, default=str),
+        "raw_output": raw_output,
+        "reason": reason or "unknown",
+        "model": run.model,
+        "prompt_version": run.prompt_version,
+        "run_id": run.run_id,
+        "rejected_at": datetime.now(UTC),
+    }
+
+
+def rejects_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=REJECTS_SCHEMA)
+
+
+def frame(rows: list[dict[str, Any]], schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
+    """Rows as a frame with exactly the stage's columns, also when there are none."""
+    return pl.DataFrame([{name: row.get(name) for name in schema} for row in rows], schema=dict(schema))
+
+
+def normalize_description(text: str) -> str:
+    """A model's one-sentence description, tidied: NFC, one line, no wrapping quotes."""
+    text = _SPACE_RE.sub(" ", unicodedata.normalize("NFC", text)).strip()
+    while len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
+        text = text[1:-1].strip()
+    return text
+
+
+_PLACEHOLDER = re.compile(r"^(<[^<>]*>|\.{2,}|\[[^\[\]]*\])$")
+
+
+def placeholder_echo(text: str) -> bool:
+    """The model repeated the answer format's placeholder ("...", "<one sentence>") instead of answering."""
+    return bool(_PLACEHOLDER.match(text.strip()))
+
+
+def persona_id(persona: str) -> str:
+    """Stable id of a persona: the hash of its normalized, case-folded description."""
+    return content_id(normalize_description(persona).casefold())
+
+
+def stable_rank(*parts: object) -> str:
+    """A deterministic pseudo-random sort key (sampling that is the same on every machine and run)."""
+    return content_id("\x1f".join(str(p) for p in parts))

@@ -1,0 +1,109 @@
+"""Lineage through the Delta tables alone: from any synthetic item or evaluation row back to the web text.
+
+    eval/math.item_id -> synthetic/math.persona_id -> persona_hub (source: text_personas or expanded_personas)
+      -> expanded_personas.parent_persona_id ... (hop by hop) -> text_personas.text_id -> raw_text
+
+Every step is a join on id columns the stages write; no Dagster metadata is needed, so the same walk works in any
+engine that reads Delta (polars, DuckDB, Spark).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from persona_hub_dagster.lib.storage import DeltaStore
+
+EVAL_MATH = ("eval", "math")
+SYNTHETIC_MATH = ("synthetic", "math")
+HUB = ("persona_hub",)
+TEXT_PERSONAS = ("text_personas",)
+EXPANDED_PERSONAS = ("expanded_personas",)
+RAW_TEXT = ("raw_text",)
+
+
+@dataclass
+class Trace:
+    evaluation: dict[str, Any] | None
+    item: dict[str, Any]
+    hub_persona: dict[str, Any]
+    chain: list[dict[str, Any]] = field(default_factory=list)  # the persona, its parent, ..., the text persona
+    text: dict[str, Any] | None = None
+
+
+def _one(store: DeltaStore, table: tuple[str, ...], shard: str, **equal: str) -> dict[str, Any] | None:
+    frame = store.scan(table, [shard])
+    for column, value in equal.items():
+        frame = frame.filter(pl.col(column) == value)
+    rows = frame.head(1).collect()
+    return rows.row(0, named=True) if rows.height else None
+
+
+def trace_item(store: DeltaStore, shard: str, item_id: str, *, task: tuple[str, ...] = SYNTHETIC_MATH) -> Trace:
+    """Walk from a synthetic item (and its eval/math row, when there is one) to its source text."""
+    item = _one(store, task, shard, item_id=item_id)
+    if item is None:
+        raise LookupError(f"No item {item_id!r} in {'/'.join(task)} for shard {shard!r}")
+    evaluation = _one(store, EVAL_MATH, shard, item_id=item_id) if store.exists(EVAL_MATH) else None
+    hub_persona = _one(store, HUB, shard, persona_id=item["persona_id"])
+    if hub_persona is None:
+        raise LookupError(f"Persona {item['persona_id']!r} of item {item_id!r} is not in the hub of shard {shard!r}")
+    trace = Trace(evaluation=evaluation, item=item, hub_persona=hub_persona)
+
+    # Up the Persona-to-Persona chain to the text persona it started from.
+    current, hops = hub_persona, 0
+    while current is not None and current.get("parent_persona_id") and hops < 64:
+        parent_id = current["parent_persona_id"]
+        parent = _one(store, EXPANDED_PERSONAS, shard, persona_id=parent_id) if current.get("hop", 1) > 1 else None
+        if parent is None:
+            parent = _one(store, TEXT_PERSONAS, shard, persona_id=parent_id)
+        trace.chain.append(current)
+        current, hops = parent, hops + 1
+    if current is not None:
+        trace.chain.append(current)
+    text_id = (trace.chain[-1] if trace.chain else hub_persona).get("text_id")
+    trace.text = _one(store, RAW_TEXT, shard, text_id=text_id) if text_id else None
+    return trace
+
+
+def print_traced_example(store: DeltaStore, shard: str, width: int = 110) -> None:
+    """The demo's closing example: one evaluated problem, its persona, the persona's ancestors, the source text."""
+    if not store.exists(SYNTHETIC_MATH) or store.row_count(SYNTHETIC_MATH, [shard]) == 0:
+        print("\n(no synthetic math items to trace)")
+        return
+    items = store.scan(SYNTHETIC_MATH, [shard]).select("item_id", "persona_id").collect()
+    hub = store.scan(HUB, [shard]).select("persona_id", "source").collect()
+    ranked = items.join(hub, on="persona_id", how="left").with_columns(
+        expanded=(pl.col("source") == "expanded_personas")
+    )
+    if store.exists(EVAL_MATH):
+        verified = store.scan(EVAL_MATH, [shard]).select("item_id", "verified").collect()
+        ranked = ranked.join(verified, on="item_id", how="left")
+    else:
+        ranked = ranked.with_columns(verified=pl.lit(None, dtype=pl.Boolean))
+    # Prefer a verified problem whose persona came from expansion: it shows the longest chain.
+    chosen = ranked.sort(["verified", "expanded", "item_id"], descending=[True, True, False], nulls_last=True)
+    trace = trace_item(store, shard, chosen["item_id"][0])
+
+    def show(label: str, text: str | None) -> None:
+        text = " ".join((text or "").split())
+        print(f"  {label:<14} {text[:width] + (' ...' if len(text) > width else '')}")
+
+    print("\nOne traced example (every step is a join on the Delta tables; see lib/lineage.py):")
+    show("math problem", trace.item.get("problem"))
+    if trace.evaluation is not None:
+        ev = trace.evaluation
+        show(
+            "evaluation",
+            f"{ev['agreement']} of {ev['n_solutions']} solutions agree on {ev['answer']!r}; "
+            f"answers {ev['answers']}; verified={ev['verified']}",
+        )
+    for depth, persona in enumerate(trace.chain):
+        label = "persona" if depth == 0 else "parent" if depth == 1 else f"ancestor {depth}"
+        relation = f"[{persona.get('relation')}] " if persona.get("relation") else ""
+        show(label, f"{relation}{persona['persona']}")
+    if trace.text is not None:
+        show("source text", trace.text["text"])
+        show("from", f"{trace.text['source_uri']} (text_id {trace.text['text_id']})")

@@ -1,0 +1,151 @@
+"""Persona-to-Persona: from a persona, the people in close interpersonal relationships with it (a patient, a
+colleague, a supplier, a family member, ...), hop after hop.
+
+Breadth-first: hop 1 expands the shard's text personas, hop h+1 expands what hop h produced. Each persona is expanded
+at most once (by persona_id), and the shard's budget of LLM calls caps the whole walk: when it runs out, the current
+hop is cut (in a deterministic order) and no further hop starts. Every new persona records its parent, the text
+persona its chain started from (root) and that root's text, so lineage is one join away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from persona_hub_dagster.lib import prompts
+from persona_hub_dagster.lib.generation import (
+    Planned,
+    Rejected,
+    StageOutput,
+    StageRun,
+    chat_request,
+    normalize_description,
+    persona_id,
+    placeholder_echo,
+    run_requests,
+    stable_rank,
+)
+from persona_hub_dagster.lib.llm.client import LLMClient
+from persona_hub_dagster.lib.llm.types import LLMResponse, SamplingParams
+from persona_hub_dagster.lib.personas.text_to_persona import MIN_PERSONA_CHARS
+
+STAGE = "expanded_personas"
+TEMPLATE = "persona_to_persona"
+
+EXPANDED_PERSONAS_SCHEMA = {
+    "persona_id": pl.String,
+    "persona": pl.String,
+    "relation": pl.String,  # how this person relates to the parent: "patient", "colleague", ...
+    "parent_persona_id": pl.String,
+    "root_persona_id": pl.String,  # the text persona the chain started from
+    "text_id": pl.String,  # the root's source text
+    "hop": pl.Int32,
+    "shard": pl.String,
+    "model": pl.String,
+    "prompt_version": pl.String,
+    "run_id": pl.String,
+}
+
+
+@dataclass(frozen=True)
+class ExpansionSettings:
+    hops: int = 6  # the paper's depth
+    fan_out: int = 3  # related personas asked for per expanded persona
+    max_calls: int = 2000  # the shard's budget of LLM requests across all hops
+    seed: int = 0
+    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.8, max_tokens=256))
+
+    def __post_init__(self) -> None:
+        if self.hops < 1 or self.fan_out < 1 or self.max_calls < 0:
+            raise ValueError("hops and fan_out must be at least 1, max_calls at least 0")
+
+    def schema(self) -> dict[str, Any]:
+        related = {
+            "type": "object",
+            "properties": {
+                "relation": {"type": "string", "minLength": 1, "maxLength": 80},
+                "persona": {"type": "string", "minLength": 1, "maxLength": 600},
+            },
+            "required": ["relation", "persona"],
+        }
+        return {
+            "type": "object",
+            "properties": {"related": {"type": "array", "items": related, "minItems": 1, "maxItems": self.fan_out}},
+            "required": ["related"],
+        }
+
+
+def template() -> prompts.PromptTemplate:
+    return prompts.load(TEMPLATE)
+
+
+def parse(item: Planned, response: LLMResponse) -> Iterable[dict[str, Any]]:
+    seen = set()
+    rows = []
+    for related in response.parsed["related"]:
+        persona = normalize_description(related["persona"])
+        relation = normalize_description(related["relation"]).lower()
+        pid = persona_id(persona)
+        unusable = placeholder_echo(persona) or len(persona) < MIN_PERSONA_CHARS
+        if unusable or pid in seen or pid == item.keys["parent_persona_id"]:
+            continue
+        seen.add(pid)
+        rows.append({"persona_id": pid, "persona": persona, "relation": relation})
+    if not rows:
+        raise Rejected("no_usable_persona: every related persona was a placeholder, too short or a copy")
+    return rows
+
+
+def expand_personas(
+    seeds: pl.DataFrame,
+    client: LLMClient,
+    settings: ExpansionSettings,
+    *,
+    shard: str,
+    run_id: str,
+    batch_size: int = 32,
+) -> StageOutput:
+    """`seeds`: the shard's text personas (persona_id, persona, text_id)."""
+    prompt = template()
+    run = StageRun(STAGE, shard, run_id, client.backend.model, prompt.version)
+    schema = settings.schema()
+    output = StageOutput()
+    expanded: set[str] = set()
+    frontier = [
+        {"persona_id": p, "persona": text, "root_persona_id": p, "text_id": t}
+        for p, text, t in seeds.select("persona_id", "persona", "text_id").unique("persona_id").iter_rows()
+    ]
+    budget = settings.max_calls
+    for hop in range(1, settings.hops + 1):
+        todo = sorted(
+            (node for node in frontier if node["persona_id"] not in expanded),
+            key=lambda node: stable_rank(settings.seed, hop, node["persona_id"]),
+        )[:budget]
+        if not todo:
+            break
+        planned = []
+        for node in todo:
+            expanded.add(node["persona_id"])
+            request = chat_request(
+                prompt,
+                sampling=settings.sampling,
+                json_schema=schema,
+                request_id=node["persona_id"],
+                persona=prompts.delimited("persona", node["persona"]),
+                fan_out=settings.fan_out,
+            )
+            keys = {
+                "parent_persona_id": node["persona_id"],
+                "root_persona_id": node["root_persona_id"],
+                "text_id": node["text_id"],
+                "hop": hop,
+            }
+            planned.append(Planned(node["persona_id"], request, keys))
+        budget -= len(planned)
+        result = run_requests(client, planned, parse, run, batch_size=batch_size)
+        output.extend(result)
+        frontier = result.rows
+    return output

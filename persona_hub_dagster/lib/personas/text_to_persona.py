@@ -1,0 +1,136 @@
+"""Text-to-Persona: for each web text, ask who is likely to read / write / like / dislike it, and describe that
+person at a chosen granularity. One request per (text, relation); the text goes into the prompt delimited as data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from persona_hub_dagster.lib import prompts
+from persona_hub_dagster.lib.generation import (
+    Planned,
+    Rejected,
+    StageOutput,
+    StageRun,
+    chat_request,
+    normalize_description,
+    persona_id,
+    placeholder_echo,
+    run_requests,
+    stable_rank,
+)
+from persona_hub_dagster.lib.llm.client import LLMClient
+from persona_hub_dagster.lib.llm.types import LLMResponse, SamplingParams
+
+STAGE = "text_personas"
+TEMPLATE = "text_to_persona"
+# How each relation reads in the question "Who is likely to ... the text below?"
+RELATIONS = {"read": "read", "write": "have written", "like": "like", "dislike": "dislike"}
+GRANULARITIES = ("coarse", "fine")
+MIN_PERSONA_CHARS = 8
+
+PERSONA_SCHEMA = {
+    "type": "object",
+    "properties": {"persona": {"type": "string", "minLength": 1, "maxLength": 600}},
+    "required": ["persona"],
+    "additionalProperties": False,
+}
+
+TEXT_PERSONAS_SCHEMA = {
+    "persona_id": pl.String,
+    "persona": pl.String,
+    "text_id": pl.String,
+    "shard": pl.String,
+    "relation": pl.String,
+    "granularity": pl.String,
+    "model": pl.String,
+    "prompt_version": pl.String,
+    "run_id": pl.String,
+}
+
+
+@dataclass(frozen=True)
+class TextToPersonaSettings:
+    relations: tuple[str, ...] = tuple(RELATIONS)
+    relations_per_text: int | None = None  # None: every relation; k: k of them per text, sampled by text_id and seed
+    granularity: str = "fine"
+    max_texts: int | None = None  # None: every text of the shard; n: a deterministic sample of n
+    max_text_chars: int = 2000  # longer texts are cut in the prompt (the model's context is finite)
+    seed: int = 0
+    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.7, max_tokens=96))
+
+    def __post_init__(self) -> None:
+        unknown = [r for r in self.relations if r not in RELATIONS]
+        if unknown or not self.relations:
+            raise ValueError(f"relations must be a non-empty subset of {list(RELATIONS)}, got {list(self.relations)}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, not {self.granularity!r}")
+        if self.relations_per_text is not None and not 1 <= self.relations_per_text <= len(self.relations):
+            raise ValueError(f"relations_per_text must be between 1 and {len(self.relations)}")
+
+
+def template() -> prompts.PromptTemplate:
+    return prompts.load(TEMPLATE)
+
+
+def select_texts(texts: pl.DataFrame, settings: TextToPersonaSettings) -> pl.DataFrame:
+    """The texts to ask about, in text_id order; a deterministic sample when max_texts is set."""
+    texts = texts.select("text_id", "text").sort("text_id")
+    if settings.max_texts is not None and texts.height > settings.max_texts:
+        ranked = texts.with_columns(
+            rank=pl.Series([stable_rank(settings.seed, t) for t in texts["text_id"]], dtype=pl.String)
+        )
+        texts = ranked.sort("rank").head(settings.max_texts).drop("rank").sort("text_id")
+    return texts
+
+
+def relations_for(text_id: str, settings: TextToPersonaSettings) -> list[str]:
+    if settings.relations_per_text is None:
+        return list(settings.relations)
+    ranked = sorted(settings.relations, key=lambda r: stable_rank(settings.seed, text_id, r))
+    return sorted(ranked[: settings.relations_per_text], key=settings.relations.index)
+
+
+def plan(texts: pl.DataFrame, settings: TextToPersonaSettings) -> list[Planned]:
+    prompt = template()
+    planned = []
+    for text_id, text in select_texts(texts, settings).iter_rows():
+        shown = text if len(text) <= settings.max_text_chars else text[: settings.max_text_chars] + " [...]"
+        for relation in relations_for(text_id, settings):
+            request = chat_request(
+                prompt,
+                sampling=settings.sampling,
+                json_schema=PERSONA_SCHEMA,
+                request_id=f"{text_id}:{relation}",
+                relation_verb=RELATIONS[relation],
+                granularity=settings.granularity,
+                text=prompts.delimited("text", shown),
+            )
+            keys = {"text_id": text_id, "relation": relation, "granularity": settings.granularity}
+            planned.append(Planned(text_id, request, keys))
+    return planned
+
+
+def parse(item: Planned, response: LLMResponse) -> Iterable[dict[str, Any]]:
+    persona = normalize_description(response.parsed["persona"])
+    if placeholder_echo(persona):
+        raise Rejected("placeholder_echo: the model repeated the answer format instead of answering")
+    if len(persona) < MIN_PERSONA_CHARS:
+        raise Rejected(f"too_short: the persona has {len(persona)} characters")
+    yield {"persona_id": persona_id(persona), "persona": persona}
+
+
+def text_to_personas(
+    texts: pl.DataFrame,
+    client: LLMClient,
+    settings: TextToPersonaSettings,
+    *,
+    shard: str,
+    run_id: str,
+    batch_size: int = 32,
+) -> StageOutput:
+    run = StageRun(STAGE, shard, run_id, client.backend.model, template().version)
+    return run_requests(client, plan(texts, settings), parse, run, batch_size=batch_size)
