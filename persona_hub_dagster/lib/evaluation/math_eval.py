@@ -163,7 +163,12 @@ def evaluate_math(
     solutions: dict[tuple[str, int], dict[str, Any]] = {}
     for row in solved.rows:
         normalized = answers.normalize(row.get("raw_answer")) if not row.get("error") else answers.normalize("")
-        solutions[(row["item_id"], row["solution_index"])] = {**row, "answer": normalized.text or None}
+        solutions[(row["item_id"], row["solution_index"])] = {
+            "error": None,
+            "execution_seconds": None,
+            **row,
+            "answer": normalized.text or None,
+        }
     for reject in solved.rejects:  # an invalid output is a solution without an answer
         keys = _request_keys(reject)
         solutions[(keys["item_id"], keys["solution_index"])] = {
@@ -173,6 +178,7 @@ def evaluate_math(
             "raw_answer": None,
             "answer": None,
             "error": f"rejected: {reject['reason']}",
+            "execution_seconds": None,
         }
 
     rows = []
