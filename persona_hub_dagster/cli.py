@@ -24,7 +24,7 @@ DEFAULT_JOB = "process_text_shard"
 # (The asset defaults are the full method: four relations per text, six hops, 200 personas per task, ...)
 DEMO_OPS_CONFIG = {
     "text_to_persona": {"config": {"max_texts": 32, "relations_per_text": 1, "max_tokens": 64}},
-    "persona_to_persona": {"config": {"hops": 2, "fan_out": 2, "max_calls": 16, "max_tokens": 160}},
+    "persona_to_persona": {"config": {"hops": 2, "fan_out": 2, "max_calls": 28, "max_tokens": 160}},
     "synthesize_math": {"config": {"personas": 10}},
     "synthesize_instructions": {"config": {"personas": 8}},
     "evaluate_math": {
@@ -204,13 +204,13 @@ def _print_tables(shard: str) -> None:
 
     store = DeltaStore()
     print(f"\nDelta tables under {store.root} (shard {shard!r}):")
-    print(f"  {'asset':<24} {'rows in shard':>13} {'rows in table':>13}  location")
+    print(f"  {'asset':<32} {'rows in shard':>13} {'rows in table':>13}  location")
     for key in sorted(defs.resolve_all_asset_keys(), key=lambda k: k.to_user_string()):
         if not store.exists(key.path):
-            print(f"  {key.to_user_string():<24} {'-':>13} {'-':>13}  (not materialized)")
+            print(f"  {key.to_user_string():<32} {'-':>13} {'-':>13}  (not materialized)")
             continue
         shard_rows, table_rows = store.row_count(key.path, [shard]), store.row_count(key.path)
-        print(f"  {key.to_user_string():<24} {shard_rows:>13} {table_rows:>13}  {store.table_uri(key.path)}")
+        print(f"  {key.to_user_string():<32} {shard_rows:>13} {table_rows:>13}  {store.table_uri(key.path)}")
 
 
 if __name__ == "__main__":
