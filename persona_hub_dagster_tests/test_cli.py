@@ -39,6 +39,10 @@ def test_demo_registers_and_processes_the_sample_shard(env):
     assert store.row_count("raw_text", ["sample"]) >= 140
     assert "raw_text" in result.stdout and store.table_uri("raw_text") in result.stdout
     assert "http://127.0.0.1:3000" in result.stdout
+    # Every stage ran for the shard, and the demo traced one item back to its text.
+    for table in (["text_personas"], ["persona_hub"], ["synthetic", "math"], ["eval", "math"]):
+        assert store.row_count(table, ["sample"]) > 0, table
+    assert "One traced example" in result.stdout and "source text" in result.stdout
 
     # The instance the UI reads knows the shard and the run.
     home = Path(env["DAGSTER_HOME"])
@@ -64,7 +68,7 @@ def test_register_materialize_and_list_shards_by_hand(env, tmp_path):
     result = persona_hub(env, "register-shard", str(path), "--text-column", "body")
     assert "registered shard 'forum-posts'" in result.stdout
 
-    persona_hub(env, "materialize", "forum-posts")
+    persona_hub(env, "materialize", "forum-posts", "--job", "land_text_shard")
     assert DeltaStore(root=env["PERSONA_HUB_STORAGE"]).row_count("raw_text", ["forum-posts"]) == 4
     listing = persona_hub(env, "shards").stdout
     assert "forum-posts" in listing and str(path) in listing
