@@ -211,3 +211,40 @@ def test_math_evaluation_agreement_and_sandboxed_programs():
     assert errors[("broken", 2)] == "timeout"
     assert errors[("broken", 0)].startswith("rejected: invalid_json")
     assert len(output.solutions) == 9 and len(output.rejects) == 1
+
+
+def test_a_stage_killed_mid_run_resumes_from_the_response_cache(tmp_path):
+    """Text-to-Persona dies after its first batch; the re-run pays only for the batches that never finished."""
+    from persona_hub_dagster.lib.llm.cache import ResponseCache, cache_namespace
+    from persona_hub_dagster.lib.storage import DeltaStore
+
+    store = DeltaStore(root=str(tmp_path / "delta"))
+    persona = '{"persona": "A retired ship captain who restores wooden boats and teaches knots to children."}'
+
+    class Crash(RuntimeError):
+        pass
+
+    def crashing(request):
+        if crashing.calls >= 2:
+            raise Crash("the machine went away")
+        crashing.calls += 1
+        return Completion(persona, finish_reason="stop")
+
+    crashing.calls = 0
+    settings = TextToPersonaSettings(relations=("read",))
+    namespace = cache_namespace("text_personas", "s")
+    with pytest.raises(Crash):
+        text_to_personas(
+            TEXTS,
+            LLMClient(ScriptedBackend(crashing), cache=ResponseCache(store, namespace)),
+            settings,
+            shard="s",
+            run_id="first",
+            batch_size=2,
+        )
+
+    resumed = ScriptedBackend(lambda r: Completion(persona, finish_reason="stop"))
+    client = LLMClient(resumed, cache=ResponseCache(store, namespace))
+    output = text_to_personas(TEXTS, client, settings, shard="s", run_id="second", batch_size=2)
+    assert len(output.rows) == 6
+    assert client.usage.cache_hits == 2 and len(resumed.calls) == 4

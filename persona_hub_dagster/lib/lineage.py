@@ -83,8 +83,8 @@ def print_traced_example(store: DeltaStore, shard: str, width: int = 110) -> Non
         ranked = ranked.join(verified, on="item_id", how="left")
     else:
         ranked = ranked.with_columns(verified=pl.lit(None, dtype=pl.Boolean))
-    # Prefer a verified problem whose persona came from expansion: it shows the longest chain.
-    chosen = ranked.sort(["verified", "expanded", "item_id"], descending=[True, True, False], nulls_last=True)
+    # Prefer a problem whose persona came from expansion (it shows the chain of parents), verified if possible.
+    chosen = ranked.sort(["expanded", "verified", "item_id"], descending=[True, True, False], nulls_last=True)
     trace = trace_item(store, shard, chosen["item_id"][0])
 
     def show(label: str, text: str | None) -> None:
