@@ -17,7 +17,7 @@ from persona_hub_dagster.defs.raw_text.assets import ingest_raw_text
 from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
 from persona_hub_dagster.defs.synthesis.assets import synthesis_assets
 from persona_hub_dagster.lib import filesystems
-from persona_hub_dagster.lib.lineage import trace_item
+from persona_hub_dagster.lib.lineage import trace_item, trace_persona
 from persona_hub_dagster.lib.shards import ShardRegistry, shard_file
 from persona_hub_dagster.lib.storage import DeltaStore
 
@@ -190,3 +190,16 @@ def test_the_nightly_schedule_requests_shards_whose_personas_changed(pipeline):
     assert [r.partition_key for r in requests] == [SHARD]
     assert requests[0].run_key.startswith(f"{SHARD}:")
     assert nightly_persona_expansion.cron_schedule == "0 2 * * *"
+
+
+def test_an_expanded_persona_walks_up_its_parents_to_a_text_persona(pipeline):
+    store, _, _ = pipeline
+    expanded = store.read(EXPANDED_PERSONAS.path).sort("hop", descending=True)
+    if expanded.is_empty():
+        pytest.skip("the model produced no usable expansion for this shard")
+    row = expanded.row(0, named=True)
+    chain, text = trace_persona(store, SHARD, row)
+    assert len(chain) == row["hop"] + 1
+    assert [p.get("hop") for p in chain[:-1]] == list(range(row["hop"], 0, -1))
+    assert chain[-1]["persona_id"] == row["root_persona_id"]
+    assert text is not None and text["text_id"] == row["text_id"]

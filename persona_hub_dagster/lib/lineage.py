@@ -50,22 +50,27 @@ def trace_item(store: DeltaStore, shard: str, item_id: str, *, task: tuple[str, 
     hub_persona = _one(store, HUB, shard, persona_id=item["persona_id"])
     if hub_persona is None:
         raise LookupError(f"Persona {item['persona_id']!r} of item {item_id!r} is not in the hub of shard {shard!r}")
-    trace = Trace(evaluation=evaluation, item=item, hub_persona=hub_persona)
+    chain, text = trace_persona(store, shard, hub_persona)
+    return Trace(evaluation=evaluation, item=item, hub_persona=hub_persona, chain=chain, text=text)
 
-    # Up the Persona-to-Persona chain to the text persona it started from.
-    current, hops = hub_persona, 0
+
+def trace_persona(
+    store: DeltaStore, shard: str, persona: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """(the persona, its parent, ..., the text persona it started from; that text's raw_text row)."""
+    chain: list[dict[str, Any]] = []
+    current, hops = persona, 0
     while current is not None and current.get("parent_persona_id") and hops < 64:
         parent_id = current["parent_persona_id"]
         parent = _one(store, EXPANDED_PERSONAS, shard, persona_id=parent_id) if current.get("hop", 1) > 1 else None
         if parent is None:
             parent = _one(store, TEXT_PERSONAS, shard, persona_id=parent_id)
-        trace.chain.append(current)
+        chain.append(current)
         current, hops = parent, hops + 1
     if current is not None:
-        trace.chain.append(current)
-    text_id = (trace.chain[-1] if trace.chain else hub_persona).get("text_id")
-    trace.text = _one(store, RAW_TEXT, shard, text_id=text_id) if text_id else None
-    return trace
+        chain.append(current)
+    text_id = (chain[-1] if chain else persona).get("text_id")
+    return chain, _one(store, RAW_TEXT, shard, text_id=text_id) if text_id else None
 
 
 def print_traced_example(store: DeltaStore, shard: str, width: int = 110) -> None:
@@ -100,10 +105,23 @@ def print_traced_example(store: DeltaStore, shard: str, width: int = 110) -> Non
             f"{ev['agreement']} of {ev['n_solutions']} solutions agree on {ev['answer']!r}; "
             f"answers {ev['answers']}; verified={ev['verified']}",
         )
-    for depth, persona in enumerate(trace.chain):
+    show_chain(trace.chain, trace.text, show)
+    expanded = (
+        store.scan(HUB, [shard]).filter(pl.col("source") == "expanded_personas").sort("hop", "persona_id").collect()
+        if len(trace.chain) < 2 and "hop" in store.scan(HUB, [shard]).collect_schema()
+        else pl.DataFrame()
+    )
+    if expanded.height:
+        # This item's persona came straight from a text; show a Persona-to-Persona chain of the hub as well.
+        print("\nAnd one Persona-to-Persona chain of the hub, from the deepest hop back to its text:")
+        show_chain(*trace_persona(store, shard, expanded.row(expanded.height - 1, named=True)), show)
+
+
+def show_chain(chain: list[dict[str, Any]], text: dict[str, Any] | None, show) -> None:
+    for depth, persona in enumerate(chain):
         label = "persona" if depth == 0 else "parent" if depth == 1 else f"ancestor {depth}"
         relation = f"[{persona.get('relation')}] " if persona.get("relation") else ""
         show(label, f"{relation}{persona['persona']}")
-    if trace.text is not None:
-        show("source text", trace.text["text"])
-        show("from", f"{trace.text['source_uri']} (text_id {trace.text['text_id']})")
+    if text is not None:
+        show("source text", text["text"])
+        show("from", f"{text['source_uri']} (text_id {text['text_id']})")
