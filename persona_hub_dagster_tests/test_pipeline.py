@@ -31,7 +31,7 @@ TEXTS = [
 TINY = {
     "text_to_persona": {"config": {"relations_per_text": 1, "max_tokens": 48}},
     "persona_to_persona": {"config": {"hops": 2, "fan_out": 2, "max_calls": 3, "max_tokens": 128}},
-    "synthesize_math": {"config": {"personas": 2}},
+    "synthesize_math": {"config": {"personas": 4}},
     "synthesize_instructions": {"config": {"personas": 2}},
     "evaluate_math": {
         "config": {
