@@ -8,10 +8,15 @@ import polars as pl
 import pytest
 
 from persona_hub_dagster.defs.evaluation.assets import EVAL_MATH, evaluate_math
-from persona_hub_dagster.defs.hub.assets import EXPANDED_PERSONAS, PERSONA_HUB, TEXT_PERSONAS, build_persona_hub
+from persona_hub_dagster.defs.hub.assets import PERSONA_HUB, build_persona_hub
 from persona_hub_dagster.defs.models import EmbeddingsResource, LLMResource
 from persona_hub_dagster.defs.partitions import register_shards
-from persona_hub_dagster.defs.personas.assets import persona_to_persona_asset, text_to_persona_asset
+from persona_hub_dagster.defs.personas.assets import (
+    EXPANDED_PERSONAS,
+    TEXT_PERSONAS,
+    persona_to_persona_asset,
+    text_to_persona_asset,
+)
 from persona_hub_dagster.defs.personas.schedules import nightly_persona_expansion
 from persona_hub_dagster.defs.raw_text.assets import ingest_raw_text
 from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource

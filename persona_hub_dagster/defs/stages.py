@@ -1,6 +1,7 @@
 """What the LLM stage assets share: their code versions, and writing a stage's tables for one shard."""
 
 from collections.abc import Iterator, Mapping, Sequence
+from functools import cache
 
 import dagster as dg
 import polars as pl
@@ -17,9 +18,36 @@ from persona_hub_dagster.lib.storage import DeltaStore
 def stage_code_version(prompt_versions: Sequence[str], sampling: Sequence[SamplingParams], *extra: object) -> str:
     """`<prompt versions>-<hash of model and sampling>`: editing a template, switching the model or changing the
     default sampling marks the stage's materializations stale in the UI (and only this stage's)."""
-    identity = model_identity(LLMSettings.from_env())
-    digest = content_id(repr((identity, [s.as_dict() for s in sampling], extra)))[:8]
+    digest = content_id(repr((_configured_model(), [s.as_dict() for s in sampling], extra)))[:8]
     return f"{','.join(prompt_versions)}-{digest}"
+
+
+@cache
+def _configured_model() -> str:
+    """The model identity from the environment, resolved once per code-location load (every stage asks)."""
+    return model_identity(LLMSettings.from_env())
+
+
+def stage_specs(
+    tables: Mapping[dg.AssetKey, str],
+    *,
+    deps: Sequence[dg.AssetKey],
+    group: str,
+    code_version: str,
+) -> list[dg.AssetSpec]:
+    """The specs of one stage's tables (its main table first, then rejects, ...): {key: description}, all with the
+    same upstream, group, storage kinds and code version, since one step writes them together."""
+    return [
+        dg.AssetSpec(
+            key,
+            deps=deps,
+            description=description,
+            group_name=group,
+            kinds={"deltalake", "polars"},
+            code_version=code_version,
+        )
+        for key, description in tables.items()
+    ]
 
 
 def write_stage_tables(

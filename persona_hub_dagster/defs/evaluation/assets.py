@@ -8,7 +8,7 @@ from pydantic import Field
 
 from persona_hub_dagster.defs.models import LLMResource
 from persona_hub_dagster.defs.partitions import text_shards
-from persona_hub_dagster.defs.stages import rate, stage_code_version, write_stage_tables
+from persona_hub_dagster.defs.stages import rate, stage_code_version, stage_specs, write_stage_tables
 from persona_hub_dagster.defs.storage import DeltaStorageResource
 from persona_hub_dagster.defs.synthesis.assets import synthetic_key
 from persona_hub_dagster.lib.evaluation import math_eval
@@ -59,39 +59,32 @@ _VERSION = stage_code_version(
 )
 
 
+def _with_python_kind(specs: list[dg.AssetSpec]) -> list[dg.AssetSpec]:
+    """eval/math also runs Python (the sandboxed programs): say so on its main table."""
+    return [specs[0].merge_attributes(kinds={"python"}), *specs[1:]]
+
+
 @dg.multi_asset(
     name="evaluate_math",
-    specs=[
-        dg.AssetSpec(
-            EVAL_MATH,
+    specs=_with_python_kind(
+        stage_specs(
+            {
+                EVAL_MATH: (
+                    "Each synthetic math problem solved independently (step-by-step solutions and a Python program "
+                    "run in a sandbox); answers normalized and compared. `agreement` is the largest group of equal "
+                    "answers; `verified` rows (agreement >= min_agreement) are the shard's verified set."
+                ),
+                EVAL_MATH_SOLUTIONS: "Every solution: the reasoning or program, the stated/printed answer, its "
+                "normalized form, and what went wrong when there is no answer (rejected output, program error, "
+                "timeout).",
+                EVAL_MATH_REJECTS: "Solver outputs that were not valid JSON for their schema, verbatim, with the "
+                "reason.",
+            },
             deps=[synthetic_key("math")],
-            description=(
-                "Each synthetic math problem solved independently (step-by-step solutions and a Python program run in "
-                "a sandbox); answers normalized and compared. `agreement` is the largest group of equal answers; "
-                "`verified` rows (agreement >= min_agreement) are the shard's verified set."
-            ),
-            group_name="evaluation",
-            kinds={"deltalake", "polars", "python"},
+            group="evaluation",
             code_version=_VERSION,
-        ),
-        dg.AssetSpec(
-            EVAL_MATH_SOLUTIONS,
-            deps=[synthetic_key("math")],
-            description="Every solution: the reasoning or program, the stated/printed answer, its normalized form, "
-            "and what went wrong when there is no answer (rejected output, program error, timeout).",
-            group_name="evaluation",
-            kinds={"deltalake", "polars"},
-            code_version=_VERSION,
-        ),
-        dg.AssetSpec(
-            EVAL_MATH_REJECTS,
-            deps=[synthetic_key("math")],
-            description="Solver outputs that were not valid JSON for their schema, verbatim, with the reason.",
-            group_name="evaluation",
-            kinds={"deltalake", "polars"},
-            code_version=_VERSION,
-        ),
-    ],
+        )
+    ),
     partitions_def=text_shards,
     can_subset=False,
 )

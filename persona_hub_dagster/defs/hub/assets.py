@@ -7,6 +7,7 @@ from pydantic import Field
 
 from persona_hub_dagster.defs.models import EmbeddingsResource
 from persona_hub_dagster.defs.partitions import text_shards
+from persona_hub_dagster.defs.personas.assets import EXPANDED_PERSONAS, TEXT_PERSONAS
 from persona_hub_dagster.defs.storage import DeltaStorageResource, commit_metadata, table_write_metadata
 from persona_hub_dagster.lib.dedup.hub import (
     BANDS_TABLE,
@@ -25,8 +26,6 @@ from persona_hub_dagster.lib.shards import ShardRegistry
 
 PERSONA_HUB = dg.AssetKey("persona_hub")
 PERSONA_HUB_DECISIONS = dg.AssetKey("persona_hub_decisions")
-TEXT_PERSONAS = dg.AssetKey("text_personas")
-EXPANDED_PERSONAS = dg.AssetKey("expanded_personas")
 HUB_POOL = "persona_hub"
 
 

@@ -5,11 +5,10 @@ from dataclasses import replace
 import dagster as dg
 from pydantic import Field
 
-from persona_hub_dagster.defs.hub.assets import EXPANDED_PERSONAS, TEXT_PERSONAS
 from persona_hub_dagster.defs.models import LLMResource
 from persona_hub_dagster.defs.partitions import text_shards
 from persona_hub_dagster.defs.raw_text.assets import RAW_TEXT
-from persona_hub_dagster.defs.stages import rate, stage_code_version, write_stage_tables
+from persona_hub_dagster.defs.stages import rate, stage_code_version, stage_specs, write_stage_tables
 from persona_hub_dagster.defs.storage import DeltaStorageResource
 from persona_hub_dagster.lib.generation import frame as rows_frame
 from persona_hub_dagster.lib.generation import rejects_frame
@@ -21,7 +20,9 @@ from persona_hub_dagster.lib.personas.text_to_persona import (
     TextToPersonaSettings,
 )
 
+TEXT_PERSONAS = dg.AssetKey("text_personas")
 TEXT_PERSONAS_REJECTS = dg.AssetKey("text_personas_rejects")
+EXPANDED_PERSONAS = dg.AssetKey("expanded_personas")
 EXPANDED_PERSONAS_REJECTS = dg.AssetKey("expanded_personas_rejects")
 
 _T2P, _P2P = TextToPersonaSettings(), ExpansionSettings()
@@ -56,27 +57,19 @@ class TextPersonasConfig(dg.Config):
 
 @dg.multi_asset(
     name="text_to_persona",
-    specs=[
-        dg.AssetSpec(
-            TEXT_PERSONAS,
-            deps=[RAW_TEXT],
-            description=(
+    specs=stage_specs(
+        {
+            TEXT_PERSONAS: (
                 "Text-to-Persona: for each text of the shard, who is likely to read, write, like or dislike it, as a "
                 "persona description. `persona_id` hashes the normalized description; `text_id` joins raw_text."
             ),
-            group_name="personas",
-            kinds={"deltalake", "polars"},
-            code_version=stage_code_version([text_to_persona.template().version], [_T2P.sampling]),
-        ),
-        dg.AssetSpec(
-            TEXT_PERSONAS_REJECTS,
-            deps=[RAW_TEXT],
-            description="Model outputs text_personas could not use, verbatim, with the reason (invalid JSON, ...).",
-            group_name="personas",
-            kinds={"deltalake", "polars"},
-            code_version=stage_code_version([text_to_persona.template().version], [_T2P.sampling]),
-        ),
-    ],
+            TEXT_PERSONAS_REJECTS: "Model outputs text_personas could not use, verbatim, with the reason "
+            "(invalid JSON, ...).",
+        },
+        deps=[RAW_TEXT],
+        group="personas",
+        code_version=stage_code_version([text_to_persona.template().version], [_T2P.sampling]),
+    ),
     partitions_def=text_shards,
     can_subset=False,
 )
@@ -130,30 +123,21 @@ class ExpansionConfig(dg.Config):
 
 @dg.multi_asset(
     name="persona_to_persona",
-    specs=[
-        dg.AssetSpec(
-            EXPANDED_PERSONAS,
-            deps=[TEXT_PERSONAS],
-            description=(
+    specs=stage_specs(
+        {
+            EXPANDED_PERSONAS: (
                 "Persona-to-Persona, the nightly stage: from each text persona, the people in close relationships "
                 "with it (patient, colleague, supplier, family member, ...), hop after hop up to `hops`, within a "
                 "per-shard budget of LLM calls. Each row records parent_persona_id, root_persona_id, hop, relation "
                 "and the root's text_id. Materialized every night at 02:00 for shards whose text personas changed "
                 "(schedule nightly_persona_expansion); a re-run replays finished calls from the response cache."
             ),
-            group_name="personas",
-            kinds={"deltalake", "polars"},
-            code_version=stage_code_version([persona_to_persona.template().version], [_P2P.sampling]),
-        ),
-        dg.AssetSpec(
-            EXPANDED_PERSONAS_REJECTS,
-            deps=[TEXT_PERSONAS],
-            description="Persona-to-Persona outputs that could not be used, verbatim, with the reason.",
-            group_name="personas",
-            kinds={"deltalake", "polars"},
-            code_version=stage_code_version([persona_to_persona.template().version], [_P2P.sampling]),
-        ),
-    ],
+            EXPANDED_PERSONAS_REJECTS: "Persona-to-Persona outputs that could not be used, verbatim, with the reason.",
+        },
+        deps=[TEXT_PERSONAS],
+        group="personas",
+        code_version=stage_code_version([persona_to_persona.template().version], [_P2P.sampling]),
+    ),
     partitions_def=text_shards,
     can_subset=False,
 )

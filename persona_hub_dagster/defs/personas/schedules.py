@@ -3,9 +3,8 @@ their last expansion, and refresh everything downstream of them (hub, synthesis,
 
 import dagster as dg
 
-from persona_hub_dagster.defs.hub.assets import EXPANDED_PERSONAS, TEXT_PERSONAS
 from persona_hub_dagster.defs.partitions import text_shards
-from persona_hub_dagster.defs.personas.assets import EXPANDED_PERSONAS_REJECTS
+from persona_hub_dagster.defs.personas.assets import EXPANDED_PERSONAS, EXPANDED_PERSONAS_REJECTS, TEXT_PERSONAS
 
 expand_personas_nightly = dg.define_asset_job(
     "expand_personas_nightly",

@@ -6,7 +6,7 @@ from pydantic import Field
 from persona_hub_dagster.defs.hub.assets import PERSONA_HUB
 from persona_hub_dagster.defs.models import LLMResource
 from persona_hub_dagster.defs.partitions import text_shards
-from persona_hub_dagster.defs.stages import rate, stage_code_version, write_stage_tables
+from persona_hub_dagster.defs.stages import rate, stage_code_version, stage_specs, write_stage_tables
 from persona_hub_dagster.defs.storage import DeltaStorageResource
 from persona_hub_dagster.lib.dedup.hub import HUB_TABLE
 from persona_hub_dagster.lib.generation import frame as rows_frame
@@ -39,25 +39,16 @@ def synthesis_asset(task: SynthesisTask) -> dg.AssetsDefinition:
 
     @dg.multi_asset(
         name=f"synthesize_{task.name}",
-        specs=[
-            dg.AssetSpec(
-                key,
-                deps=[PERSONA_HUB],
-                description=f"{task.description} One row per item: item_id, the persona_id it was created for "
+        specs=stage_specs(
+            {
+                key: f"{task.description} One row per item: item_id, the persona_id it was created for "
                 f"(joins persona_hub), {', '.join(task.columns)}.",
-                group_name="synthesis",
-                kinds={"deltalake", "polars"},
-                code_version=version,
-            ),
-            dg.AssetSpec(
-                rejects_key,
-                deps=[PERSONA_HUB],
-                description=f"synthetic/{task.name} outputs that failed validation, verbatim, with the reason.",
-                group_name="synthesis",
-                kinds={"deltalake", "polars"},
-                code_version=version,
-            ),
-        ],
+                rejects_key: f"synthetic/{task.name} outputs that failed validation, verbatim, with the reason.",
+            },
+            deps=[PERSONA_HUB],
+            group="synthesis",
+            code_version=version,
+        ),
         partitions_def=text_shards,
         can_subset=False,
     )

@@ -10,6 +10,7 @@ rejections, so a problem's verdict can always be traced to its solutions.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -161,14 +162,11 @@ def evaluate_math(
     solved.rows.extend(_execute(written.rows, settings))
 
     solutions: dict[tuple[str, int], dict[str, Any]] = {}
+    normalized: dict[tuple[str, int], answers.Answer] = {}
     for row in solved.rows:
-        normalized = answers.normalize(row.get("raw_answer")) if not row.get("error") else answers.normalize("")
-        solutions[(row["item_id"], row["solution_index"])] = {
-            "error": None,
-            "execution_seconds": None,
-            **row,
-            "answer": normalized.text or None,
-        }
+        key = (row["item_id"], row["solution_index"])
+        normalized[key] = answers.normalize(None if row.get("error") else row.get("raw_answer"))
+        solutions[key] = {"error": None, "execution_seconds": None, **row, "answer": normalized[key].text or None}
     for reject in solved.rejects:  # an invalid output is a solution without an answer
         keys = _request_keys(reject)
         solutions[(keys["item_id"], keys["solution_index"])] = {
@@ -181,23 +179,21 @@ def evaluate_math(
             "execution_seconds": None,
         }
 
+    unanswered = answers.normalize(None)
     rows = []
     for item_id, persona, problem in problems.select("item_id", "persona_id", "problem").iter_rows():
-        mine = [solutions.get((item_id, i)) for i in range(settings.n_solutions)]
-        normalized = [
-            answers.normalize(s["raw_answer"]) if s and not s.get("error") else answers.normalize("") for s in mine
-        ]
-        agreement, majority = answers.agreement(normalized)
+        mine = [normalized.get((item_id, i), unanswered) for i in range(settings.n_solutions)]
+        agreement, majority = answers.agreement(mine)
         rows.append(
             {
                 "item_id": item_id,
                 "persona_id": persona,
                 "problem": problem,
                 "n_solutions": settings.n_solutions,
-                "n_answered": sum(1 for a in normalized if not a.empty),
+                "n_answered": sum(1 for a in mine if not a.empty),
                 "agreement": agreement,
                 "answer": majority.text if majority is not None else None,
-                "answers": [a.text for a in normalized],
+                "answers": [a.text for a in mine],
                 "verified": agreement >= settings.min_agreement,
                 **run.stamp(),
             }
@@ -219,7 +215,5 @@ def _execute(programs: list[dict[str, Any]], settings: MathEvalSettings) -> list
 
 
 def _request_keys(reject: dict[str, Any]) -> dict[str, Any]:
-    import json
-
     keys = json.loads(reject["request"])
     return {"item_id": keys["item_id"], "solution_index": int(keys["solution_index"]), "kind": keys["kind"]}
