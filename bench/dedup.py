@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the exact-join oracle lives with the tests
 from persona_corpus import persona_corpus  # noqa: E402
 
 THRESHOLD = 0.9
@@ -90,8 +91,8 @@ def run_datasketch(n: int):
 
 
 def run_truth(n: int):
-    from persona_hub_dagster.lib.dedup.exact import exact_similar_pairs
     from persona_hub_dagster.lib.dedup.minhash import tokenize_batch
+    from persona_hub_dagster_tests.helpers.exact_jaccard import exact_similar_pairs
 
     texts, _ = persona_corpus(n)
     started = time.perf_counter()

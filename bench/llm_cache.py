@@ -21,9 +21,10 @@ from pathlib import Path
 
 import polars as pl
 
-from persona_hub_dagster.lib.llm.cache import CACHE_TABLE, ResponseCache
+from persona_hub_dagster.lib.llm.cache import ResponseCache
 from persona_hub_dagster.lib.llm.types import Completion
 from persona_hub_dagster.lib.storage import DeltaStore
+from persona_hub_dagster.lib.tables import LLM_RESPONSES
 
 
 def fill(store: DeltaStore, namespace: str, entries: int, batch: int) -> tuple[list[str], float]:
@@ -62,7 +63,7 @@ def main() -> None:
 
         began = time.perf_counter()
         scanned = (
-            pl.scan_delta(store.delta_table(CACHE_TABLE))
+            pl.scan_delta(store.delta_table(LLM_RESPONSES))
             .filter((pl.col("namespace") == "stage.shard-a") & pl.col("key").is_in(probe))
             .collect()
         )

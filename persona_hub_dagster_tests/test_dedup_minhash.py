@@ -9,20 +9,25 @@ import numpy as np
 import pytest
 from datasketch import MinHash
 
-from persona_hub_dagster.lib.dedup.exact import exact_similar_pairs
 from persona_hub_dagster.lib.dedup.minhash import (
     choose_bands,
     cluster_tokenized,
     exact_jaccard,
     minhash_clusters,
-    minhash_dedup,
     signatures,
     tokenize,
     tokenize_batch,
 )
+from persona_hub_dagster_tests.helpers.exact_jaccard import exact_similar_pairs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from persona_corpus import persona_corpus  # noqa: E402
+
+
+def minhash_dedup(texts, **settings) -> list[int]:
+    """For each text, the index of the earlier kept text it duplicates, or its own index."""
+    return minhash_clusters(texts, **settings).representative.tolist()
+
 
 PERSONA = (
     "A retired marine engineer living in a small coastal town who restores wooden sailboats, writes a monthly "

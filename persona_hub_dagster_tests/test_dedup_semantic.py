@@ -3,7 +3,11 @@
 import numpy as np
 import pytest
 
-from persona_hub_dagster.lib.dedup.semantic import semantic_dedup, semantic_keep_first
+from persona_hub_dagster.lib.dedup.semantic import semantic_keep_first
+
+
+def semantic_dedup(vectors: np.ndarray, threshold: float = 0.9) -> list[int]:
+    return semantic_keep_first(vectors, threshold=threshold).representative.tolist()
 
 
 def reference_keep_first(vectors: np.ndarray, threshold: float) -> list[int]:

@@ -11,9 +11,9 @@ from persona_hub_dagster.defs.hub.checks import hub_config_consistent, prefix_co
 from persona_hub_dagster.defs.models import EmbeddingsResource
 from persona_hub_dagster.defs.partitions import text_shards
 from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
-from persona_hub_dagster.lib.dedup.hub import BANDS_TABLE, EMBEDDINGS_TABLE, RUNS_TABLE
 from persona_hub_dagster.lib.ids import content_id
 from persona_hub_dagster.lib.shards import ShardFile, ShardRegistry
+from persona_hub_dagster.lib.tables import HUB_EMBEDDINGS, HUB_MINHASH_BANDS, HUB_RUNS
 
 NURSE = "A pediatric nurse who works night shifts at a large city hospital and volunteers at a free clinic."
 SAILOR = "A retired sailor living in a coastal town who collects stamps from former colonies and restores boats."
@@ -142,7 +142,7 @@ def test_semantic_duplicates_across_shards(hub):
     assert d2[paraphrase]["reason"] == "semantic" and d2[paraphrase]["duplicate_of_shard"] == "s1"
     assert 0.75 <= d2[paraphrase]["similarity"] < 0.9
     assert d2[SAILOR]["decision"] == "kept"
-    assert store.read(EMBEDDINGS_TABLE, ["s2"])["persona_id"].to_list() == [content_id(SAILOR)]
+    assert store.read(HUB_EMBEDDINGS, ["s2"])["persona_id"].to_list() == [content_id(SAILOR)]
 
 
 def test_a_range_runs_in_registration_order_in_one_run(hub):
@@ -189,8 +189,8 @@ def test_rerunning_a_shard_replaces_its_rows_everywhere(hub):
     run("s1")
     assert store.read("persona_hub")["persona"].to_list() == [PILOT]
     assert store.read("persona_hub_decisions")["persona"].to_list() == [PILOT]
-    assert store.read(BANDS_TABLE)["persona_id"].unique().to_list() == [content_id(PILOT)]
-    assert store.read(RUNS_TABLE).height == 1
+    assert store.read(HUB_MINHASH_BANDS)["persona_id"].unique().to_list() == [content_id(PILOT)]
+    assert store.read(HUB_RUNS).height == 1
 
 
 def test_expanded_personas_are_candidates_too(hub):

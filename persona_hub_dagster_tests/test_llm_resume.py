@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from persona_hub_dagster.lib.llm.cache import CACHE_TABLE
 from persona_hub_dagster.lib.storage import DeltaStore
+from persona_hub_dagster.lib.tables import LLM_RESPONSES
 
 STAGE = Path(__file__).parent / "helpers" / "resumable_stage.py"
 N, BATCH = 24, 4
@@ -31,10 +31,10 @@ def test_a_killed_run_resumes_from_the_cache_without_lost_or_duplicated_rows(tmp
     while finished_calls < 2 * BATCH and time.monotonic() < deadline:
         assert first.poll() is None, first.communicate()[1]
         time.sleep(0.2)
-        finished_calls = store.row_count(CACHE_TABLE) if store.exists(CACHE_TABLE) else 0
+        finished_calls = store.row_count(LLM_RESPONSES) if store.exists(LLM_RESPONSES) else 0
     first.send_signal(signal.SIGKILL)  # no cleanup, no chance to write anything more
     first.wait(timeout=30)
-    finished_calls = store.row_count(CACHE_TABLE)
+    finished_calls = store.row_count(LLM_RESPONSES)
     assert BATCH <= finished_calls < N and finished_calls % BATCH == 0  # whole batches, committed atomically
     assert not store.exists("resume_output")
 
@@ -48,4 +48,4 @@ def test_a_killed_run_resumes_from_the_cache_without_lost_or_duplicated_rows(tmp
     assert output.height == N and output["item_id"].n_unique() == N  # nothing lost, nothing twice
     assert usage["cache_hits"] >= 0.95 * finished_calls
     assert usage["calls"] == N - usage["cache_hits"]  # only the missing calls were paid for
-    assert store.row_count(CACHE_TABLE) == N
+    assert store.row_count(LLM_RESPONSES) == N

@@ -8,7 +8,7 @@ from persona_hub_dagster.defs.models import EmbeddingsResource, LLMResource, usa
 from persona_hub_dagster.defs.partitions import text_shards
 from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
 from persona_hub_dagster.lib.llm import LLMRequest, SamplingParams
-from persona_hub_dagster.lib.llm.cache import CACHE_TABLE
+from persona_hub_dagster.lib.tables import LLM_RESPONSES
 
 
 @dg.asset(partitions_def=text_shards)
@@ -64,7 +64,7 @@ def test_an_asset_uses_the_llm_and_reports_usage_per_partition(run):
     assert metadata["llm/completion_tokens_per_s"].value > 0
     assert metadata["model"].value.startswith("llama_cpp:SmolLM2-135M-Instruct")
     assert store.read("described_topics")["dim"].to_list() == [384, 384]
-    cache = store.read(CACHE_TABLE)
+    cache = store.read(LLM_RESPONSES)
     assert set(cache["namespace"]) == {"described_topics.s1"} and cache.height == 2
 
     # Re-materializing the partition is served by the response cache: no tokens paid, same answers.

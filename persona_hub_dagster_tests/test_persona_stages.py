@@ -198,8 +198,7 @@ def test_math_evaluation_agreement_and_sandboxed_programs():
         text = stated if stated.startswith("{") else json.dumps({"reasoning": "steps", "answer": stated})
         return Completion(text, finish_reason="stop")
 
-    settings = MathEvalSettings(reasoning_solutions=2, program_solutions=1, min_agreement=2)
-    settings = MathEvalSettings(**{**settings.__dict__, "limits": settings.limits.__class__(timeout_s=1, cpu_s=1)})
+    settings = MathEvalSettings(reasoning_solutions=2, program_solutions=1, min_agreement=2, timeout_s=1)
     output = evaluate_math(
         problems, LLMClient(ScriptedBackend(answer), max_attempts=1), settings, shard="s", run_id="r"
     )

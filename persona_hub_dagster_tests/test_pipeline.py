@@ -7,26 +7,24 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from persona_hub_dagster.defs.evaluation.assets import EVAL_MATH, evaluate_math
-from persona_hub_dagster.defs.hub.assets import PERSONA_HUB, build_persona_hub
+from persona_hub_dagster.defs.evaluation.assets import evaluate_math
+from persona_hub_dagster.defs.hub.assets import build_persona_hub
 from persona_hub_dagster.defs.models import EmbeddingsResource, LLMResource
 from persona_hub_dagster.defs.partitions import register_shards
-from persona_hub_dagster.defs.personas.assets import (
-    EXPANDED_PERSONAS,
-    TEXT_PERSONAS,
-    persona_to_persona_asset,
-    text_to_persona_asset,
-)
+from persona_hub_dagster.defs.personas.assets import persona_to_persona_asset, text_to_persona_asset
 from persona_hub_dagster.defs.personas.schedules import nightly_persona_expansion
 from persona_hub_dagster.defs.raw_text.assets import ingest_raw_text
+from persona_hub_dagster.defs.stages import asset_key
 from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
 from persona_hub_dagster.defs.synthesis.assets import synthesis_assets
-from persona_hub_dagster.lib import filesystems
+from persona_hub_dagster.lib import filesystems, tables
 from persona_hub_dagster.lib.lineage import trace_item, trace_persona
 from persona_hub_dagster.lib.shards import ShardRegistry, shard_file
 from persona_hub_dagster.lib.storage import DeltaStore
 
 SHARD = "pipeline"
+EVAL_MATH, PERSONA_HUB = asset_key(tables.EVAL_MATH), asset_key(tables.PERSONA_HUB)
+TEXT_PERSONAS, EXPANDED_PERSONAS = asset_key(tables.TEXT_PERSONAS), asset_key(tables.EXPANDED_PERSONAS)
 TEXTS = [
     "Preheat the oven to 180 C. Cream the butter and sugar, fold in the flour and bake the sponge for 25 minutes.",
     "The committee approved the new zoning rules for the harbour district after a three-hour public hearing.",

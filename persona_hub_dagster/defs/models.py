@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from persona_hub_dagster.defs.storage import metadata_value
 from persona_hub_dagster.lib.embeddings import EMBEDDING_MODEL_ENV, Embedder, LazyEmbedder, embedding_identity
 from persona_hub_dagster.lib.llm.cache import ResponseCache, cache_namespace
 from persona_hub_dagster.lib.llm.client import Backend, LLMClient, UsageStats
@@ -139,12 +140,4 @@ class EmbeddingsResource(dg.ConfigurableResource):
 
 def usage_metadata(usage: UsageStats) -> dict[str, dg.MetadataValue]:
     """LLM usage of one materialization, as numbers the UI can plot over partitions and time."""
-    metadata: dict[str, dg.MetadataValue] = {}
-    for key, value in usage.as_metadata().items():
-        if isinstance(value, dict):
-            metadata[key] = dg.MetadataValue.json(value)
-        elif isinstance(value, float):
-            metadata[key] = dg.MetadataValue.float(value)
-        else:
-            metadata[key] = dg.MetadataValue.int(value)
-    return metadata
+    return {key: metadata_value(value) for key, value in usage.as_metadata().items()}

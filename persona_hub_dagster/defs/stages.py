@@ -1,74 +1,179 @@
-"""What the LLM stage assets share: their code versions, and writing a stage's tables for one shard."""
+"""The one factory for LLM stage assets, and what every stage asset shares: asset keys from the catalog, run config
+from a stage's settings, code versions, and writing a stage's tables for one shard.
 
-from collections.abc import Iterator, Mapping, Sequence
+A stage is declared in lib/ (`lib.generation.LLMStage`: its tables, inputs, settings and `run`); `llm_stage_asset`
+turns that declaration into a multi-asset: one spec per table, the upstream partition loaded by the IO manager,
+run config generated from the settings dataclass (its defaults and docs, said once in lib/), the response-cached LLM
+client, and every table written atomically for the partition with its metadata and the LLM usage.
+"""
+
+import dataclasses
+import typing
+from collections.abc import Iterator, Sequence
 from functools import cache
+from typing import Any
 
 import dagster as dg
 import polars as pl
+import pydantic
+from pydantic import Field
 
-from persona_hub_dagster.defs.models import usage_metadata
-from persona_hub_dagster.defs.storage import commit_metadata, table_write_metadata
-from persona_hub_dagster.lib.ids import content_id
+from persona_hub_dagster.defs.models import LLMResource, usage_metadata
+from persona_hub_dagster.defs.partitions import text_shards
+from persona_hub_dagster.defs.storage import DeltaStorageResource, commit_metadata, metadata_value, table_write_metadata
+from persona_hub_dagster.lib.generation import LLMStage, StageCall, StageResult
 from persona_hub_dagster.lib.llm.client import UsageStats
 from persona_hub_dagster.lib.llm.settings import LLMSettings, model_identity
-from persona_hub_dagster.lib.llm.types import SamplingParams
+from persona_hub_dagster.lib.settings import settings_from
 from persona_hub_dagster.lib.storage import DeltaStore
+from persona_hub_dagster.lib.tables import Stage, Table
+
+STORAGE_KINDS = frozenset({"deltalake", "polars"})
 
 
-def stage_code_version(prompt_versions: Sequence[str], sampling: Sequence[SamplingParams], *extra: object) -> str:
-    """`<prompt versions>-<hash of model and sampling>`: editing a template, switching the model or changing the
-    default sampling marks the stage's materializations stale in the UI (and only this stage's)."""
-    digest = content_id(repr((_configured_model(), [s.as_dict() for s in sampling], extra)))[:8]
-    return f"{','.join(prompt_versions)}-{digest}"
+def asset_key(table: Table) -> dg.AssetKey:
+    return dg.AssetKey(list(table.path))
 
 
 @cache
-def _configured_model() -> str:
+def configured_model() -> str:
     """The model identity from the environment, resolved once per code-location load (every stage asks)."""
     return model_identity(LLMSettings.from_env())
 
 
 def stage_specs(
-    tables: Mapping[dg.AssetKey, str],
+    stage: Stage,
     *,
-    deps: Sequence[dg.AssetKey],
+    deps: Sequence[Table],
     group: str,
     code_version: str,
+    kinds: Sequence[str] = (),
 ) -> list[dg.AssetSpec]:
-    """The specs of one stage's tables (its main table first, then rejects, ...): {key: description}, all with the
-    same upstream, group, storage kinds and code version, since one step writes them together."""
+    """The specs of one stage's tables (main table first): all with the same upstream, group, storage kinds and code
+    version, since one step writes them together. `kinds` go on the main table only."""
     return [
         dg.AssetSpec(
-            key,
-            deps=deps,
-            description=description,
+            asset_key(table),
+            deps=[asset_key(d) for d in deps],
+            description=table.description,
             group_name=group,
-            kinds={"deltalake", "polars"},
+            kinds=set(STORAGE_KINDS | set(kinds if index == 0 else ())),
             code_version=code_version,
         )
-        for key, description in tables.items()
+        for index, table in enumerate(stage.tables)
     ]
+
+
+class SettingsConfig(dg.Config):
+    """Run config made from a lib settings dataclass (see `settings_config`)."""
+
+    def to_settings(self) -> Any:
+        return settings_from(self.settings_type(), self.model_dump(exclude=set(self.engine_fields())))
+
+    @classmethod
+    def settings_type(cls) -> type:
+        raise NotImplementedError
+
+    @classmethod
+    def engine_fields(cls) -> tuple[str, ...]:
+        return ()
+
+
+class StageConfig(SettingsConfig):
+    """What every LLM stage takes besides its own settings."""
+
+    batch_size: int = Field(default=32, description="Requests per backend call and per response-cache commit.")
+
+    @classmethod
+    def engine_fields(cls) -> tuple[str, ...]:
+        return ("batch_size",)
+
+
+def settings_config(settings_type: type, name: str, base: type[SettingsConfig] = SettingsConfig) -> type:
+    """Run config with one field per setting: the type, default and doc of the settings dataclass's fields."""
+    hints = typing.get_type_hints(settings_type)
+    defaults = settings_type()
+    fields: dict[str, Any] = {}
+    for setting in dataclasses.fields(settings_type):
+        annotation, default = hints[setting.name], getattr(defaults, setting.name)
+        if isinstance(default, tuple):  # Dagster config has lists, not tuples
+            annotation, default = list[typing.get_args(annotation)[0]], list(default)
+        fields[setting.name] = (annotation, Field(default=default, description=setting.metadata.get("doc")))
+    config = pydantic.create_model(name, __base__=base, **fields)
+    config.settings_type = classmethod(lambda cls: settings_type)
+    return config
+
+
+def llm_stage_asset(declared: LLMStage, *, group: str, kinds: Sequence[str] = ()) -> dg.AssetsDefinition:
+    """The multi-asset of an LLM stage, from its declaration alone."""
+    inputs = {_input_name(t): t for t in declared.reads}
+    config_type = settings_config(
+        declared.settings, "".join(part.title() for part in declared.op.split("_")) + "Config", base=StageConfig
+    )
+
+    @dg.multi_asset(
+        name=declared.op,
+        specs=stage_specs(
+            declared.stage,
+            deps=[*declared.reads, *declared.uses],
+            group=group,
+            code_version=declared.code_version(declared.settings(), configured_model()),
+            kinds=kinds,
+        ),
+        ins={name: dg.AssetIn(asset_key(table)) for name, table in inputs.items()},
+        partitions_def=text_shards if declared.stage.partitioned else None,
+        can_subset=False,
+    )
+    def stage_asset(
+        context: dg.AssetExecutionContext,
+        config: config_type,  # type: ignore[valid-type]
+        storage: DeltaStorageResource,
+        llm: LLMResource,
+        **upstream: pl.LazyFrame,
+    ):
+        shard = context.partition_key if declared.stage.partitioned else None
+        store, run_id = storage.store(), context.run.run_id
+        client = llm.client(store, stage=declared.name, shard=shard or "", run_id=run_id)
+        call = StageCall(client, store, shard, run_id, config.batch_size)
+        result = declared.run({inputs[name]: frame for name, frame in upstream.items()}, call, config.to_settings())
+        main = result.tables[declared.stage.table]
+        rejects = result.tables.get(declared.stage.rejects) if declared.stage.rejects else None
+        context.log.info(
+            f"{declared.name} {shard or ''}: {main.height} rows"
+            + (f", {rejects.height} rejected" if rejects is not None else "")
+        )
+        yield from write_stage_tables(context, store, shard, declared.stage, result, usage=client.usage)
+
+    return stage_asset
 
 
 def write_stage_tables(
     context: dg.AssetExecutionContext,
     store: DeltaStore,
-    shard: str,
-    tables: Mapping[dg.AssetKey, pl.DataFrame],
+    shard: str | None,
+    stage: Stage,
+    result: StageResult,
     *,
     usage: UsageStats | None = None,
-    metadata: Mapping[dg.AssetKey, Mapping[str, dg.MetadataValue]] | None = None,
 ) -> Iterator[dg.MaterializeResult]:
-    """Write each table's partition for the shard (replacing exactly that shard), and report each materialization
-    with its table metadata; the LLM usage goes on the first (the stage's main table)."""
-    provenance = commit_metadata(context.run.run_id, next(iter(tables)))
-    for index, (key, frame) in enumerate(tables.items()):
-        write = store.write_partitions(key.path, frame, partitions=[shard], commit_metadata=provenance)
-        extra = dict((metadata or {}).get(key, {}))
-        if index == 0 and usage is not None:
-            extra.update(usage_metadata(usage))
-        yield dg.MaterializeResult(asset_key=key, metadata={**table_write_metadata(write), **extra})
+    """Write each table's partition for the shard (replacing exactly that shard; the whole table when the stage is
+    unpartitioned), and report each materialization with its table metadata; the stage's own metadata and the LLM
+    usage go on its main table."""
+    missing = [t.name for t in stage.tables if t not in result.tables]
+    if missing:
+        raise ValueError(f"Stage {stage.name} returned no frame for {missing}")
+    provenance = commit_metadata(context.run.run_id, asset_key(stage.table))
+    for table in stage.tables:
+        write = store.write_partitions(
+            table, result.tables[table], partitions=[shard] if shard is not None else None, commit_metadata=provenance
+        )
+        extra: dict[str, dg.MetadataValue] = {}
+        if table == stage.table:
+            extra = {key: metadata_value(value) for key, value in result.metadata.items()}
+            if usage is not None:
+                extra.update(usage_metadata(usage))
+        yield dg.MaterializeResult(asset_key=asset_key(table), metadata={**table_write_metadata(write), **extra})
 
 
-def rate(part: int, whole: int) -> dg.MetadataValue:
-    return dg.MetadataValue.float(round(part / whole, 4) if whole else 0.0)
+def _input_name(table: Table) -> str:
+    return "__".join(table.path)

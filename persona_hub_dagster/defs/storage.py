@@ -91,6 +91,19 @@ def table_write_metadata(write: TableWrite) -> dict[str, dg.MetadataValue]:
     }
 
 
+def metadata_value(value: Any) -> dg.MetadataValue:
+    """A plain value from lib (a count, a rate, a dict of counts, a name) as metadata the UI can show and plot."""
+    if isinstance(value, bool):
+        return dg.MetadataValue.bool(value)
+    if isinstance(value, int):
+        return dg.MetadataValue.int(value)
+    if isinstance(value, float):
+        return dg.MetadataValue.float(value)
+    if isinstance(value, str):
+        return dg.MetadataValue.text(value)
+    return dg.MetadataValue.json(value)
+
+
 def column_schema(schema: pa.Schema) -> dg.TableSchema:
     return dg.TableSchema(columns=[dg.TableColumn(name=f.name, type=str(f.type), description=None) for f in schema])
 

@@ -1,10 +1,16 @@
-"""What every generative stage shares: turning a prompt template into requests, and model answers into rows or
-rejections.
+"""What every generative stage shares: its declaration, turning a prompt template into requests, and model answers
+into rows or rejections.
 
-A stage (Text-to-Persona, Persona-to-Persona, a synthesis task, a solver) plans `Planned` requests, each carrying the
-ids its output rows need (text_id, persona_id, ...); `LLMClient.generate_batches` answers them batch by batch (each
-batch one cache commit, so a killed run resumes where it stopped); the stage's parser turns an accepted answer into
-rows, and everything else, the raw text included, becomes a row of the stage's rejects table with the reason.
+A stage is declared once as an `LLMStage`: the catalog entry of the tables it writes, the tables it reads, its
+settings (a frozen dataclass whose fields, defaults and `doc`s are the run config defs/ builds), what goes into its
+code version, and `run`, which turns one partition of its inputs into its tables. defs/stages.py builds the Dagster
+asset of every stage from that declaration alone.
+
+Inside `run`, a stage (Text-to-Persona, Persona-to-Persona, a synthesis task, a solver) plans `Planned` requests,
+each carrying the ids its output rows need (text_id, persona_id, ...); `LLMClient.generate_batches` answers them batch
+by batch (each batch one cache commit, so a killed run resumes where it stopped); the stage's parser turns an accepted
+answer into rows, and everything else, the raw text included, becomes a row of the stage's rejects table with the
+reason.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from persona_hub_dagster.lib.ids import content_id
 from persona_hub_dagster.lib.llm.client import LLMClient
 from persona_hub_dagster.lib.llm.types import LLMRequest, LLMResponse, SamplingParams
 from persona_hub_dagster.lib.prompts import PromptTemplate
+from persona_hub_dagster.lib.storage import DeltaStore
+from persona_hub_dagster.lib.tables import Stage, Table
 
 REJECTS_SCHEMA = {
     "shard": pl.String,
@@ -39,6 +47,56 @@ REJECTS_SCHEMA = {
 
 _SPACE_RE = re.compile(r"\s+")
 _QUOTES = "\"'“”‘’`"
+
+
+@dataclass(frozen=True)
+class StageCall:
+    """What a stage's `run` gets besides its inputs and settings: the model, the storage, and which partition."""
+
+    client: LLMClient
+    store: DeltaStore
+    shard: str | None  # None: an unpartitioned stage (one table across shards)
+    run_id: str
+    batch_size: int = 32
+
+    def stage_run(self, stage: str, prompt_version: str) -> StageRun:
+        return StageRun(stage, self.shard, self.run_id, self.client.backend.model, prompt_version)
+
+
+@dataclass
+class StageResult:
+    """A stage's tables for the partition (every table of its catalog entry) and what to report about them."""
+
+    tables: dict[Table, pl.DataFrame]
+    metadata: dict[str, Any] = field(default_factory=dict)  # numbers, lists, dicts: on the main table's materialization
+
+
+@dataclass(frozen=True)
+class LLMStage:
+    stage: Stage  # the catalog entry: the tables it writes, main table first
+    op: str  # the step's name (run config `ops: {<op>: {config: ...}}`)
+    settings: type  # a frozen dataclass of lib.settings.setting fields; its defaults are the stage's defaults
+    run: Callable[[Mapping[Table, pl.LazyFrame], StageCall, Any], StageResult]
+    prompts: Callable[[Any], Sequence[str]]  # settings -> the prompt versions it renders
+    samplings: Callable[[Any], Sequence[SamplingParams]]  # settings -> the sampling of its requests
+    version_extra: Callable[[Any], tuple] = lambda settings: ()  # anything else that changes its output
+    reads: tuple[Table, ...] = ()  # loaded for `run`: the run's partition of each (all of an unpartitioned one)
+    uses: tuple[Table, ...] = ()  # also upstream, read by `run` itself when its settings need them
+
+    @property
+    def name(self) -> str:
+        return self.stage.name
+
+    def code_version(self, settings: Any, model_identity: str) -> str:
+        """`<prompt versions>-<hash of model, sampling and the rest>`: editing a template, switching the model or
+        changing a default marks this stage's materializations stale in the UI (and only this stage's)."""
+        sampling = [s.as_dict() for s in self.samplings(settings)]
+        digest = content_id(repr((model_identity, sampling, self.version_extra(settings))))[:8]
+        return f"{','.join(self.prompts(settings))}-{digest}"
+
+
+def rate(part: int, whole: int) -> float:
+    return round(part / whole, 4) if whole else 0.0
 
 
 @dataclass(frozen=True)
@@ -69,7 +127,7 @@ class StageRun:
     """Who produced the rows: recorded in each of them."""
 
     stage: str
-    shard: str
+    shard: str | None
     run_id: str
     model: str
     prompt_version: str

@@ -14,14 +14,15 @@ from typing import Any
 
 import polars as pl
 
+from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.storage import DeltaStore
 
-EVAL_MATH = ("eval", "math")
-SYNTHETIC_MATH = ("synthetic", "math")
-HUB = ("persona_hub",)
-TEXT_PERSONAS = ("text_personas",)
-EXPANDED_PERSONAS = ("expanded_personas",)
-RAW_TEXT = ("raw_text",)
+EVAL_MATH = tables.EVAL_MATH
+SYNTHETIC_MATH = tables.synthetic("math").table
+HUB = tables.PERSONA_HUB
+TEXT_PERSONAS = tables.TEXT_PERSONAS
+EXPANDED_PERSONAS = tables.EXPANDED_PERSONAS
+RAW_TEXT = tables.RAW_TEXT
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Trace:
     text: dict[str, Any] | None = None
 
 
-def _one(store: DeltaStore, table: tuple[str, ...], shard: str, **equal: str) -> dict[str, Any] | None:
+def _one(store: DeltaStore, table: tables.Table, shard: str, **equal: str) -> dict[str, Any] | None:
     frame = store.scan(table, [shard])
     for column, value in equal.items():
         frame = frame.filter(pl.col(column) == value)
@@ -41,11 +42,11 @@ def _one(store: DeltaStore, table: tuple[str, ...], shard: str, **equal: str) ->
     return rows.row(0, named=True) if rows.height else None
 
 
-def trace_item(store: DeltaStore, shard: str, item_id: str, *, task: tuple[str, ...] = SYNTHETIC_MATH) -> Trace:
+def trace_item(store: DeltaStore, shard: str, item_id: str, *, task: tables.Table = SYNTHETIC_MATH) -> Trace:
     """Walk from a synthetic item (and its eval/math row, when there is one) to its source text."""
     item = _one(store, task, shard, item_id=item_id)
     if item is None:
-        raise LookupError(f"No item {item_id!r} in {'/'.join(task)} for shard {shard!r}")
+        raise LookupError(f"No item {item_id!r} in {task.name} for shard {shard!r}")
     evaluation = _one(store, EVAL_MATH, shard, item_id=item_id) if store.exists(EVAL_MATH) else None
     hub_persona = _one(store, HUB, shard, persona_id=item["persona_id"])
     if hub_persona is None:

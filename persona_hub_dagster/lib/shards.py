@@ -22,7 +22,7 @@ from pathlib import PurePosixPath
 import polars as pl
 import pyarrow as pa
 
-from persona_hub_dagster.lib import filesystems
+from persona_hub_dagster.lib import filesystems, tables
 from persona_hub_dagster.lib.storage import DeltaStore
 
 FORMAT_BY_SUFFIX = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv", ".txt": "txt"}
@@ -187,7 +187,7 @@ REGISTRY_SCHEMA = pa.schema(
 class ShardRegistry:
     """The shard registry table under the storage root."""
 
-    TABLE = ("_meta", "text_shards")
+    TABLE = tables.SHARD_REGISTRY
     COMPACT_AFTER_FILES = 64
 
     def __init__(self, store: DeltaStore):

@@ -35,6 +35,7 @@ from deltalake import CommitProperties, DeltaTable, WriterProperties, write_delt
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from persona_hub_dagster.lib.locations import default_storage_root, join_location, normalize_location
+from persona_hub_dagster.lib.tables import Table
 
 PARTITION_COLUMN = "shard"
 WRITE_ID_KEY = "persona_hub.write_id"
@@ -45,6 +46,7 @@ WRITE_ID_KEY = "persona_hub.write_id"
 TARGET_FILE_BYTES = 64 * 2**20
 WRITER_PROPERTIES = WriterProperties(max_row_group_size=16_384, compression="ZSTD")
 
+TableRef = str | Sequence[str] | Table  # a name ("synthetic/math"), a key path, or the catalog's Table
 TableData = pl.DataFrame | pa.Table | Iterable[pa.RecordBatch | pl.DataFrame]
 
 
@@ -89,17 +91,19 @@ class DeltaStore:
 
     # ------------------------------------------------------------------ locations
 
-    def table_uri(self, table: str | Sequence[str]) -> str:
-        """`<root>/<asset key path>`: `"raw_text"` or `("synthetic", "math")` -> `<root>/synthetic/math`."""
+    def table_uri(self, table: TableRef) -> str:
+        """`<root>/<asset key path>`: `"raw_text"`, `("synthetic", "math")` or a catalog `Table`."""
+        if isinstance(table, Table):
+            table = table.path
         parts = table.split("/") if isinstance(table, str) else list(table)
         if not parts or any(not p or p in {".", ".."} for p in parts):
             raise ValueError(f"Invalid table name {table!r}")
         return join_location(self.root, *parts)
 
-    def exists(self, table: str | Sequence[str]) -> bool:
+    def exists(self, table: TableRef) -> bool:
         return DeltaTable.is_deltatable(self.table_uri(table), storage_options=self._options())
 
-    def delta_table(self, table: str | Sequence[str], version: int | None = None) -> DeltaTable:
+    def delta_table(self, table: TableRef, version: int | None = None) -> DeltaTable:
         uri = self.table_uri(table)
         try:
             return DeltaTable(uri, version=version, storage_options=self._options())
@@ -110,7 +114,7 @@ class DeltaStore:
 
     def scan(
         self,
-        table: str | Sequence[str],
+        table: TableRef,
         partitions: Sequence[str] | None = None,
         *,
         version: int | None = None,
@@ -124,16 +128,16 @@ class DeltaStore:
             frame = frame.filter(pl.col(PARTITION_COLUMN).is_in(list(partitions)))
         return frame
 
-    def read(self, table: str | Sequence[str], partitions: Sequence[str] | None = None) -> pl.DataFrame:
+    def read(self, table: TableRef, partitions: Sequence[str] | None = None) -> pl.DataFrame:
         return self.scan(table, partitions).collect()
 
-    def partitions(self, table: str | Sequence[str]) -> list[str]:
+    def partitions(self, table: TableRef) -> list[str]:
         """The partition values present in the table (from the Delta log; no data files are read)."""
         if not self.exists(table):
             return []
         return sorted({p[PARTITION_COLUMN] for p in self.delta_table(table).partitions()})
 
-    def row_count(self, table: str | Sequence[str], partitions: Sequence[str] | None = None) -> int:
+    def row_count(self, table: TableRef, partitions: Sequence[str] | None = None) -> int:
         """Row count from the per-file statistics in the Delta log; no data files are read."""
         return _row_count(self.delta_table(table), partitions)
 
@@ -141,7 +145,7 @@ class DeltaStore:
 
     def write_partitions(
         self,
-        table: str | Sequence[str],
+        table: TableRef,
         data: TableData,
         *,
         partitions: Sequence[str] | None,
@@ -176,9 +180,7 @@ class DeltaStore:
             commit_metadata=metadata,
         )
 
-    def append(
-        self, table: str | Sequence[str], data: pl.DataFrame | pa.Table, *, partition_by: Sequence[str] = ()
-    ) -> int:
+    def append(self, table: TableRef, data: pl.DataFrame | pa.Table, *, partition_by: Sequence[str] = ()) -> int:
         """Append rows in one commit (for append-only tables such as the LLM response cache); returns the version.
         Appends by concurrent writers do not conflict; a lost race to create the table is retried."""
         uri = self.table_uri(table)
@@ -196,7 +198,7 @@ class DeltaStore:
         )
         return DeltaTable(uri, storage_options=self._options()).version()
 
-    def compact(self, table: str | Sequence[str], *, min_files: int = 2) -> bool:
+    def compact(self, table: TableRef, *, min_files: int = 2) -> bool:
         """Merge small files once the table has `min_files` or more. Best effort: losing the commit race to another
         writer only means compaction waits for the next call."""
         dt = self.delta_table(table)

@@ -5,7 +5,7 @@ import dagster as dg
 
 from persona_hub_dagster.defs.hub.assets import PERSONA_HUB, default_fingerprint
 from persona_hub_dagster.defs.storage import DeltaStorageResource
-from persona_hub_dagster.lib.dedup.hub import HUB_TABLE, RUNS_TABLE
+from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.shards import ShardRegistry
 
 
@@ -21,11 +21,11 @@ from persona_hub_dagster.lib.shards import ShardRegistry
 )
 def prefix_complete(storage: DeltaStorageResource) -> dg.AssetCheckResult:
     store = storage.store()
-    if not store.exists(RUNS_TABLE):
+    if not store.exists(tables.HUB_RUNS):
         return dg.AssetCheckResult(passed=True, metadata={"hub_shards": 0})
-    runs = store.read(RUNS_TABLE)
+    runs = store.read(tables.HUB_RUNS)
     built_at = dict(zip(runs["shard"].to_list(), runs["deduplicated_at"].to_list(), strict=True))
-    in_hub = set(store.partitions(HUB_TABLE))
+    in_hub = set(store.partitions(tables.PERSONA_HUB))
     incomplete, stale = {}, {}
     for row in runs.iter_rows(named=True):
         if row["shard"] not in in_hub:
@@ -60,9 +60,9 @@ def prefix_complete(storage: DeltaStorageResource) -> dg.AssetCheckResult:
 )
 def hub_config_consistent(storage: DeltaStorageResource) -> dg.AssetCheckResult:
     store = storage.store()
-    if not store.exists(RUNS_TABLE):
+    if not store.exists(tables.HUB_RUNS):
         return dg.AssetCheckResult(passed=True, severity=dg.AssetCheckSeverity.WARN)
-    runs = store.read(RUNS_TABLE)
+    runs = store.read(tables.HUB_RUNS)
     current = default_fingerprint()
     others = runs.filter(runs["hub_config"] != current)
     return dg.AssetCheckResult(

@@ -4,11 +4,14 @@ their last expansion, and refresh everything downstream of them (hub, synthesis,
 import dagster as dg
 
 from persona_hub_dagster.defs.partitions import text_shards
-from persona_hub_dagster.defs.personas.assets import EXPANDED_PERSONAS, EXPANDED_PERSONAS_REJECTS, TEXT_PERSONAS
+from persona_hub_dagster.defs.stages import asset_key
+from persona_hub_dagster.lib import tables
+
+TEXT_PERSONAS, EXPANDED_PERSONAS = asset_key(tables.TEXT_PERSONAS), asset_key(tables.EXPANDED_PERSONAS)
 
 expand_personas_nightly = dg.define_asset_job(
     "expand_personas_nightly",
-    selection=dg.AssetSelection.assets(EXPANDED_PERSONAS, EXPANDED_PERSONAS_REJECTS).downstream(),
+    selection=dg.AssetSelection.assets(*map(asset_key, tables.PERSONA_TO_PERSONA.tables)).downstream(),
     description="Persona-to-Persona for one shard, then everything that depends on it (hub, synthesis, evaluation).",
 )
 

@@ -7,19 +7,20 @@ import polars as pl
 from pydantic import Field
 
 from persona_hub_dagster.defs.partitions import text_shards
+from persona_hub_dagster.defs.stages import asset_key
 from persona_hub_dagster.defs.storage import (
     DeltaStorageResource,
     column_schema,
     commit_metadata,
     table_write_metadata,
 )
+from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.corpus.cleaning import CLEANING_VERSION, UNICODE_FORMS, CleaningOptions
 from persona_hub_dagster.lib.corpus.ingest import RAW_TEXT_SCHEMA, REJECTS_SCHEMA, ShardIngest
 from persona_hub_dagster.lib.corpus.readers import SourceFileError, SourceSpec
 from persona_hub_dagster.lib.shards import ShardRegistry, UnknownShard
 
-RAW_TEXT = dg.AssetKey("raw_text")
-RAW_TEXT_REJECTS = dg.AssetKey("raw_text_rejects")
+RAW_TEXT, RAW_TEXT_REJECTS = asset_key(tables.RAW_TEXT), asset_key(tables.RAW_TEXT_REJECTS)
 
 
 class RawTextConfig(dg.Config):
@@ -44,11 +45,7 @@ class RawTextConfig(dg.Config):
     specs=[
         dg.AssetSpec(
             RAW_TEXT,
-            description=(
-                "The texts of one shard, Unicode-normalized, whitespace-collapsed, within the length limits and "
-                "without exact duplicates. `text_id` is a content hash; `source_uri` and `record_index` point back "
-                "to the record in the source file."
-            ),
+            description=tables.RAW_TEXT.description,
             group_name="ingestion",
             kinds={"deltalake", "polars"},
             code_version=f"cleaning-v{CLEANING_VERSION}",
@@ -56,11 +53,7 @@ class RawTextConfig(dg.Config):
         ),
         dg.AssetSpec(
             RAW_TEXT_REJECTS,
-            description=(
-                "Every record of the shard that did not make it into raw_text, with the reason (invalid_json, "
-                "missing_text, undecodable_bytes, too_short, too_long, duplicate, ...) and the raw content: "
-                "nothing is dropped silently."
-            ),
+            description=tables.RAW_TEXT_REJECTS.description,
             group_name="ingestion",
             kinds={"deltalake", "polars"},
             code_version=f"cleaning-v{CLEANING_VERSION}",
@@ -109,12 +102,12 @@ def ingest_raw_text(context: dg.AssetExecutionContext, config: RawTextConfig, st
     provenance = commit_metadata(context.run.run_id, RAW_TEXT)
     try:
         texts = store.write_partitions(
-            RAW_TEXT.path, ingest.accepted(), partitions=[shard], schema=RAW_TEXT_SCHEMA, commit_metadata=provenance
+            tables.RAW_TEXT, ingest.accepted(), partitions=[shard], schema=RAW_TEXT_SCHEMA, commit_metadata=provenance
         )
     except SourceFileError as exc:
         raise dg.Failure(f"Shard {shard!r} cannot be ingested: {exc}", allow_retries=False) from exc
     rejects = store.write_partitions(
-        RAW_TEXT_REJECTS.path, ingest.rejects(), partitions=[shard], commit_metadata=provenance
+        tables.RAW_TEXT_REJECTS, ingest.rejects(), partitions=[shard], commit_metadata=provenance
     )
     report = ingest.report
     by_reason = dict(sorted(report.rejected.items()))
@@ -136,7 +129,7 @@ def ingest_raw_text(context: dg.AssetExecutionContext, config: RawTextConfig, st
     )
 
     counts = (
-        store.scan(RAW_TEXT.path, [shard])
+        store.scan(tables.RAW_TEXT, [shard])
         .select(rows=pl.len(), distinct=pl.col("text_id").n_unique())
         .collect()
         .row(0, named=True)

@@ -25,16 +25,13 @@ from typing import Protocol
 import numpy as np
 import polars as pl
 
+from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.dedup import minhash
 from persona_hub_dagster.lib.dedup.filters import quality_filter
 from persona_hub_dagster.lib.dedup.semantic import semantic_keep_first
+from persona_hub_dagster.lib.settings import setting
 from persona_hub_dagster.lib.storage import DeltaStore
 
-HUB_TABLE = ("persona_hub",)
-DECISIONS_TABLE = ("persona_hub_decisions",)
-BANDS_TABLE = ("_index", "persona_hub", "minhash_bands")
-EMBEDDINGS_TABLE = ("_index", "persona_hub", "embeddings")
-RUNS_TABLE = ("_index", "persona_hub", "runs")
 RUNS_SCHEMA = {
     "shard": pl.String,
     "deduplicated_at": pl.Datetime("us", "UTC"),
@@ -45,19 +42,22 @@ RUNS_SCHEMA = {
     "candidates": pl.Int64,
     "kept": pl.Int64,
 }
-CANDIDATE_SOURCES = (("text_personas",), ("expanded_personas",))
 REQUIRED_COLUMNS = ("persona_id", "persona", "shard")
 
 
 @dataclass(frozen=True)
 class HubSettings:
-    minhash_threshold: float = 0.9
-    num_perm: int = 128
-    ngram: int = 1
-    seed: int = 1
-    min_recall: float = 0.95
-    semantic_threshold: float | None = 0.9  # None: no embedding pass
-    apply_quality_filter: bool = True
+    minhash_threshold: float = setting(0.9, "Word n-gram Jaccard at which personas are duplicates.")
+    num_perm: int = setting(128, "MinHash permutations.")
+    ngram: int = setting(1, "Word n-gram size for MinHash.")
+    seed: int = setting(1, "Seeds the MinHash permutations.")
+    min_recall: float = setting(0.95, "LSH bands are chosen so that a pair at the threshold is found with this chance.")
+    semantic_threshold: float | None = setting(
+        0.9,
+        "Embedding cosine at which personas are duplicates (0.5 for diversity over count); null: skip the pass. "
+        "Thresholds are per embedding model: the fast (model2vec) embeddings call for ~0.89 where MiniLM has 0.9.",
+    )
+    quality_filter: bool = setting(True, "Reject empty, truncated, refusals, template echoes, ...")
 
     def fingerprint(self, embedding_identity: str | None) -> str:
         """Changes with anything that changes which personas are kept."""
@@ -87,14 +87,14 @@ def load_candidates(store: DeltaStore, shard: str) -> pl.DataFrame:
     """The shard's candidate personas from text_personas and, when it exists, expanded_personas, in a stable order
     (the order keep-first follows): text personas first, then expansions by hop, then by text and persona id."""
     frames = []
-    for rank, table in enumerate(CANDIDATE_SOURCES):
+    for rank, table in enumerate(tables.HUB_SOURCES):
         if not store.exists(table):
             continue
         frame = store.scan(table, [shard]).collect()
         missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
         if missing:
             raise ValueError(f"{store.table_uri(table)} lacks the columns {missing} persona_hub needs")
-        frames.append(frame.with_columns(source=pl.lit("/".join(table)), source_rank=pl.lit(rank)))
+        frames.append(frame.with_columns(source=pl.lit(table.name), source_rank=pl.lit(rank)))
     if not frames:
         return pl.DataFrame(
             schema={
@@ -114,8 +114,40 @@ def prefix_shards(store: DeltaStore, registry_frame: pl.DataFrame, shard: str) -
     """(shards registered before `shard`, those of them already in the hub), both in registration order."""
     ordered = registry_frame.sort("registration_seq", "shard")["shard"].to_list()
     expected = ordered[: ordered.index(shard)] if shard in ordered else ordered
-    present = set(store.partitions(HUB_TABLE))
+    present = set(store.partitions(tables.PERSONA_HUB))
     return expected, [s for s in expected if s in present]
+
+
+@dataclass
+class Decisions:
+    """Each candidate's fate as the passes run: alive until a pass drops it, with the reason and what it duplicates."""
+
+    ids: list[str]
+    alive: np.ndarray
+    reason: list[str | None]
+    duplicate_of: list[str | None]
+    duplicate_shard: list[str | None]
+    similarity: np.ndarray
+
+    @classmethod
+    def start(cls, ids: list[str]) -> Decisions:
+        n = len(ids)
+        return cls(ids, np.ones(n, dtype=bool), [None] * n, [None] * n, [None] * n, np.full(n, np.nan, np.float32))
+
+    def drop(
+        self, i: int, reason: str, of: str | None = None, of_shard: str | None = None, score: float | None = None
+    ) -> None:
+        self.alive[i] = False
+        self.reason[i], self.duplicate_of[i], self.duplicate_shard[i] = reason, of, of_shard
+        if score is not None:
+            self.similarity[i] = score
+
+    def counts(self) -> dict[str, int]:
+        counts = {"candidates": len(self.ids), "kept": int(self.alive.sum())}
+        for reason in self.reason:
+            if reason is not None:
+                counts[reason] = counts.get(reason, 0) + 1
+        return counts
 
 
 def dedup_shard(
@@ -128,90 +160,117 @@ def dedup_shard(
     embedder: EmbedderLike | None,
     run_id: str,
 ) -> ShardResult:
-    n = candidates.height
+    """The shard's candidates through the three passes, against the earlier shards `prefix` and the shard itself."""
     texts = candidates["persona"].fill_null("").to_list()
-    reason: list[str | None] = [None] * n
-    duplicate_of: list[str | None] = [None] * n
-    duplicate_shard: list[str | None] = [None] * n
-    similarity = np.full(n, np.nan, dtype=np.float32)
-    ids = candidates["persona_id"].to_list()
+    decisions = Decisions.start(candidates["persona_id"].to_list())
+    if settings.quality_filter:
+        quality_pass(texts, decisions)
+    keys = minhash_pass(store, shard, prefix, texts, decisions, settings)
+    vectors = semantic_pass(store, shard, prefix, texts, decisions, settings, embedder)
+    return shard_result(shard, prefix, candidates, decisions, keys, vectors, settings, embedder, run_id)
 
-    # 1. quality
-    if settings.apply_quality_filter:
-        for i, r in enumerate(quality_filter(texts)):
-            if r is not None:
-                reason[i] = f"quality:{r}"
-    alive = np.array([r is None for r in reason], dtype=bool)
 
-    # 2. MinHash: earlier shards, then within the shard
+def quality_pass(texts: list[str], decisions: Decisions) -> None:
+    for i, reason in enumerate(quality_filter(texts)):
+        if reason is not None:
+            decisions.drop(i, f"quality:{reason}")
+
+
+def minhash_pass(
+    store: DeltaStore, shard: str, prefix: Sequence[str], texts: list[str], decisions: Decisions, settings: HubSettings
+) -> np.ndarray:
+    """Near-duplicates by MinHash, verified by exact Jaccard: against earlier shards first, then within the shard
+    (keep-first). Returns every candidate's LSH band keys (the kept ones go to the index)."""
     batch = minhash.tokenize_batch(texts, settings.ngram)
     sigs = minhash.signatures(batch, settings.num_perm, settings.seed)
     bands, rows = minhash.choose_bands(settings.minhash_threshold, settings.num_perm, settings.min_recall)
     keys = minhash.band_keys(sigs, bands, rows)
     for i, (prior_id, prior_shard, score) in _minhash_against_prefix(
-        store, prefix, texts, keys, alive, settings
+        store, prefix, texts, keys, decisions.alive, settings
     ).items():
-        reason[i], duplicate_of[i], duplicate_shard[i], similarity[i] = "minhash", prior_id, prior_shard, score
-        alive[i] = False
-    live = np.flatnonzero(alive)
+        decisions.drop(i, "minhash", prior_id, prior_shard, score)
+    live = np.flatnonzero(decisions.alive)
+    sub = batch.subset(live)
     within = minhash.cluster_tokenized(
-        batch.subset(live),
+        sub,
         threshold=settings.minhash_threshold,
         num_perm=settings.num_perm,
         seed=settings.seed,
         min_recall=settings.min_recall,
     )
-    dropped_local = np.flatnonzero(within.representative != np.arange(len(live)))
-    if len(dropped_local):
-        sub = batch.subset(live)
-        pairs = np.stack((within.representative[dropped_local], dropped_local), axis=1)
+    dropped = np.flatnonzero(within.representative != np.arange(len(live)))
+    if len(dropped):
+        pairs = np.stack((within.representative[dropped], dropped), axis=1)
         scores = minhash.exact_jaccard(sub, sub, pairs)
-        for local, rep, score in zip(dropped_local.tolist(), pairs[:, 0].tolist(), scores.tolist(), strict=True):
-            i = int(live[local])
-            reason[i], duplicate_of[i], duplicate_shard[i] = "minhash", ids[live[rep]], shard
-            similarity[i] = score
-            alive[i] = False
+        for local, rep, score in zip(dropped.tolist(), pairs[:, 0].tolist(), scores.tolist(), strict=True):
+            decisions.drop(int(live[local]), "minhash", decisions.ids[live[rep]], shard, score)
+    return keys
 
-    # 3. embeddings: earlier shards' kept personas, then within the shard
-    vectors = np.zeros((0, 0), dtype=np.float32)
-    live = np.flatnonzero(alive)
-    if settings.semantic_threshold is not None and embedder is not None and len(live):
-        vectors = embedder.encode([texts[i] for i in live])
-        prior_ids, prior_shards, prior_vectors = _prior_embeddings(store, prefix, embedder)
-        result = semantic_keep_first(vectors, threshold=settings.semantic_threshold, prior=prior_vectors)
-        for local in np.flatnonzero(~result.kept).tolist():
-            i = int(live[local])
-            if result.prior_match[local] >= 0:
-                k = int(result.prior_match[local])
-                duplicate_of[i], duplicate_shard[i] = prior_ids[k], prior_shards[k]
-            else:
-                duplicate_of[i], duplicate_shard[i] = ids[live[result.representative[local]]], shard
-            reason[i], similarity[i] = "semantic", float(result.similarity[local])
-            alive[i] = False
-        vectors = vectors[result.kept]
 
-    kept = np.flatnonzero(alive)
+def semantic_pass(
+    store: DeltaStore,
+    shard: str,
+    prefix: Sequence[str],
+    texts: list[str],
+    decisions: Decisions,
+    settings: HubSettings,
+    embedder: EmbedderLike | None,
+) -> np.ndarray:
+    """Embedding near-duplicates (keep-first): against earlier shards' kept personas, then within the shard.
+    Returns the kept candidates' vectors, in candidate order."""
+    live = np.flatnonzero(decisions.alive)
+    if settings.semantic_threshold is None or embedder is None or not len(live):
+        return np.zeros((0, 0), dtype=np.float32)
+    vectors = embedder.encode([texts[i] for i in live])
+    prior_ids, prior_shards, prior_vectors = _prior_embeddings(store, prefix, embedder)
+    result = semantic_keep_first(vectors, threshold=settings.semantic_threshold, prior=prior_vectors)
+    for local in np.flatnonzero(~result.kept).tolist():
+        if result.prior_match[local] >= 0:
+            k = int(result.prior_match[local])
+            of, of_shard = prior_ids[k], prior_shards[k]
+        else:
+            of, of_shard = decisions.ids[live[result.representative[local]]], shard
+        decisions.drop(int(live[local]), "semantic", of, of_shard, float(result.similarity[local]))
+    return vectors[result.kept]
+
+
+def shard_result(
+    shard: str,
+    prefix: Sequence[str],
+    candidates: pl.DataFrame,
+    decisions: Decisions,
+    keys: np.ndarray,
+    vectors: np.ndarray,
+    settings: HubSettings,
+    embedder: EmbedderLike | None,
+    run_id: str,
+) -> ShardResult:
+    """The tables of the shard: hub, decisions, the kept personas' band keys and vectors, the run record."""
+    n = candidates.height
+    kept = np.flatnonzero(decisions.alive)
     fingerprint = settings.fingerprint(embedder.identity if embedder is not None else None)
     now = datetime.now(UTC)
-    decisions = candidates.select(
+    positions = pl.Series(np.arange(n), dtype=pl.Int64)
+    decision_frame = candidates.select(
         "persona_id", "shard", "source", "persona", *[c for c in ("text_id",) if c in candidates.columns]
     ).with_columns(
-        position=pl.Series(np.arange(n), dtype=pl.Int64),
-        decision=pl.Series(["kept" if a else "dropped" for a in alive], dtype=pl.String),
-        reason=pl.Series(reason, dtype=pl.String),
-        duplicate_of=pl.Series(duplicate_of, dtype=pl.String),
-        duplicate_of_shard=pl.Series(duplicate_shard, dtype=pl.String),
-        similarity=pl.Series(similarity, dtype=pl.Float32).fill_nan(None),
+        position=positions,
+        decision=pl.Series(["kept" if a else "dropped" for a in decisions.alive], dtype=pl.String),
+        reason=pl.Series(decisions.reason, dtype=pl.String),
+        duplicate_of=pl.Series(decisions.duplicate_of, dtype=pl.String),
+        duplicate_of_shard=pl.Series(decisions.duplicate_shard, dtype=pl.String),
+        similarity=pl.Series(decisions.similarity, dtype=pl.Float32).fill_nan(None),
         hub_config=pl.lit(fingerprint),
         decided_at=pl.lit(now),
         run_id=pl.lit(run_id),
     )
     hub = (
-        candidates.with_columns(position=pl.Series(np.arange(n), dtype=pl.Int64))
-        .filter(pl.Series(alive))
+        candidates.with_columns(position=positions)
+        .filter(pl.Series(decisions.alive))
         .with_columns(hub_config=pl.lit(fingerprint), run_id=pl.lit(run_id))
     )
-    kept_ids = [ids[i] for i in kept]
+    kept_ids = [decisions.ids[i] for i in kept]
+    bands = keys.shape[1]
     band_frame = pl.DataFrame(
         {
             "shard": [shard] * (len(kept) * bands),
@@ -230,10 +289,6 @@ def dedup_shard(
         },
         schema={"shard": pl.String, "persona_id": pl.String, "model": pl.String, "vector": pl.List(pl.Float32)},
     )
-    counts = {"candidates": n, "kept": len(kept)}
-    for r in reason:
-        if r is not None:
-            counts[r] = counts.get(r, 0) + 1
     run = {
         "shard": shard,
         "deduplicated_at": now,
@@ -243,13 +298,13 @@ def dedup_shard(
         "candidates": n,
         "kept": len(kept),
     }
-    return ShardResult(hub, decisions, band_frame, embedding_frame, run, counts)
+    return ShardResult(hub, decision_frame, band_frame, embedding_frame, run, decisions.counts())
 
 
 def _minhash_against_prefix(store, prefix, texts, keys, alive, settings) -> dict[int, tuple[str, str, float]]:
     """For each live candidate with a verified near-duplicate among earlier shards' kept personas: the earliest
     such persona (registration order, then hub position), its shard, and the exact Jaccard."""
-    if not prefix or not store.exists(BANDS_TABLE) or not alive.any():
+    if not prefix or not store.exists(tables.HUB_MINHASH_BANDS) or not alive.any():
         return {}
     live = np.flatnonzero(alive)
     n_bands = keys.shape[1]
@@ -261,7 +316,7 @@ def _minhash_against_prefix(store, prefix, texts, keys, alive, settings) -> dict
         }
     )
     hits = (
-        store.scan(BANDS_TABLE, list(prefix))
+        store.scan(tables.HUB_MINHASH_BANDS, list(prefix))
         .join(probe.lazy(), on=["band", "key"], how="inner")
         .select("candidate", "persona_id", "shard")
         .unique()
@@ -270,7 +325,7 @@ def _minhash_against_prefix(store, prefix, texts, keys, alive, settings) -> dict
     if hits.is_empty():
         return {}
     earlier = (
-        store.scan(HUB_TABLE, list(prefix))
+        store.scan(tables.PERSONA_HUB, list(prefix))
         .join(hits.select("persona_id").unique().lazy(), on="persona_id", how="semi")
         .select("persona_id", "persona", "shard", "position")
         .collect()
@@ -305,16 +360,16 @@ def _minhash_against_prefix(store, prefix, texts, keys, alive, settings) -> dict
 def _prior_embeddings(store, prefix, embedder) -> tuple[list[str], list[str], np.ndarray]:
     """Kept embeddings of the earlier shards, in registration order; vectors of another model are recomputed from
     the hub's texts (not stored: the next run of those shards replaces them)."""
-    if not prefix or not store.exists(EMBEDDINGS_TABLE):
+    if not prefix or not store.exists(tables.HUB_EMBEDDINGS):
         return [], [], None
-    stored = store.scan(EMBEDDINGS_TABLE, list(prefix)).collect()
+    stored = store.scan(tables.HUB_EMBEDDINGS, list(prefix)).collect()
     rank = {s: r for r, s in enumerate(prefix)}
     stored = stored.with_columns(order=pl.col("shard").replace_strict(rank, return_dtype=pl.Int64))
     current = stored.filter(pl.col("model") == embedder.identity)
     other = stored.filter(pl.col("model") != embedder.identity)
     if other.height:
         texts = (
-            store.scan(HUB_TABLE, list(prefix))
+            store.scan(tables.PERSONA_HUB, list(prefix))
             .join(other.select("persona_id").lazy(), on="persona_id", how="semi")
             .select("persona_id", "persona")
             .collect()

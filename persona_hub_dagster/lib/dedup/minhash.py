@@ -342,14 +342,6 @@ def cluster_tokenized(
     return MinHashResult(representative, pairs, scores, len(local), bands, rows)
 
 
-def minhash_dedup(
-    texts: Sequence[str], *, threshold: float = 0.9, num_perm: int = 128, ngram: int = 1, seed: int = 1
-) -> list[int]:
-    """For each text, the index of the earlier kept text it is a near-duplicate of, or its own index if kept."""
-    result = minhash_clusters(texts, threshold=threshold, num_perm=num_perm, ngram=ngram, seed=seed)
-    return result.representative.tolist()
-
-
 def keep_first(n: int, pairs: np.ndarray) -> np.ndarray:
     """Greedy in input order over verified pairs (i < j): j is dropped for the earliest kept i it is paired with."""
     representative = np.arange(n)

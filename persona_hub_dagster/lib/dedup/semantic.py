@@ -46,11 +46,6 @@ class SemanticResult:
         return (self.representative == np.arange(len(self.representative))) & (self.prior_match < 0)
 
 
-def semantic_dedup(embeddings: np.ndarray, *, threshold: float = 0.9) -> list[int]:
-    """For each vector, the index of the earlier kept vector it duplicates (cosine >= threshold), or its own index."""
-    return semantic_keep_first(embeddings, threshold=threshold).representative.tolist()
-
-
 def choose_lists(total: int, exact_limit: int = EXACT_LIMIT) -> int:
     """1 (exact) for small inputs; else ~2 sqrt(N) lists: 2,000 for 10^6 vectors, trained in seconds on 2 cores."""
     return 1 if total <= exact_limit else int(2 * math.sqrt(total))

@@ -12,27 +12,33 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import polars as pl
 
-from persona_hub_dagster.lib import prompts
+from persona_hub_dagster.lib import prompts, tables
 from persona_hub_dagster.lib.evaluation import answers
 from persona_hub_dagster.lib.evaluation.sandbox import SandboxLimits, run_python
 from persona_hub_dagster.lib.generation import (
+    LLMStage,
     Planned,
+    StageCall,
     StageOutput,
+    StageResult,
     StageRun,
     chat_request,
+    frame,
+    rate,
+    rejects_frame,
     run_requests,
 )
 from persona_hub_dagster.lib.llm.client import LLMClient
 from persona_hub_dagster.lib.llm.types import LLMResponse, SamplingParams
+from persona_hub_dagster.lib.settings import setting
 
-STAGE = "eval/math"
 REASONING_TEMPLATE = "math_solution"
 PROGRAM_TEMPLATE = "math_program"
 
@@ -83,13 +89,14 @@ SOLUTIONS_SCHEMA = {
 
 @dataclass(frozen=True)
 class MathEvalSettings:
-    reasoning_solutions: int = 2
-    program_solutions: int = 1
-    min_agreement: int = 2
-    limits: SandboxLimits = field(default_factory=SandboxLimits)
-    reasoning_sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.7, max_tokens=512))
-    program_sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.7, max_tokens=384))
-    parallel_programs: int = field(default_factory=lambda: os.cpu_count() or 2)
+    reasoning_solutions: int = setting(2, "Step-by-step solutions per problem.")
+    program_solutions: int = setting(1, "Python programs per problem, run in the sandbox; their output is the answer.")
+    min_agreement: int = setting(2, "Agreeing answers a verified problem needs.")
+    timeout_s: float = setting(5.0, "Sandbox wall-clock limit per program.")
+    memory_mb: int = setting(512, "Sandbox address-space limit per program.")
+    reasoning_max_tokens: int = setting(512, "Output tokens per step-by-step solution.")
+    program_max_tokens: int = setting(384, "Output tokens per program.")
+    parallel_programs: int | None = setting(None, "Programs run at once (each its own process); null: one per core.")
 
     def __post_init__(self) -> None:
         total = self.reasoning_solutions + self.program_solutions
@@ -101,6 +108,18 @@ class MathEvalSettings:
     @property
     def n_solutions(self) -> int:
         return self.reasoning_solutions + self.program_solutions
+
+    @property
+    def limits(self) -> SandboxLimits:
+        return SandboxLimits(timeout_s=self.timeout_s, cpu_s=max(1, int(self.timeout_s)), memory_mb=self.memory_mb)
+
+    @property
+    def reasoning_sampling(self) -> SamplingParams:
+        return SamplingParams(temperature=0.7, max_tokens=self.reasoning_max_tokens)
+
+    @property
+    def program_sampling(self) -> SamplingParams:
+        return SamplingParams(temperature=0.7, max_tokens=self.program_max_tokens)
 
 
 @dataclass
@@ -153,7 +172,7 @@ def evaluate_math(
     batch_size: int = 32,
 ) -> MathEvalOutput:
     """`problems`: the shard's synthetic/math rows (item_id, persona_id, problem)."""
-    run = StageRun(STAGE, shard, run_id, client.backend.model, prompt_version())
+    run = StageRun(tables.MATH_EVALUATION.name, shard, run_id, client.backend.model, prompt_version())
     reasoning, programs = plan(problems, settings)
     solved = StageOutput()
     solved.extend(run_requests(client, reasoning, _parse_reasoning, run, batch_size=batch_size))
@@ -210,10 +229,48 @@ def _execute(programs: list[dict[str, Any]], settings: MathEvalSettings) -> list
         error = result.failure or (None if raw else "no_output: the program printed nothing")
         return {**row, "raw_answer": raw, "error": error, "execution_seconds": round(result.seconds, 4)}
 
-    with ThreadPoolExecutor(max_workers=max(1, settings.parallel_programs)) as pool:
+    with ThreadPoolExecutor(max_workers=settings.parallel_programs or os.cpu_count() or 2) as pool:
         return list(pool.map(run_one, programs))
 
 
 def _request_keys(reject: dict[str, Any]) -> dict[str, Any]:
     keys = json.loads(reject["request"])
     return {"item_id": keys["item_id"], "solution_index": int(keys["solution_index"]), "kind": keys["kind"]}
+
+
+def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: MathEvalSettings) -> StageResult:
+    problems = inputs[tables.synthetic("math").table].select("item_id", "persona_id", "problem").collect()
+    output = evaluate_math(
+        problems, call.client, settings, shard=call.shard, run_id=call.run_id, batch_size=call.batch_size
+    )
+    rows = frame(output.rows, EVAL_MATH_SCHEMA)
+    solutions = frame(output.solutions, SOLUTIONS_SCHEMA).sort("item_id", "solution_index")
+    verified = int(rows["verified"].sum()) if rows.height else 0
+    programs = solutions.filter(pl.col("kind") == "program")
+    usage = call.client.usage
+    return StageResult(
+        {
+            tables.EVAL_MATH: rows,
+            tables.MATH_EVALUATION.rejects: rejects_frame(output.rejects),
+            tables.EVAL_MATH_SOLUTIONS: solutions,
+        },
+        {
+            "problems": rows.height,
+            "verified": verified,
+            "agreement_rate": rate(verified, rows.height),
+            "rejection_rate": rate(len(output.rejects), settings.n_solutions * rows.height),
+            "program_failure_rate": rate(programs["error"].is_not_null().sum(), programs.height),
+            "token_cost": usage.prompt_tokens + usage.completion_tokens,
+        },
+    )
+
+
+STAGE = LLMStage(
+    tables.MATH_EVALUATION,
+    op="evaluate_math",
+    settings=MathEvalSettings,
+    run=run,
+    prompts=lambda settings: prompt_version().split(","),
+    samplings=lambda settings: [settings.reasoning_sampling, settings.program_sampling],
+    reads=(tables.synthetic("math").table,),
+)

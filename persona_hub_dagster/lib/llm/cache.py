@@ -26,10 +26,10 @@ from datetime import UTC, datetime
 import polars as pl
 import pyarrow as pa
 
+from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.llm.types import Completion
 from persona_hub_dagster.lib.storage import DeltaStore, TableNotFound
 
-CACHE_TABLE = ("_cache", "llm_responses")
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 CACHE_SCHEMA = pa.schema(
@@ -94,7 +94,7 @@ class ResponseCache:
             },
             schema=CACHE_SCHEMA,
         )
-        self.store.append(CACHE_TABLE, table, partition_by=["namespace"])
+        self.store.append(tables.LLM_RESPONSES, table, partition_by=["namespace"])
         self._load().update({k: replace(c, cache_hit=True) for k, c in rows.items()})
 
     def __len__(self) -> int:
@@ -105,7 +105,7 @@ class ResponseCache:
             self._entries = {}
             try:
                 frame = (
-                    pl.scan_delta(self.store.delta_table(CACHE_TABLE))
+                    pl.scan_delta(self.store.delta_table(tables.LLM_RESPONSES))
                     .filter(pl.col("namespace") == self.namespace)
                     .select("key", "text", "finish_reason", "prompt_tokens", "completion_tokens", "latency_s")
                     .collect()

@@ -9,30 +9,35 @@ persona its chain started from (root) and that root's text, so lineage is one jo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 
-from persona_hub_dagster.lib import prompts
+from persona_hub_dagster.lib import prompts, tables
 from persona_hub_dagster.lib.generation import (
+    LLMStage,
     Planned,
     Rejected,
+    StageCall,
     StageOutput,
+    StageResult,
     StageRun,
     chat_request,
+    frame,
     normalize_description,
     persona_id,
     placeholder_echo,
+    rejects_frame,
     run_requests,
     stable_rank,
 )
 from persona_hub_dagster.lib.llm.client import LLMClient
 from persona_hub_dagster.lib.llm.types import LLMResponse, SamplingParams
 from persona_hub_dagster.lib.personas.text_to_persona import MIN_PERSONA_CHARS
+from persona_hub_dagster.lib.settings import setting
 
-STAGE = "expanded_personas"
 TEMPLATE = "persona_to_persona"
 
 EXPANDED_PERSONAS_SCHEMA = {
@@ -52,15 +57,20 @@ EXPANDED_PERSONAS_SCHEMA = {
 
 @dataclass(frozen=True)
 class ExpansionSettings:
-    hops: int = 6  # the paper's depth
-    fan_out: int = 3  # related personas asked for per expanded persona
-    max_calls: int = 2000  # the shard's budget of LLM requests across all hops
-    seed: int = 0
-    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.8, max_tokens=256))
+    hops: int = setting(6, "Persona-to-Persona iterations (the paper: 6).")
+    fan_out: int = setting(3, "Related personas asked for per persona and hop.")
+    max_calls: int = setting(2000, "The shard's budget of LLM requests over all hops.")
+    seed: int = setting(0, "Seeds the order in which a hop is cut when the budget runs out.")
+    temperature: float = setting(0.8, "Sampling temperature.")
+    max_tokens: int = setting(256, "Output tokens per expanded persona (all its related people).")
 
     def __post_init__(self) -> None:
         if self.hops < 1 or self.fan_out < 1 or self.max_calls < 0:
             raise ValueError("hops and fan_out must be at least 1, max_calls at least 0")
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, max_tokens=self.max_tokens)
 
     def schema(self) -> dict[str, Any]:
         related = {
@@ -110,7 +120,7 @@ def expand_personas(
 ) -> StageOutput:
     """`seeds`: the shard's text personas (persona_id, persona, text_id)."""
     prompt = template()
-    run = StageRun(STAGE, shard, run_id, client.backend.model, prompt.version)
+    run = StageRun(tables.PERSONA_TO_PERSONA.name, shard, run_id, client.backend.model, prompt.version)
     schema = settings.schema()
     output = StageOutput()
     expanded: set[str] = set()
@@ -149,3 +159,32 @@ def expand_personas(
         output.extend(result)
         frontier = result.rows
     return output
+
+
+def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: ExpansionSettings) -> StageResult:
+    seeds = inputs[tables.TEXT_PERSONAS].select("persona_id", "persona", "text_id").collect()
+    output = expand_personas(
+        seeds, call.client, settings, shard=call.shard, run_id=call.run_id, batch_size=call.batch_size
+    )
+    expanded = frame(output.rows, EXPANDED_PERSONAS_SCHEMA)
+    per_hop = expanded.group_by("hop").len().sort("hop")
+    return StageResult(
+        {tables.EXPANDED_PERSONAS: expanded, tables.PERSONA_TO_PERSONA.rejects: rejects_frame(output.rejects)},
+        {
+            "seed_personas": seeds["persona_id"].n_unique(),
+            "personas_per_hop": {str(hop): n for hop, n in per_hop.iter_rows()},
+            "calls_used": call.client.usage.requests,
+            "call_budget": settings.max_calls,
+        },
+    )
+
+
+STAGE = LLMStage(
+    tables.PERSONA_TO_PERSONA,
+    op="persona_to_persona",
+    settings=ExpansionSettings,
+    run=run,
+    prompts=lambda settings: [template().version],
+    samplings=lambda settings: [settings.sampling],
+    reads=(tables.TEXT_PERSONAS,),
+)

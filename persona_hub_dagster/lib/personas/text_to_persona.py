@@ -3,29 +3,35 @@ person at a chosen granularity. One request per (text, relation); the text goes 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 
-from persona_hub_dagster.lib import prompts
+from persona_hub_dagster.lib import prompts, tables
 from persona_hub_dagster.lib.generation import (
+    LLMStage,
     Planned,
     Rejected,
+    StageCall,
     StageOutput,
+    StageResult,
     StageRun,
     chat_request,
+    frame,
     normalize_description,
     persona_id,
     placeholder_echo,
+    rate,
+    rejects_frame,
     run_requests,
     stable_rank,
 )
 from persona_hub_dagster.lib.llm.client import LLMClient
 from persona_hub_dagster.lib.llm.types import LLMResponse, SamplingParams
+from persona_hub_dagster.lib.settings import setting
 
-STAGE = "text_personas"
 TEMPLATE = "text_to_persona"
 # How each relation reads in the question "Who is likely to ... the text below?"
 RELATIONS = {"read": "read", "write": "have written", "like": "like", "dislike": "dislike"}
@@ -54,13 +60,18 @@ TEXT_PERSONAS_SCHEMA = {
 
 @dataclass(frozen=True)
 class TextToPersonaSettings:
-    relations: tuple[str, ...] = tuple(RELATIONS)
-    relations_per_text: int | None = None  # None: every relation; k: k of them per text, sampled by text_id and seed
-    granularity: str = "fine"
-    max_texts: int | None = None  # None: every text of the shard; n: a deterministic sample of n
-    max_text_chars: int = 2000  # longer texts are cut in the prompt (the model's context is finite)
-    seed: int = 0
-    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.7, max_tokens=96))
+    relations: tuple[str, ...] = setting(
+        tuple(RELATIONS), f"Who to ask about, any of {list(RELATIONS)} (the paper uses all four)."
+    )
+    relations_per_text: int | None = setting(
+        None, "null: every relation for every text; k: k relations sampled per text (by text_id and seed; cheaper)."
+    )
+    granularity: str = setting("fine", "coarse: a role; fine: role plus interests and context.")
+    max_texts: int | None = setting(None, "null: every text of the shard; n: a deterministic sample of n.")
+    max_text_chars: int = setting(2000, "Longer texts are cut in the prompt (the model's context is finite).")
+    seed: int = setting(0, "Seeds the sampling of texts and relations.")
+    temperature: float = setting(0.7, "Sampling temperature.")
+    max_tokens: int = setting(96, "Output tokens per persona.")
 
     def __post_init__(self) -> None:
         unknown = [r for r in self.relations if r not in RELATIONS]
@@ -70,6 +81,10 @@ class TextToPersonaSettings:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, not {self.granularity!r}")
         if self.relations_per_text is not None and not 1 <= self.relations_per_text <= len(self.relations):
             raise ValueError(f"relations_per_text must be between 1 and {len(self.relations)}")
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, max_tokens=self.max_tokens)
 
 
 def template() -> prompts.PromptTemplate:
@@ -128,9 +143,37 @@ def text_to_personas(
     client: LLMClient,
     settings: TextToPersonaSettings,
     *,
-    shard: str,
+    shard: str | None,
     run_id: str,
     batch_size: int = 32,
+    stage: str = tables.TEXT_TO_PERSONA.name,
 ) -> StageOutput:
-    run = StageRun(STAGE, shard, run_id, client.backend.model, template().version)
+    run = StageRun(stage, shard, run_id, client.backend.model, template().version)
     return run_requests(client, plan(texts, settings), parse, run, batch_size=batch_size)
+
+
+def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: TextToPersonaSettings) -> StageResult:
+    texts = inputs[tables.RAW_TEXT].select("text_id", "text").collect()
+    output = text_to_personas(
+        texts, call.client, settings, shard=call.shard, run_id=call.run_id, batch_size=call.batch_size
+    )
+    personas = frame(output.rows, TEXT_PERSONAS_SCHEMA)
+    return StageResult(
+        {tables.TEXT_PERSONAS: personas, tables.TEXT_TO_PERSONA.rejects: rejects_frame(output.rejects)},
+        {
+            "texts": select_texts(texts, settings).height,
+            "distinct_personas": personas["persona_id"].n_unique(),
+            "rejection_rate": rate(len(output.rejects), len(output.rows) + len(output.rejects)),
+        },
+    )
+
+
+STAGE = LLMStage(
+    tables.TEXT_TO_PERSONA,
+    op="text_to_persona",
+    settings=TextToPersonaSettings,
+    run=run,
+    prompts=lambda settings: [template().version],
+    samplings=lambda settings: [settings.sampling],
+    reads=(tables.RAW_TEXT,),
+)

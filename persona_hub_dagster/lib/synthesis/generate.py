@@ -3,17 +3,31 @@ sample), answers validated into typed rows, the rest kept as rejections."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 import polars as pl
 
-from persona_hub_dagster.lib import prompts
-from persona_hub_dagster.lib.generation import Planned, StageOutput, StageRun, chat_request, run_requests, stable_rank
+from persona_hub_dagster.lib import prompts, tables
+from persona_hub_dagster.lib.generation import (
+    LLMStage,
+    Planned,
+    StageCall,
+    StageOutput,
+    StageResult,
+    StageRun,
+    chat_request,
+    frame,
+    rate,
+    rejects_frame,
+    run_requests,
+    stable_rank,
+)
 from persona_hub_dagster.lib.ids import content_id
 from persona_hub_dagster.lib.llm.client import LLMClient
 from persona_hub_dagster.lib.llm.types import LLMResponse
+from persona_hub_dagster.lib.settings import setting
 from persona_hub_dagster.lib.synthesis.tasks import SynthesisTask
 
 BASE_COLUMNS = {"item_id": pl.String, "persona_id": pl.String, "shard": pl.String, "sample": pl.Int32}
@@ -22,9 +36,9 @@ STAMP_COLUMNS = {"model": pl.String, "prompt_version": pl.String, "run_id": pl.S
 
 @dataclass(frozen=True)
 class SynthesisSettings:
-    personas: int | None = 200  # hub personas sampled per shard; None: all of them
-    samples_per_persona: int = 1  # items asked per persona (each with its own seed)
-    seed: int = 0
+    personas: int | None = setting(200, "Hub personas sampled from the shard; null: every one of them.")
+    samples_per_persona: int = setting(1, "Items asked per persona, each with its own seed.")
+    seed: int = setting(0, "Seeds the persona sample.")
 
     def __post_init__(self) -> None:
         if self.personas is not None and self.personas < 0 or self.samples_per_persona < 1:
@@ -74,7 +88,7 @@ def synthesize(
     run_id: str,
     batch_size: int = 32,
 ) -> StageOutput:
-    run = StageRun(f"synthetic/{task.name}", shard, run_id, client.backend.model, task.prompt().version)
+    run = StageRun(task.stage.name, shard, run_id, client.backend.model, task.prompt().version)
 
     def parse(item: Planned, response: LLMResponse) -> Iterable[dict[str, Any]]:
         fields = task.to_fields(response.parsed)
@@ -84,3 +98,34 @@ def synthesize(
 
     personas = sample_personas(hub, settings)
     return run_requests(client, plan(task, personas, settings), parse, run, batch_size=batch_size)
+
+
+def stage(task: SynthesisTask) -> LLMStage:
+    """synthetic/<task>: the task's items for a shard's hub personas."""
+
+    def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: SynthesisSettings) -> StageResult:
+        hub = inputs[tables.PERSONA_HUB].select("persona_id", "persona").collect()
+        output = synthesize(
+            task, hub, call.client, settings, shard=call.shard, run_id=call.run_id, batch_size=call.batch_size
+        )
+        return StageResult(
+            {
+                task.stage.table: frame(output.rows, output_schema(task)),
+                task.stage.rejects: rejects_frame(output.rejects),
+            },
+            {
+                "hub_personas": hub.height,
+                "rejection_rate": rate(len(output.rejects), len(output.rows) + len(output.rejects)),
+            },
+        )
+
+    return LLMStage(
+        task.stage,
+        op=f"synthesize_{task.name}",
+        settings=SynthesisSettings,
+        run=run,
+        prompts=lambda settings: [task.prompt().version],
+        samplings=lambda settings: [task.sampling],
+        version_extra=lambda settings: (sorted(task.columns),),
+        reads=(tables.PERSONA_HUB,),
+    )

@@ -12,7 +12,7 @@ from typing import Any
 
 import polars as pl
 
-from persona_hub_dagster.lib import prompts
+from persona_hub_dagster.lib import prompts, tables
 from persona_hub_dagster.lib.generation import Rejected, normalize_description
 from persona_hub_dagster.lib.llm.types import SamplingParams
 
@@ -29,6 +29,14 @@ class SynthesisTask:
 
     def prompt(self) -> prompts.PromptTemplate:
         return prompts.load(self.template)
+
+    @property
+    def stage(self) -> tables.Stage:
+        return tables.synthetic(
+            self.name,
+            f"{self.description} One row per item: item_id, the persona_id it was created for (joins persona_hub), "
+            f"{', '.join(self.columns)}.",
+        )
 
 
 # A problem that gives its own answer away: "Solution:", "Answer: 42", "the answer is".

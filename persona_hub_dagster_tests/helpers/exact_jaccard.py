@@ -1,5 +1,5 @@
 """Exact Jaccard similarity join (every pair with J >= t), by prefix filtering: the ground truth MinHash is measured
-against (bench/dedup.py, tests).
+against (the MinHash tests, and bench/dedup.py, which imports it from here).
 
 AllPairs / PPJoin (Bayardo et al. 2007; Xiao et al. 2008): order tokens rare-first. Sets are processed in increasing
 size; if J(x, y) >= t with |y| <= |x|, then x's first |x| - ceil(t|x|) + 1 tokens (its probing prefix) share a token
