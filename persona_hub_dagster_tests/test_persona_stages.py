@@ -2,6 +2,7 @@
 text-as-data, parsing and rejection, the expansion's budget and lineage, the task registry, math evaluation."""
 
 import json
+import re
 
 import polars as pl
 import pytest
@@ -18,7 +19,8 @@ from persona_hub_dagster.lib.personas.text_to_persona import (
     select_texts,
     text_to_personas,
 )
-from persona_hub_dagster.lib.synthesis.generate import SynthesisSettings, sample_personas, synthesize
+from persona_hub_dagster.lib.synthesis.generate import sample_personas, synthesize
+from persona_hub_dagster.lib.synthesis.steps import SynthesisSettings
 from persona_hub_dagster.lib.synthesis.tasks import TASKS
 from persona_hub_dagster_tests.helpers.scripted_backend import ScriptedBackend
 
@@ -42,12 +44,15 @@ def user_message(request) -> str:
 
 
 def test_every_shipped_template_renders_and_has_a_content_version():
-    variables = {"relation_verb": "read", "granularity": "fine", "text": "x", "persona": "p", "fan_out": 2}
-    for name in ("text_to_persona", "persona_to_persona", "math_problem", "instruction", "math_solution"):
+    assert {"text_to_persona", "persona_to_persona", "math_problem", "tool_spec", "conversation_assistant"} <= set(
+        prompts.names()
+    )
+    for name in prompts.names():
         template = prompts.load(name)
-        system, user = template.render(**variables, problem="2+2?")
-        assert system and user and "{{" not in user
-        assert template.version.startswith(f"{name}.v1+") and len(template.version.split("+")[1]) == 8
+        blocks = template.render_blocks(**{variable: "x" for variable in template.variables})
+        assert blocks.get("system") or blocks.get("user"), name
+        assert "{{" not in " ".join(blocks.values()), name
+        assert re.fullmatch(rf"{name}\.v\d+\+[0-9a-f]{{8}}", template.version), template.version
     edited = prompts.PromptTemplate("text_to_persona", 1, prompts.load("text_to_persona").source + " ")
     assert edited.version != prompts.load("text_to_persona").version, "an edit without a bump changes the version"
 
@@ -176,7 +181,8 @@ def test_the_task_registry_and_math_validation():
     backend = ScriptedBackend(
         lambda r: Completion(json.dumps({"problem": problems[r.request_id.split(":")[0]]}), finish_reason="stop")
     )
-    output = synthesize(TASKS["math"], hub, LLMClient(backend), SynthesisSettings(personas=None), shard="s", run_id="r")
+    math = TASKS["math"]
+    output = synthesize(math, hub, LLMClient(backend), math.settings(personas=None), shard="s", run_id="r")
     assert sorted(row["persona_id"] for row in output.rows) == ["p0", "p4"]
     reasons = {r["subject_id"]: r["reason"].split(":")[0] for r in output.rejects}
     assert reasons == {"p1": "too_short", "p2": "contains_solution", "p3": "no_numbers"}

@@ -16,11 +16,12 @@ from persona_hub_dagster.defs.personas.schedules import nightly_persona_expansio
 from persona_hub_dagster.defs.raw_text.assets import ingest_raw_text
 from persona_hub_dagster.defs.stages import asset_key
 from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
-from persona_hub_dagster.defs.synthesis.assets import synthesis_assets
+from persona_hub_dagster.defs.synthesis.assets import demonstrations_asset, synthesis_assets
 from persona_hub_dagster.lib import filesystems, tables
 from persona_hub_dagster.lib.lineage import trace_item, trace_persona
 from persona_hub_dagster.lib.shards import ShardRegistry, shard_file
 from persona_hub_dagster.lib.storage import DeltaStore
+from persona_hub_dagster.lib.synthesis.tasks import TASKS
 
 SHARD = "pipeline"
 EVAL_MATH, PERSONA_HUB = asset_key(tables.EVAL_MATH), asset_key(tables.PERSONA_HUB)
@@ -34,8 +35,16 @@ TEXTS = [
 TINY = {
     "text_to_persona": {"config": {"relations_per_text": 1, "max_tokens": 48}},
     "persona_to_persona": {"config": {"hops": 2, "fan_out": 2, "max_calls": 3, "max_tokens": 128}},
-    "synthesize_math": {"config": {"personas": 4}},
-    "synthesize_instructions": {"config": {"personas": 2}},
+    "derive_demonstration_personas": {"config": {"tasks": ["instructions", "npc"], "max_tokens": 48}},
+    # Every task on the embedded model, each prompting mode at least once.
+    # Few-shot keeps the 135M model's math problems usable often enough that eval/math always has some to solve.
+    "synthesize_math": {"config": {"personas": 4, "prompting": "few_shot", "shots": 2}},
+    "synthesize_reasoning": {"config": {"personas": 1, "prompting": "few_shot", "shots": 2}},
+    "synthesize_instructions": {"config": {"personas": 2, "prompting": "persona_few_shot", "shots": 2}},
+    "synthesize_conversations": {"config": {"personas": 1, "turns": 2, "max_tokens": 200}},
+    "synthesize_knowledge": {"config": {"personas": 1, "prompting": "few_shot", "shots": 1}},
+    "synthesize_npc": {"config": {"personas": 1, "prompting": "persona_few_shot", "shots": 1}},
+    "synthesize_tools": {"config": {"personas": 1}},
     "evaluate_math": {
         "config": {
             "reasoning_solutions": 1,
@@ -52,6 +61,7 @@ STAGES = [
     text_to_persona_asset,
     persona_to_persona_asset,
     build_persona_hub,
+    demonstrations_asset,
     *synthesis_assets,
     evaluate_math,
 ]
@@ -106,6 +116,17 @@ def test_every_stage_materializes_the_shard(pipeline):
         assert store.row_count(table.split("/"), [SHARD]) > 0, table
     for table in ("text_personas_rejects", "expanded_personas_rejects", "synthetic/math_rejects", "eval/math_rejects"):
         assert store.exists(table.split("/")), f"{table} must exist (empty when nothing was rejected)"
+    # Every task ran on the embedded model, and every item it asked for is a row or a reject (nothing vanished).
+    for task in TASKS.values():
+        asked = TINY[f"synthesize_{task.name}"]["config"]["personas"]
+        stage = task.stage
+        assert store.row_count(stage.table, [SHARD]) + store.row_count(stage.rejects, [SHARD]) == asked, task.name
+        modes = set(store.read(stage.table)["prompting"]) | {
+            json.loads(r)["prompting"] for r in store.read(stage.rejects)["request"]
+        }
+        assert modes == {TINY[f"synthesize_{task.name}"]["config"].get("prompting", "zero_shot")}
+    derived = store.read(tables.DEMONSTRATION_PERSONAS)
+    assert set(derived["task"]) <= {"instructions", "npc"} and derived.height > 0
 
 
 def test_rows_carry_their_ids_and_provenance(pipeline):

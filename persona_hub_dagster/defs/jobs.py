@@ -4,20 +4,30 @@ import warnings
 
 import dagster as dg
 
-from persona_hub_dagster.defs.raw_text.assets import RAW_TEXT, RAW_TEXT_REJECTS
+from persona_hub_dagster.defs.stages import asset_key
+from persona_hub_dagster.lib import tables
 
 # process_text_shard mixes the hub's single-run backfill policy with the per-shard stages'. A run of the job is one
 # shard, where the policies agree; Dagster still warns on every load, which only adds noise to every command.
 warnings.filterwarnings("ignore", message=r"Asset job \S+ materializes assets with varying BackfillPolicies")
 
+DEMONSTRATIONS = dg.AssetSelection.assets(*map(asset_key, tables.DEMONSTRATIONS.tables))
+
 land_text_shard = dg.define_asset_job(
     "land_text_shard",
-    selection=dg.AssetSelection.assets(RAW_TEXT, RAW_TEXT_REJECTS),
+    selection=dg.AssetSelection.assets(*map(asset_key, tables.INGESTION.tables)),
     description="What runs as soon as a shard lands (the shard sensor's target): ingestion into raw_text.",
 )
 
 process_text_shard = dg.define_asset_job(
     "process_text_shard",
-    selection=dg.AssetSelection.all(),
+    # `demonstrations` spans shards: it is derived once (prepare_demonstrations), not once per shard.
+    selection=dg.AssetSelection.all() - DEMONSTRATIONS,
     description="Every stage for one shard, end to end (what `make demo` runs for the sample shard).",
+)
+
+prepare_demonstrations = dg.define_asset_job(
+    "prepare_demonstrations",
+    selection=DEMONSTRATIONS,
+    description="Text-to-Persona over every task's demonstration pool, once: the personas persona_few_shot shows.",
 )

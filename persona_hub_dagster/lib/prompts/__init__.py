@@ -18,6 +18,7 @@ from functools import cache, lru_cache
 from importlib import resources
 
 import jinja2
+import jinja2.meta
 
 _FILE_RE = re.compile(r"^(?P<name>[a-z0-9_]+)\.v(?P<number>\d+)\.jinja$")
 
@@ -37,17 +38,27 @@ class PromptTemplate:
         digest = hashlib.blake2b(self.source.encode("utf-8"), digest_size=4).hexdigest()
         return f"{self.name}.v{self.number}+{digest}"
 
+    @property
+    def variables(self) -> frozenset[str]:
+        """The variables the template reads: what a stage must pass (checked when a task is declared)."""
+        return frozenset(jinja2.meta.find_undeclared_variables(_environment().parse(self.source)))
+
     def render(self, **variables: object) -> tuple[str | None, str]:
         """(system message or None, user message)."""
-        template = _compiled(self.source)
-        context = template.new_context(dict(variables))
-        blocks = {}
-        for block in ("system", "user"):
-            if block in template.blocks:
-                blocks[block] = "".join(template.blocks[block](context)).strip()
+        blocks = self.render_blocks(**variables)
         if not blocks.get("user"):
             raise ValueError(f"Prompt {self.name}.v{self.number} has no `user` block")
         return blocks.get("system") or None, blocks["user"]
+
+    def render_blocks(self, **variables: object) -> dict[str, str]:
+        """{"system": ..., "user": ...}: the blocks the template has, rendered."""
+        template = _compiled(self.source)
+        context = template.new_context(dict(variables))
+        return {
+            block: "".join(template.blocks[block](context)).strip()
+            for block in ("system", "user")
+            if block in template.blocks
+        }
 
 
 def load(name: str, number: int | None = None) -> PromptTemplate:
@@ -61,6 +72,11 @@ def load(name: str, number: int | None = None) -> PromptTemplate:
     if number not in versions:
         raise PromptNotFound(f"Prompt {name!r} has versions {sorted(versions)}, not v{number}")
     return PromptTemplate(name, number, versions[number])
+
+
+def names() -> list[str]:
+    """Every shipped template's name."""
+    return sorted(_shipped())
 
 
 def delimited(tag: str, content: str) -> str:

@@ -1,8 +1,18 @@
-"""Generating a task's items for one shard: personas sampled from the shard's hub, one request per (persona,
-sample), answers validated into typed rows, the rest kept as rejections."""
+"""The engine every synthesis task runs on: a shard's hub personas in, the task's items (or rejections) out.
+
+Per shard: personas are sampled from the hub; each (persona, sample) is an item; the task's steps run in order,
+`rounds` times (a conversation's turns), each step one batch of requests over the items still alive (so every turn
+or step is its own cached call and a killed run resumes mid-task). A step's answer is validated into fields; a
+rejected answer ends its item, and is kept with its raw text, the step and the earlier steps' fields.
+
+An item's id is the hash of everything that makes it: the task, the prompting mode, the steps' prompt versions, the
+context version (the task's context inputs, and the demonstration pool and derived personas where the mode uses
+them), the persona and the content. The stage's code version holds the same for the default settings.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -13,11 +23,11 @@ from persona_hub_dagster.lib import prompts, tables
 from persona_hub_dagster.lib.generation import (
     LLMStage,
     Planned,
+    Rejected,
     StageCall,
     StageOutput,
     StageResult,
     StageRun,
-    chat_request,
     frame,
     rate,
     rejects_frame,
@@ -26,27 +36,61 @@ from persona_hub_dagster.lib.generation import (
 )
 from persona_hub_dagster.lib.ids import content_id
 from persona_hub_dagster.lib.llm.client import LLMClient
-from persona_hub_dagster.lib.llm.types import LLMResponse
-from persona_hub_dagster.lib.settings import setting
-from persona_hub_dagster.lib.synthesis.tasks import SynthesisTask
+from persona_hub_dagster.lib.llm.types import LLMRequest, LLMResponse
+from persona_hub_dagster.lib.storage import DeltaStore
+from persona_hub_dagster.lib.synthesis import demonstrations
+from persona_hub_dagster.lib.synthesis.steps import Item, Step, SynthesisSettings, SynthesisTask, TaskContext
 
-BASE_COLUMNS = {"item_id": pl.String, "persona_id": pl.String, "shard": pl.String, "sample": pl.Int32}
+BASE_COLUMNS = {
+    "item_id": pl.String,
+    "persona_id": pl.String,
+    "shard": pl.String,
+    "sample": pl.Int32,
+    "prompting": pl.String,
+    "demonstration_ids": pl.List(pl.String),  # what the prompt showed (empty in zero-shot mode)
+    "context_version": pl.String,
+}
 STAMP_COLUMNS = {"model": pl.String, "prompt_version": pl.String, "run_id": pl.String}
-
-
-@dataclass(frozen=True)
-class SynthesisSettings:
-    personas: int | None = setting(200, "Hub personas sampled from the shard; null: every one of them.")
-    samples_per_persona: int = setting(1, "Items asked per persona, each with its own seed.")
-    seed: int = setting(0, "Seeds the persona sample.")
-
-    def __post_init__(self) -> None:
-        if self.personas is not None and self.personas < 0 or self.samples_per_persona < 1:
-            raise ValueError("personas must be >= 0 (or None) and samples_per_persona >= 1")
 
 
 def output_schema(task: SynthesisTask) -> dict[str, pl.DataType]:
     return {**BASE_COLUMNS, **task.columns, **STAMP_COLUMNS}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A task readied for one run: its context, the demonstrations the mode draws from, and the context version."""
+
+    task: SynthesisTask
+    settings: SynthesisSettings
+    context: TaskContext
+    pool: list[demonstrations.Demonstration]
+
+    @property
+    def context_version(self) -> str:
+        uses_pool = self.settings.prompting != "zero_shot"
+        parts = {
+            "context": self.context.version,
+            "prompting": self.settings.prompting,
+            "shots": self.settings.shots if uses_pool else None,
+            "pool": [(d.id, d.persona) for d in self.pool] if uses_pool else None,
+        }
+        return content_id(json.dumps(parts, sort_keys=True))[:12]
+
+
+def prepare(task: SynthesisTask, settings: SynthesisSettings, store: DeltaStore | None = None) -> Prepared:
+    """`store` is needed for persona_few_shot (the derived personas live in the demonstrations table)."""
+    pool: list[demonstrations.Demonstration] = []
+    if settings.prompting != "zero_shot":
+        loaded = demonstrations.load_pool(task)
+        pool = loaded.for_settings(task, settings)
+        if settings.prompting == "persona_few_shot":
+            if store is None:
+                raise demonstrations.DemonstrationError("persona_few_shot needs the storage root")
+            pool = demonstrations.with_personas(pool, demonstrations.derived_personas(store, loaded))
+        if not pool:
+            raise demonstrations.DemonstrationError(f"No {task.name} demonstrations fit these settings ({loaded.uri})")
+    return Prepared(task, settings, task.context(settings), pool)
 
 
 def sample_personas(hub: pl.DataFrame, settings: SynthesisSettings) -> pl.DataFrame:
@@ -54,28 +98,61 @@ def sample_personas(hub: pl.DataFrame, settings: SynthesisSettings) -> pl.DataFr
     hub = hub.select("persona_id", "persona").unique("persona_id", keep="first")
     ranked = hub.with_columns(
         rank=pl.Series([stable_rank(settings.seed, p) for p in hub["persona_id"]], dtype=pl.String)
-    )
-    ranked = ranked.sort("rank")
+    ).sort("rank")
     if settings.personas is not None:
         ranked = ranked.head(settings.personas)
     return ranked.drop("rank")
 
 
-def plan(task: SynthesisTask, personas: pl.DataFrame, settings: SynthesisSettings) -> list[Planned]:
-    prompt = task.prompt()
-    planned = []
-    for pid, persona in personas.iter_rows():
-        for sample in range(settings.samples_per_persona):
-            seed = None if task.sampling.seed is None else task.sampling.seed + sample
-            request = chat_request(
-                prompt,
-                sampling=replace(task.sampling, seed=seed),
-                json_schema=task.answer_schema,
-                request_id=f"{pid}:{sample}",
-                persona=prompts.delimited("persona", persona),
-            )
-            planned.append(Planned(pid, request, {"persona_id": pid, "sample": sample}))
-    return planned
+def items_for(prepared: Prepared, personas: pl.DataFrame) -> list[Item]:
+    settings = prepared.settings
+    return [
+        Item(
+            pid,
+            persona,
+            sample,
+            demonstrations.choose(prepared.pool, settings.shots, seed=settings.seed, persona_id=pid, sample=sample)
+            if prepared.pool
+            else [],
+        )
+        for pid, persona in personas.select("persona_id", "persona").iter_rows()
+        for sample in range(settings.samples_per_persona)
+    ]
+
+
+def request(prepared: Prepared, step_index: int, round_number: int, item: Item) -> LLMRequest:
+    """The request of one step for one item: the template rendered with the persona, the task's context inputs,
+    the examples (first step, first round), the round and the fields the step reads."""
+    task, settings = prepared.task, prepared.settings
+    step = task.steps[step_index]
+    shows_examples = step_index == 0 and round_number == 1
+    variables: dict[str, object] = {
+        **prepared.context.inputs,
+        "persona": prompts.delimited("persona", item.persona),
+        "examples": demonstrations.render(
+            item.demonstrations if shows_examples else [], with_personas=settings.prompting == "persona_few_shot"
+        ),
+        "round": round_number,
+        **{name: _shown(name, item.fields.get(name)) for name in step.reads},
+    }
+    sampling = step.sampling_for(settings)
+    if sampling.seed is not None:  # each sample its own seed, each round too
+        sampling = replace(sampling, seed=sampling.seed + item.sample + 1000 * (round_number - 1))
+    request_id = f"{item.persona_id}:{item.sample}:{step.name}:{round_number}"
+    blocks = step.prompt().render_blocks(**variables)
+    if step.chat:
+        system = [{"role": "system", "content": blocks["system"]}] if blocks.get("system") else []
+        messages = tuple(system + [dict(m) for m in item.fields.get("messages", [])])
+        return LLMRequest(messages, sampling, step.schema(prepared.context), request_id)
+    if not blocks.get("user"):
+        raise ValueError(f"Template {step.prompt().version} has no `user` block")
+    return LLMRequest.chat(
+        blocks["user"],
+        system=blocks.get("system") or None,
+        sampling=sampling,
+        json_schema=step.schema(prepared.context),
+        request_id=request_id,
+    )
 
 
 def synthesize(
@@ -87,17 +164,100 @@ def synthesize(
     shard: str,
     run_id: str,
     batch_size: int = 32,
+    store: DeltaStore | None = None,
 ) -> StageOutput:
-    run = StageRun(task.stage.name, shard, run_id, client.backend.model, task.prompt().version)
+    prepared = prepare(task, settings, store)
+    run = StageRun(task.stage.name, shard, run_id, client.backend.model, task.prompt_version())
+    items = items_for(prepared, sample_personas(hub, settings))
+    alive = list(range(len(items)))
+    output = StageOutput()
+    for round_number in range(1, task.rounds(settings) + 1):
+        for step_index, step in enumerate(task.steps):
+            planned = [
+                Planned(
+                    items[i].persona_id,
+                    request(prepared, step_index, round_number, items[i]),
+                    _request_keys(prepared, items[i], i, step, round_number),
+                )
+                for i in alive
+            ]
+            result = run_requests(client, planned, _parser(prepared, step, items), run, batch_size=batch_size)
+            output.rejects.extend(result.rejects)
+            for row in result.rows:
+                items[row["item"]].fields.update(row["fields"])
+            alive = [row["item"] for row in result.rows]
+    context_version = prepared.context_version
+    for i in alive:
+        output.rows.append(_row(prepared, items[i], context_version, run))
+    return output
 
-    def parse(item: Planned, response: LLMResponse) -> Iterable[dict[str, Any]]:
-        fields = task.to_fields(response.parsed)
-        # The item's id is its content: the same persona asked again with the same answer is the same item.
-        identity = "\x1f".join([task.name, item.keys["persona_id"], *(str(v) for v in fields.values())])
-        yield {"item_id": content_id(identity), **fields}
 
-    personas = sample_personas(hub, settings)
-    return run_requests(client, plan(task, personas, settings), parse, run, batch_size=batch_size)
+def _parser(prepared: Prepared, step: Step, items: list[Item]):
+    def parse(planned: Planned, response: LLMResponse) -> Iterable[dict[str, Any]]:
+        item = items[planned.keys["item"]]
+        if step.schema(prepared.context) is None:
+            if response.finish_reason == "length":
+                raise Rejected("truncated: the output hit max_tokens")
+            answer: Any = response.text or ""
+        else:
+            answer = response.parsed
+        yield {"fields": step.parse(answer, item, prepared.context)}
+
+    return parse
+
+
+def _request_keys(prepared: Prepared, item: Item, index: int, step: Step, round_number: int) -> dict[str, Any]:
+    """The ids a reject row keeps in its `request` column: which item, step and round, and what the earlier steps
+    produced (a rejected tool implementation keeps its spec)."""
+    keys = {
+        "item": index,
+        "persona_id": item.persona_id,
+        "sample": item.sample,
+        "step": step.name,
+        "round": round_number,
+        "prompting": prepared.settings.prompting,
+        "demonstration_ids": [d.id for d in item.demonstrations],
+    }
+    if item.fields:
+        keys["earlier"] = {k: v for k, v in item.fields.items() if k != "transcript"}
+    return keys
+
+
+def _row(prepared: Prepared, item: Item, context_version: str, run: StageRun) -> dict[str, Any]:
+    task = prepared.task
+    fields = {name: item.fields[name] for name in task.columns if name in item.fields}
+    identity = "\x1f".join(
+        [
+            task.name,
+            prepared.settings.prompting,
+            run.prompt_version,
+            context_version,
+            item.persona_id,
+            json.dumps(fields, sort_keys=True, ensure_ascii=False, default=str),
+        ]
+    )
+    return {
+        "item_id": content_id(identity),
+        "persona_id": item.persona_id,
+        "sample": item.sample,
+        "prompting": prepared.settings.prompting,
+        "demonstration_ids": [d.id for d in item.demonstrations],
+        "context_version": context_version,
+        **prepared.context.row,
+        **fields,
+        **run.stamp(),
+    }
+
+
+def _shown(name: str, value: Any) -> str:
+    """An earlier step's field as a template shows it: delimited as data."""
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False)
+    return prompts.delimited(name, text)
+
+
+# ---------------------------------------------------------------------------------------------------- the stage
 
 
 def stage(task: SynthesisTask) -> LLMStage:
@@ -106,26 +266,49 @@ def stage(task: SynthesisTask) -> LLMStage:
     def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: SynthesisSettings) -> StageResult:
         hub = inputs[tables.PERSONA_HUB].select("persona_id", "persona").collect()
         output = synthesize(
-            task, hub, call.client, settings, shard=call.shard, run_id=call.run_id, batch_size=call.batch_size
+            task,
+            hub,
+            call.client,
+            settings,
+            shard=call.shard,
+            run_id=call.run_id,
+            batch_size=call.batch_size,
+            store=call.store,
         )
+        items = frame(output.rows, output_schema(task))
+        planned = len(sample_personas(hub, settings)) * settings.samples_per_persona
         return StageResult(
-            {
-                task.stage.table: frame(output.rows, output_schema(task)),
-                task.stage.rejects: rejects_frame(output.rejects),
-            },
+            {task.stage.table: items, task.stage.rejects: rejects_frame(output.rejects)},
             {
                 "hub_personas": hub.height,
-                "rejection_rate": rate(len(output.rejects), len(output.rows) + len(output.rejects)),
+                "prompting": settings.prompting,
+                "acceptance_rate": rate(items.height, planned),
+                "rejection_rate": rate(len(output.rejects), items.height + len(output.rejects)),
+                "rejections_by_step": _count_by_step(output.rejects),
             },
         )
+
+    def version_extra(settings: SynthesisSettings) -> tuple:
+        prepared = prepare(task, settings) if settings.prompting != "persona_few_shot" else None
+        context = prepared.context_version if prepared else (settings.prompting, task.context(settings).version)
+        return (sorted(task.columns), settings.prompting, context)
 
     return LLMStage(
         task.stage,
         op=f"synthesize_{task.name}",
-        settings=SynthesisSettings,
+        settings=task.settings,
         run=run,
-        prompts=lambda settings: [task.prompt().version],
-        samplings=lambda settings: [task.sampling],
-        version_extra=lambda settings: (sorted(task.columns),),
+        prompts=lambda settings: task.prompt_version().split(","),
+        samplings=lambda settings: [step.sampling_for(settings) for step in task.steps],
+        version_extra=version_extra,
         reads=(tables.PERSONA_HUB,),
+        uses=(tables.DEMONSTRATION_PERSONAS,),
     )
+
+
+def _count_by_step(rejects: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for reject in rejects:
+        step = json.loads(reject["request"]).get("step", "?")
+        counts[step] = counts.get(step, 0) + 1
+    return dict(sorted(counts.items()))
