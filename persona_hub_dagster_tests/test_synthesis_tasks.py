@@ -172,7 +172,7 @@ def test_tool_code_must_define_exactly_the_declared_signature_and_import_only_al
         "signature_mismatch: split_bill takes": "def split_bill(*args):\n    return 0\n",
         "missing_function": "def share(total, people):\n    return total / people\n",
         "forbidden_import: os": "import os\n\ndef split_bill(total, people):\n    return os.getpid()\n",
-        "forbidden_import: subprocess": "def split_bill(total, people):\n    from subprocess import run\n    return 0\n",
+        "forbidden_import: subprocess": "def split_bill(total, people):\n    from subprocess import run\n",
         "forbidden_import: __import__": "def split_bill(total, people):\n    return __import__('os')\n",
         "syntax_error": "def split_bill(total, people)\n    return 1\n",
     }
