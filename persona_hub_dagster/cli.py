@@ -1,10 +1,11 @@
-"""persona-hub: register shards, materialize them, run the demo and open the UI.
+"""persona-hub: register shards, materialize them, review prompts, run the demo and open the UI.
 
 Every command works on the same Dagster instance (DAGSTER_HOME) and storage root as the UI, so what it does shows
 up there: registered shards as partitions, materializations as runs.
 """
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -17,16 +18,32 @@ from persona_hub_dagster.lib.lineage import print_traced_example
 from persona_hub_dagster.lib.locations import normalize_location, project_dir
 from persona_hub_dagster.lib.shards import InvalidShard, ShardConflict, ShardRegistry, shard_file
 from persona_hub_dagster.lib.storage import DeltaStore
+from persona_hub_dagster.lib.synthesis.steps import PROMPTING_MODES
+
+# The task names, for the command line (importing the registry itself waits until a command needs it).
+TASK_NAMES = ("math", "reasoning", "instructions", "conversations", "knowledge", "npc", "tools")
 
 SAMPLE_SHARD = "sample"
 DEFAULT_JOB = "process_text_shard"
-# Demo-sized settings: every stage runs, on a sample of the shard, so the embedded CPU model finishes in minutes.
-# (The asset defaults are the full method: four relations per text, six hops, 200 personas per task, ...)
+DEMONSTRATIONS_JOB = "prepare_demonstrations"
+EXAMPLE_PERSONA = (
+    "A harbour pilot in Rotterdam who guides container ships through fog, trains apprentices and keeps a logbook of "
+    "every near miss."
+)
+# Demo-sized settings: every stage and every task runs, on a sample of the shard, each prompting mode at least once,
+# so the embedded CPU model finishes in minutes. (The asset defaults are the full method: four relations per text,
+# six hops, 200 personas per task, ...)
+DEMO_DEMONSTRATIONS_CONFIG = {"derive_demonstration_personas": {"config": {"tasks": ["instructions", "npc"]}}}
 DEMO_OPS_CONFIG = {
     "text_to_persona": {"config": {"max_texts": 32, "relations_per_text": 1, "max_tokens": 64}},
     "persona_to_persona": {"config": {"hops": 2, "fan_out": 2, "max_calls": 28, "max_tokens": 160}},
     "synthesize_math": {"config": {"personas": 10}},
-    "synthesize_instructions": {"config": {"personas": 8}},
+    "synthesize_reasoning": {"config": {"personas": 3, "prompting": "few_shot", "shots": 2}},
+    "synthesize_instructions": {"config": {"personas": 6, "prompting": "persona_few_shot"}},
+    "synthesize_conversations": {"config": {"personas": 2, "turns": 2, "max_tokens": 200}},
+    "synthesize_knowledge": {"config": {"personas": 2, "prompting": "few_shot", "shots": 1}},
+    "synthesize_npc": {"config": {"personas": 2, "prompting": "persona_few_shot", "shots": 1}},
+    "synthesize_tools": {"config": {"personas": 2}},
     "evaluate_math": {
         "config": {
             "reasoning_solutions": 2,
@@ -56,6 +73,23 @@ def main(argv: list[str] | None = None) -> int:
     materialize.add_argument("--job", default=DEFAULT_JOB, help=f"default {DEFAULT_JOB}: every stage of the shard")
 
     commands.add_parser("shards", help="list the registered shards")
+
+    prompt = commands.add_parser("prompt", help="print a task's fully rendered prompts for review")
+    prompt.add_argument("task", choices=sorted(TASK_NAMES))
+    prompt.add_argument("--mode", choices=PROMPTING_MODES, default="zero_shot", help="prompting mode (zero_shot)")
+    prompt.add_argument("--persona", default=EXAMPLE_PERSONA, help="the persona to render with")
+    prompt.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SETTING=VALUE",
+        help="another setting of the task, e.g. --set focus=geometry, --set turns=2",
+    )
+
+    demonstrations = commands.add_parser(
+        "demonstrations", help="derive the personas of the demonstration pools (what persona_few_shot shows)"
+    )
+    demonstrations.add_argument("--tasks", help="comma-separated tasks (default: every task)")
     demo = commands.add_parser("demo", help=f"register the bundled sample corpus as shard '{SAMPLE_SHARD}', process it")
     demo.add_argument("--full", action="store_true", help="the asset defaults instead of demo-sized settings (hours)")
 
@@ -66,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_dagster_home()
     try:
         return COMMANDS[args.command](args)
-    except (InvalidShard, ShardConflict, FileNotFoundError) as exc:
+    except (InvalidShard, ShardConflict, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -100,16 +134,46 @@ def cmd_shards(_args) -> int:
     return 0
 
 
+def cmd_prompt(args) -> int:
+    from persona_hub_dagster.lib.settings import settings_from
+    from persona_hub_dagster.lib.synthesis.generate import example_requests
+    from persona_hub_dagster.lib.synthesis.tasks import TASKS
+
+    task = TASKS[args.task]
+    values = dict(_setting(text) for text in args.set)
+    settings = settings_from(task.settings, {**values, "prompting": args.mode})
+    shown, note = example_requests(task, settings, args.persona, DeltaStore())
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    for label, request in shown:
+        print(f"===== synthetic/{task.name} · {args.mode} · {label} =====")
+        for message in request.messages:
+            print(f"--- {message['role']} ---\n{message['content']}")
+        if request.json_schema is not None:
+            print(f"--- answer schema ---\n{json.dumps(request.json_schema)}")
+        print()
+    return 0
+
+
+def cmd_demonstrations(args) -> int:
+    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
+    config = {"derive_demonstration_personas": {"config": {"tasks": tasks}}} if tasks else None
+    return _run_job(DEMONSTRATIONS_JOB, ops_config=config)
+
+
 def cmd_demo(_args) -> int:
     sample = resources.files("persona_hub_dagster") / "data" / "sample_corpus.jsonl"
     shard = shard_file(filesystems.stat(str(sample)), key=SAMPLE_SHARD)
     # replace=True: the demo stays runnable after the checkout moves, which changes the sample's path.
     _register(shard, replace=True)
     started = time.perf_counter()
-    status = _materialize([SAMPLE_SHARD], DEFAULT_JOB, ops_config=None if _args.full else DEMO_OPS_CONFIG)
+    # persona_few_shot shows each demonstration's derived persona: derive them first (once; cached afterwards).
+    status = _run_job(DEMONSTRATIONS_JOB, ops_config=None if _args.full else DEMO_DEMONSTRATIONS_CONFIG)
+    status = status or _materialize([SAMPLE_SHARD], DEFAULT_JOB, ops_config=None if _args.full else DEMO_OPS_CONFIG)
     print(f"  ({time.perf_counter() - started:.0f} s)")
     _print_tables(SAMPLE_SHARD)
     if status == 0:
+        _print_task_examples(DeltaStore(), SAMPLE_SHARD)
         print_traced_example(DeltaStore(), SAMPLE_SHARD)
     print(
         "\nOpen the UI with `make dev` (or `.venv/bin/persona-hub ui`), then http://127.0.0.1:3000 "
@@ -134,6 +198,8 @@ COMMANDS = {
     "register-shard": cmd_register_shard,
     "materialize": cmd_materialize,
     "shards": cmd_shards,
+    "prompt": cmd_prompt,
+    "demonstrations": cmd_demonstrations,
     "demo": cmd_demo,
     "ui": cmd_ui,
 }
@@ -168,6 +234,37 @@ def _register(shard, *, text_column: str | None = None, replace: bool = False) -
             replace=replace,
         )
     return bool(new)
+
+
+def _setting(text: str) -> tuple[str, object]:
+    """`name=value` from the command line; the value is JSON when it parses (numbers, lists), else a string."""
+    name, separator, value = text.partition("=")
+    if not separator:
+        raise ValueError(f"--set takes SETTING=VALUE, not {text!r}")
+    try:
+        return name.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return name.strip(), value
+
+
+def _run_job(job_name: str, ops_config: dict | None = None) -> int:
+    """Run an unpartitioned job in this process, on the instance the UI reads."""
+    import dagster as dg
+
+    from persona_hub_dagster.definitions import defs
+
+    print(f"materializing {job_name} ...", flush=True)
+    with dg.DagsterInstance.get() as instance:
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            run_config={
+                "loggers": {"console": {"config": {"log_level": "INFO"}}},
+                **({"ops": ops_config} if ops_config else {}),
+            },
+        )
+    print(f"  run {result.run_id}: {'success' if result.success else 'FAILED'}")
+    return 0 if result.success else 1
 
 
 def _materialize(shards: list[str], job_name: str, ops_config: dict | None = None) -> int:
@@ -211,6 +308,31 @@ def _print_tables(shard: str) -> None:
             continue
         shard_rows, table_rows = store.row_count(key.path, [shard]), store.row_count(key.path)
         print(f"  {key.to_user_string():<32} {shard_rows:>13} {table_rows:>13}  {store.table_uri(key.path)}")
+
+
+def _print_task_examples(store: DeltaStore, shard: str, width: int = 110) -> None:
+    """One item per synthesis task (or, when the model produced none, why its outputs were rejected)."""
+    from persona_hub_dagster.lib.synthesis.tasks import TASKS
+
+    print(f"\nOne example per synthesis task (shard {shard!r}):")
+    for task in TASKS.values():
+        stage = task.stage
+        if not store.exists(stage.table):
+            continue
+        rows = store.scan(stage.table, [shard]).sort("item_id").head(1).collect()
+        rejects = store.scan(stage.rejects, [shard]).select("reason").collect() if store.exists(stage.rejects) else None
+        rejected = rejects.height if rejects is not None else 0
+        counts = f"{store.row_count(stage.table, [shard])} items, {rejected} rejected"
+        if rows.is_empty():
+            reasons = sorted({r.split(":")[0] for r in rejects["reason"]}) if rejected else []
+            print(f"  {stage.name:<24} ({counts}) no item accepted; reasons: {', '.join(reasons) or '-'}")
+            continue
+        row = rows.row(0, named=True)
+        fields = {name: row[name] for name in task.columns}
+        text = " ".join(json.dumps(fields, ensure_ascii=False, default=str).split())
+        print(
+            f"  {stage.name:<24} ({counts}, {row['prompting']}) {text[:width] + (' ...' if len(text) > width else '')}"
+        )
 
 
 if __name__ == "__main__":

@@ -175,6 +175,24 @@ def test_an_eval_row_walks_back_to_its_raw_text_through_delta_joins_alone(pipeli
     assert trace.chain[-1]["persona_id"] in set(store.read(TEXT_PERSONAS.path)["persona_id"])
 
 
+def test_an_item_of_any_task_walks_back_to_its_text_and_its_demonstrations(pipeline):
+    store, _, _ = pipeline
+    traced = 0
+    for task in TASKS.values():
+        items = store.read(task.stage.table, [SHARD])
+        if items.is_empty():
+            continue
+        item = items.row(0, named=True)
+        trace = trace_item(store, SHARD, item["item_id"], task=task.name)
+        assert trace.item["item_id"] == item["item_id"] and trace.text is not None, task.name
+        traced += 1
+        shown = set(item["demonstration_ids"])
+        if item["prompting"] == "persona_few_shot":
+            derived = store.read(tables.DEMONSTRATION_PERSONAS).filter(pl.col("demonstration_id").is_in(list(shown)))
+            assert derived.height == len(shown) and derived["persona"].str.len_chars().min() > 0
+    assert traced >= 3
+
+
 def test_metadata_shows_counts_previews_and_token_usage(pipeline):
     _, _, result = pipeline
     for key in (TEXT_PERSONAS, EVAL_MATH, dg.AssetKey(["synthetic", "math"])):

@@ -1,15 +1,9 @@
 """Jobs over whole shards. Each run processes one shard (partition); shards run as separate runs."""
 
-import warnings
-
 import dagster as dg
 
 from persona_hub_dagster.defs.stages import asset_key
 from persona_hub_dagster.lib import tables
-
-# process_text_shard mixes the hub's single-run backfill policy with the per-shard stages'. A run of the job is one
-# shard, where the policies agree; Dagster still warns on every load, which only adds noise to every command.
-warnings.filterwarnings("ignore", message=r"Asset job \S+ materializes assets with varying BackfillPolicies")
 
 DEMONSTRATIONS = dg.AssetSelection.assets(*map(asset_key, tables.DEMONSTRATIONS.tables))
 

@@ -1,7 +1,9 @@
 """Lineage through the Delta tables alone: from any synthetic item or evaluation row back to the web text.
 
-    eval/math.item_id -> synthetic/math.persona_id -> persona_hub (source: text_personas or expanded_personas)
+    eval/math.item_id -> synthetic/<task>.persona_id -> persona_hub (source: text_personas or expanded_personas)
       -> expanded_personas.parent_persona_id ... (hop by hop) -> text_personas.text_id -> raw_text
+
+(and synthetic/<task>.demonstration_ids -> demonstrations.demonstration_id for the few-shot modes)
 
 Every step is a join on id columns the stages write; no Dagster metadata is needed, so the same walk works in any
 engine that reads Delta (polars, DuckDB, Spark).
@@ -17,7 +19,7 @@ import polars as pl
 from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.storage import DeltaStore
 
-EVAL_MATH = tables.EVAL_MATH
+EVALUATIONS = {"math": tables.EVAL_MATH}  # task -> its evaluation table
 SYNTHETIC_MATH = tables.synthetic("math").table
 HUB = tables.PERSONA_HUB
 TEXT_PERSONAS = tables.TEXT_PERSONAS
@@ -42,12 +44,14 @@ def _one(store: DeltaStore, table: tables.Table, shard: str, **equal: str) -> di
     return rows.row(0, named=True) if rows.height else None
 
 
-def trace_item(store: DeltaStore, shard: str, item_id: str, *, task: tables.Table = SYNTHETIC_MATH) -> Trace:
-    """Walk from a synthetic item (and its eval/math row, when there is one) to its source text."""
-    item = _one(store, task, shard, item_id=item_id)
+def trace_item(store: DeltaStore, shard: str, item_id: str, *, task: str = "math") -> Trace:
+    """Walk from a synthetic item (and its evaluation row, when there is one) to its source text."""
+    table = tables.synthetic(task).table
+    item = _one(store, table, shard, item_id=item_id)
     if item is None:
-        raise LookupError(f"No item {item_id!r} in {task.name} for shard {shard!r}")
-    evaluation = _one(store, EVAL_MATH, shard, item_id=item_id) if store.exists(EVAL_MATH) else None
+        raise LookupError(f"No item {item_id!r} in {table.name} for shard {shard!r}")
+    evaluated = EVALUATIONS.get(task)
+    evaluation = _one(store, evaluated, shard, item_id=item_id) if evaluated and store.exists(evaluated) else None
     hub_persona = _one(store, HUB, shard, persona_id=item["persona_id"])
     if hub_persona is None:
         raise LookupError(f"Persona {item['persona_id']!r} of item {item_id!r} is not in the hub of shard {shard!r}")
@@ -84,8 +88,8 @@ def print_traced_example(store: DeltaStore, shard: str, width: int = 110) -> Non
     ranked = items.join(hub, on="persona_id", how="left").with_columns(
         expanded=(pl.col("source") == "expanded_personas")
     )
-    if store.exists(EVAL_MATH):
-        verified = store.scan(EVAL_MATH, [shard]).select("item_id", "verified").collect()
+    if store.exists(tables.EVAL_MATH):
+        verified = store.scan(tables.EVAL_MATH, [shard]).select("item_id", "verified").collect()
         ranked = ranked.join(verified, on="item_id", how="left")
     else:
         ranked = ranked.with_columns(verified=pl.lit(None, dtype=pl.Boolean))

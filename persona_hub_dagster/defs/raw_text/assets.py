@@ -4,10 +4,9 @@ import json
 
 import dagster as dg
 import polars as pl
-from pydantic import Field
 
 from persona_hub_dagster.defs.partitions import text_shards
-from persona_hub_dagster.defs.stages import asset_key
+from persona_hub_dagster.defs.stages import asset_key, settings_config
 from persona_hub_dagster.defs.storage import (
     DeltaStorageResource,
     column_schema,
@@ -15,29 +14,15 @@ from persona_hub_dagster.defs.storage import (
     table_write_metadata,
 )
 from persona_hub_dagster.lib import tables
-from persona_hub_dagster.lib.corpus.cleaning import CLEANING_VERSION, UNICODE_FORMS, CleaningOptions
-from persona_hub_dagster.lib.corpus.ingest import RAW_TEXT_SCHEMA, REJECTS_SCHEMA, ShardIngest
+from persona_hub_dagster.lib.corpus.cleaning import CLEANING_VERSION
+from persona_hub_dagster.lib.corpus.ingest import RAW_TEXT_SCHEMA, REJECTS_SCHEMA, IngestSettings, ShardIngest
 from persona_hub_dagster.lib.corpus.readers import SourceFileError, SourceSpec
 from persona_hub_dagster.lib.shards import ShardRegistry, UnknownShard
 
 RAW_TEXT, RAW_TEXT_REJECTS = asset_key(tables.RAW_TEXT), asset_key(tables.RAW_TEXT_REJECTS)
 
 
-class RawTextConfig(dg.Config):
-    text_column: str = Field(
-        default="text",
-        description="Field (JSONL) or column (CSV, Parquet) holding the text; a shard registered with its own "
-        "--text-column uses that instead.",
-    )
-    unicode_form: str | None = Field(
-        default="NFC", description=f"Unicode normalization: one of {', '.join(UNICODE_FORMS)}, or null for none."
-    )
-    min_chars: int = Field(default=20, description="Texts shorter than this after cleaning are rejected.")
-    max_chars: int = Field(default=100_000, description="Texts longer than this after cleaning are rejected.")
-    batch_size: int = Field(default=20_000, description="Records per batch: bounds memory, whatever the shard size.")
-    max_reject_rate: float = Field(
-        default=0.5, description="The reject-rate check warns when more of the shard's records than this are rejected."
-    )
+RawTextConfig = settings_config(IngestSettings, "RawTextConfig")
 
 
 @dg.multi_asset(
@@ -78,7 +63,7 @@ class RawTextConfig(dg.Config):
 )
 def ingest_raw_text(context: dg.AssetExecutionContext, config: RawTextConfig, storage: DeltaStorageResource):
     """Read the shard's file from the registry, clean it, and write both tables for this shard only."""
-    shard = context.partition_key
+    shard, settings = context.partition_key, config.to_settings()
     store = storage.store()
     try:
         registered = ShardRegistry(store).get(shard)
@@ -88,14 +73,14 @@ def ingest_raw_text(context: dg.AssetExecutionContext, config: RawTextConfig, st
         uri=registered.source_uri,
         format=registered.format,
         compression=registered.compression,
-        text_column=registered.text_column or config.text_column,
+        text_column=registered.text_column or settings.text_column,
     )
     ingest = ShardIngest(
         spec,
         shard=shard,
         run_id=context.run.run_id,
-        options=CleaningOptions(config.unicode_form, config.min_chars, config.max_chars),
-        batch_size=config.batch_size,
+        options=settings.cleaning,
+        batch_size=settings.batch_size,
     )
     context.log.info(f"Ingesting shard {shard!r} from {spec.uri} ({spec.format})")
 
@@ -143,11 +128,11 @@ def ingest_raw_text(context: dg.AssetExecutionContext, config: RawTextConfig, st
     yield dg.AssetCheckResult(
         asset_key=RAW_TEXT,
         check_name="reject_rate",
-        passed=report.reject_rate <= config.max_reject_rate,
+        passed=report.reject_rate <= settings.max_reject_rate,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
             "reject_rate": dg.MetadataValue.float(round(report.reject_rate, 4)),
-            "max_reject_rate": dg.MetadataValue.float(config.max_reject_rate),
+            "max_reject_rate": dg.MetadataValue.float(settings.max_reject_rate),
             "rejected_by_reason": dg.MetadataValue.text(json.dumps(by_reason)),
         },
     )

@@ -15,9 +15,10 @@ from datetime import UTC, datetime
 import polars as pl
 import pyarrow as pa
 
-from persona_hub_dagster.lib.corpus.cleaning import CLEANING_VERSION, CleaningOptions, clean_records
+from persona_hub_dagster.lib.corpus.cleaning import CLEANING_VERSION, UNICODE_FORMS, CleaningOptions, clean_records
 from persona_hub_dagster.lib.corpus.readers import ReadStats, SourceSpec, read_records
 from persona_hub_dagster.lib.ids import content_ids
+from persona_hub_dagster.lib.settings import setting
 
 RAW_TEXT_SCHEMA = pa.schema(
     [
@@ -81,6 +82,31 @@ class IngestReport:
         return self.rejected_total / self.records if self.records else 0.0
 
 
+@dataclass(frozen=True)
+class IngestSettings:
+    """raw_text's settings (its run config): where the text is, how it is cleaned, how much is read at once."""
+
+    text_column: str = setting(
+        "text",
+        "Field (JSONL) or column (CSV, Parquet) holding the text; a shard registered with its own --text-column "
+        "uses that instead.",
+    )
+    unicode_form: str | None = setting(
+        CleaningOptions.unicode_form,
+        f"Unicode normalization: one of {', '.join(UNICODE_FORMS)}, or null for none.",
+    )
+    min_chars: int = setting(CleaningOptions.min_chars, "Texts shorter than this after cleaning are rejected.")
+    max_chars: int = setting(CleaningOptions.max_chars, "Texts longer than this after cleaning are rejected.")
+    batch_size: int = setting(20_000, "Records per batch: bounds memory, whatever the shard size.")
+    max_reject_rate: float = setting(
+        0.5, "The reject-rate check warns when more of the shard's records than this are rejected."
+    )
+
+    @property
+    def cleaning(self) -> CleaningOptions:
+        return CleaningOptions(self.unicode_form, self.min_chars, self.max_chars)
+
+
 class ShardIngest:
     """One pass over a shard file. Consume `accepted()` fully, then read `rejects()` and `report`."""
 
@@ -92,7 +118,7 @@ class ShardIngest:
         run_id: str,
         options: CleaningOptions | None = None,
         ingested_at: datetime | None = None,
-        batch_size: int = 20_000,
+        batch_size: int = IngestSettings.batch_size,
     ):
         self.spec = spec
         self.shard = shard

@@ -257,6 +257,39 @@ def _shown(name: str, value: Any) -> str:
     return prompts.delimited(name, text)
 
 
+def example_requests(
+    task: SynthesisTask, settings: SynthesisSettings, persona: str, store: DeltaStore | None = None
+) -> tuple[list[tuple[str, LLMRequest]], str | None]:
+    """What the task sends the model for one persona, every step of the first round (and the next round's first
+    step), fully rendered, for review (`persona-hub prompt`). A pool demonstration stands in for the model's answer
+    where a later step needs one. Returns the requests and a note (e.g. personas not derived yet)."""
+    note = None
+    try:
+        prepared = prepare(task, settings, store)
+    except demonstrations.DemonstrationError as exc:  # persona_few_shot before the demonstrations asset ran
+        note = f"{exc}. Shown with a placeholder where each derived persona goes."
+        few = prepare(task, replace(settings, prompting="few_shot"))
+        placeholder = "(the persona the `demonstrations` asset derives from this example)"
+        prepared = replace(few, settings=settings, pool=[replace(d, persona=placeholder) for d in few.pool])
+    item = items_for(prepared, pl.DataFrame({"persona_id": ["example"], "persona": [persona]}))[0]
+    stand_in = demonstrations.load_pool(task).for_settings(task, settings)[0].fields
+    shown: list[tuple[str, LLMRequest]] = []
+    rounds = task.rounds(settings)
+    for round_number in range(1, min(rounds, 2) + 1):
+        for index, step in enumerate(task.steps):
+            turn = f", turn {round_number}" if rounds > 1 else ""
+            label = f"step {index + 1}/{len(task.steps)}: {step.name}{turn}"
+            shown.append((f"{label} ({step.prompt().version})", request(prepared, index, round_number, item)))
+            last = index + 1 == len(task.steps) and round_number == rounds
+            if round_number == 2 or last:
+                return shown, note
+            if not step.chat and index > 0:  # no stand-in for a later step's answer
+                return shown, note
+            answer = "(the assistant's answer)" if step.chat else stand_in
+            item.fields.update(step.parse(answer, item, prepared.context))
+    return shown, note
+
+
 # ---------------------------------------------------------------------------------------------------- the stage
 
 
