@@ -38,7 +38,7 @@ DEMO_OPS_CONFIG = {
     "text_to_persona": {"config": {"max_texts": 32, "relations_per_text": 1, "max_tokens": 64}},
     "persona_to_persona": {"config": {"hops": 2, "fan_out": 2, "max_calls": 28, "max_tokens": 160}},
     "synthesize_math": {"config": {"personas": 10}},
-    "synthesize_reasoning": {"config": {"personas": 3, "prompting": "few_shot", "shots": 2}},
+    "synthesize_reasoning": {"config": {"personas": 2, "prompting": "few_shot", "shots": 2}},
     "synthesize_instructions": {"config": {"personas": 6, "prompting": "persona_few_shot"}},
     "synthesize_conversations": {"config": {"personas": 2, "turns": 2, "max_tokens": 200}},
     "synthesize_knowledge": {"config": {"personas": 2, "prompting": "few_shot", "shots": 1}},

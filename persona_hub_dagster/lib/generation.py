@@ -59,9 +59,6 @@ class StageCall:
     run_id: str
     batch_size: int = 32
 
-    def stage_run(self, stage: str, prompt_version: str) -> StageRun:
-        return StageRun(stage, self.shard, self.run_id, self.client.backend.model, prompt_version)
-
 
 @dataclass
 class StageResult:
