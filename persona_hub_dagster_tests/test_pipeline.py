@@ -7,13 +7,14 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from persona_hub_dagster.defs.evaluation.assets import evaluate_math
+from persona_hub_dagster.defs.evaluation.assets import evaluation_assets
 from persona_hub_dagster.defs.hub.assets import build_persona_hub
-from persona_hub_dagster.defs.models import EmbeddingsResource, LLMResource
+from persona_hub_dagster.defs.models import EmbeddingsResource, JudgeResource, LLMResource
 from persona_hub_dagster.defs.partitions import register_shards
 from persona_hub_dagster.defs.personas.assets import persona_to_persona_asset, text_to_persona_asset
 from persona_hub_dagster.defs.personas.schedules import nightly_persona_expansion
 from persona_hub_dagster.defs.raw_text.assets import ingest_raw_text
+from persona_hub_dagster.defs.resources import BenchmarksResource
 from persona_hub_dagster.defs.stages import asset_key
 from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
 from persona_hub_dagster.defs.synthesis.assets import demonstrations_asset, synthesis_assets
@@ -53,6 +54,12 @@ TINY = {
             "program_max_tokens": 160,
         }
     },
+    "evaluate_reasoning": {"config": {"solutions": 2, "min_agreement": 1, "max_tokens": 160}},
+    "evaluate_tools": {"config": {"timeout_s": 3}},
+    **{
+        f"evaluate_{task}": {"config": {"max_tokens": 96}}
+        for task in ("instructions", "conversations", "knowledge", "npc")
+    },
 }
 
 
@@ -63,7 +70,7 @@ STAGES = [
     build_persona_hub,
     demonstrations_asset,
     *synthesis_assets,
-    evaluate_math,
+    *evaluation_assets,
 ]
 
 
@@ -79,7 +86,9 @@ def run_shard(store: DeltaStore, instance: dg.DagsterInstance):
             "storage": storage,
             "io_manager": DeltaIOManager(storage=storage),
             "llm": LLMResource(),
+            "judge": JudgeResource(),
             "embeddings": EmbeddingsResource(),
+            "benchmarks": BenchmarksResource(),
         },
         raise_on_error=False,
     )

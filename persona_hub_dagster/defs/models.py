@@ -16,7 +16,7 @@ from persona_hub_dagster.defs.storage import metadata_value
 from persona_hub_dagster.lib.embeddings import EMBEDDING_MODEL_ENV, Embedder, LazyEmbedder, embedding_identity
 from persona_hub_dagster.lib.llm.cache import ResponseCache, cache_namespace
 from persona_hub_dagster.lib.llm.client import Backend, LLMClient, UsageStats
-from persona_hub_dagster.lib.llm.settings import ENV, LLMSettings, open_backend
+from persona_hub_dagster.lib.llm.settings import ENV, JUDGE_ENV, LLMSettings, open_backend
 from persona_hub_dagster.lib.storage import DeltaStore
 
 
@@ -103,6 +103,24 @@ class LLMResource(dg.ConfigurableResource):
         """A client whose response cache is this stage's and shard's namespace under the storage root."""
         cache = ResponseCache(store, cache_namespace(stage, shard), run_id=run_id) if self.response_cache else None
         return LLMClient(self.open(), cache=cache, max_attempts=self.max_attempts)
+
+
+class JudgeResource(LLMResource):
+    """The LLM that judges the evaluation stages' rubrics: the generator's model unless PERSONA_HUB_JUDGE_BACKEND,
+    _MODEL or _BASE_URL name another (each overrides the generator's setting of the same name)."""
+
+    backend: str = Field(
+        default_factory=lambda: _env(JUDGE_ENV["backend"]) or _env(ENV["backend"], "llama_cpp"),
+        description="llama_cpp | openai | vllm (default: the generator's)",
+    )
+    model: str | None = Field(
+        default_factory=lambda: _env(JUDGE_ENV["model"]) or _env(ENV["model"]),
+        description="The judge's model (default: the generator's)",
+    )
+    base_url: str | None = Field(
+        default_factory=lambda: _env(JUDGE_ENV["base_url"]) or _env(ENV["base_url"]),
+        description="The judge's OpenAI-compatible endpoint (default: the generator's)",
+    )
 
 
 class EmbeddingsResource(dg.ConfigurableResource):

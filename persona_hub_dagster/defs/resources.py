@@ -3,8 +3,9 @@
 import dagster as dg
 from pydantic import Field
 
-from persona_hub_dagster.defs.models import EmbeddingsResource, LLMResource
+from persona_hub_dagster.defs.models import EmbeddingsResource, JudgeResource, LLMResource
 from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
+from persona_hub_dagster.lib.evaluation.contamination import Benchmark, benchmark_from_spec, configured_benchmarks
 from persona_hub_dagster.lib.locations import default_source_location
 
 
@@ -17,6 +18,20 @@ class ShardSourceResource(dg.ConfigurableResource):
     )
 
 
+class BenchmarksResource(dg.ConfigurableResource):
+    """Benchmark test sets the evaluation checks synthetic items against (contamination). With none configured, the
+    evaluation says "not checked", never "clean"."""
+
+    files: list[str] = Field(
+        default_factory=configured_benchmarks,
+        description="NAME=PATH[#FIELD] per benchmark (JSONL, Parquet or CSV; local or s3://; field default `text`), "
+        "e.g. gsm8k=/data/gsm8k_test.jsonl#question. Default: $PERSONA_HUB_BENCHMARKS (comma-separated).",
+    )
+
+    def load(self) -> list[Benchmark]:
+        return [benchmark_from_spec(spec) for spec in self.files]
+
+
 @dg.definitions
 def resources() -> dg.Definitions:
     storage = DeltaStorageResource()
@@ -26,7 +41,9 @@ def resources() -> dg.Definitions:
             "io_manager": DeltaIOManager(storage=storage),
             "shard_source": ShardSourceResource(),
             "llm": LLMResource(),
+            "judge": JudgeResource(),
             "embeddings": EmbeddingsResource(),
+            "benchmarks": BenchmarksResource(),
         },
         # One shard's steps run in one process: on a small machine the multiprocess executor costs seconds per
         # step, and parallelism comes from running shards as separate runs (see README: Scaling).

@@ -18,9 +18,9 @@ import polars as pl
 import pydantic
 from pydantic import Field
 
-from persona_hub_dagster.defs.models import LLMResource, usage_metadata
+from persona_hub_dagster.defs.models import usage_metadata
 from persona_hub_dagster.defs.partitions import text_shards
-from persona_hub_dagster.defs.storage import DeltaStorageResource, commit_metadata, metadata_value, table_write_metadata
+from persona_hub_dagster.defs.storage import commit_metadata, metadata_value, table_write_metadata
 from persona_hub_dagster.lib.generation import LLMStage, StageCall, StageResult
 from persona_hub_dagster.lib.llm.client import UsageStats
 from persona_hub_dagster.lib.llm.settings import LLMSettings, model_identity
@@ -36,9 +36,10 @@ def asset_key(table: Table) -> dg.AssetKey:
 
 
 @cache
-def configured_model() -> str:
-    """The model identity from the environment, resolved once per code-location load (every stage asks)."""
-    return model_identity(LLMSettings.from_env())
+def configured_model(judge: bool = False) -> str:
+    """The model identity from the environment (the generator's, or the judge's), resolved once per code-location
+    load (every stage asks)."""
+    return model_identity(LLMSettings.from_env(judge=judge))
 
 
 def stage_specs(
@@ -104,12 +105,16 @@ def settings_config(settings_type: type, name: str, base: type[SettingsConfig] =
     return config
 
 
+MODEL_RESOURCES = ("llm", "judge")
+
+
 def llm_stage_asset(declared: LLMStage, *, group: str, kinds: Sequence[str] = ()) -> dg.AssetsDefinition:
     """The multi-asset of an LLM stage, from its declaration alone."""
     inputs = {_input_name(t): t for t in declared.reads}
     config_type = settings_config(
         declared.settings, "".join(part.title() for part in declared.op.split("_")) + "Config", base=StageConfig
     )
+    model_key = next((key for key in declared.resources if key in MODEL_RESOURCES), None)
 
     @dg.multi_asset(
         name=declared.op,
@@ -117,24 +122,29 @@ def llm_stage_asset(declared: LLMStage, *, group: str, kinds: Sequence[str] = ()
             declared.stage,
             deps=[*declared.reads, *declared.uses],
             group=group,
-            code_version=declared.code_version(declared.settings(), configured_model()),
+            code_version=declared.code_version(declared.settings(), configured_model(judge=model_key == "judge")),
             kinds=kinds,
         ),
         ins={name: dg.AssetIn(asset_key(table)) for name, table in inputs.items()},
         partitions_def=text_shards if declared.stage.partitioned else None,
+        required_resource_keys={"storage", *declared.resources},
         can_subset=False,
     )
-    def stage_asset(
-        context: dg.AssetExecutionContext,
-        config: config_type,  # type: ignore[valid-type]
-        storage: DeltaStorageResource,
-        llm: LLMResource,
-        **upstream: pl.LazyFrame,
-    ):
+    def stage_asset(context: dg.AssetExecutionContext, config: config_type, **upstream: pl.LazyFrame):  # type: ignore[valid-type]
+        resources = context.resources
         shard = context.partition_key if declared.stage.partitioned else None
-        store, run_id = storage.store(), context.run.run_id
-        client = llm.client(store, stage=declared.name, shard=shard or "", run_id=run_id)
-        call = StageCall(client, store, shard, run_id, config.batch_size)
+        store, run_id = resources.storage.store(), context.run.run_id
+        model = getattr(resources, model_key) if model_key else None
+        client = model.client(store, stage=declared.name, shard=shard or "", run_id=run_id) if model else None
+        call = StageCall(
+            client,
+            store,
+            shard,
+            run_id,
+            config.batch_size,
+            embedder=resources.embeddings.lazy_embedder(store) if "embeddings" in declared.resources else None,
+            benchmarks=resources.benchmarks.load() if "benchmarks" in declared.resources else (),
+        )
         result = declared.run({inputs[name]: frame for name, frame in upstream.items()}, call, config.to_settings())
         main = result.tables[declared.stage.table]
         rejects = result.tables.get(declared.stage.rejects) if declared.stage.rejects else None
@@ -142,7 +152,8 @@ def llm_stage_asset(declared: LLMStage, *, group: str, kinds: Sequence[str] = ()
             f"{declared.name} {shard or ''}: {main.height} rows"
             + (f", {rejects.height} rejected" if rejects is not None else "")
         )
-        yield from write_stage_tables(context, store, shard, declared.stage, result, usage=client.usage)
+        usage = client.usage if client is not None else None
+        yield from write_stage_tables(context, store, shard, declared.stage, result, usage=usage)
 
     return stage_asset
 

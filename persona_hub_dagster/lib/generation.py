@@ -51,13 +51,16 @@ _QUOTES = "\"'“”‘’`"
 
 @dataclass(frozen=True)
 class StageCall:
-    """What a stage's `run` gets besides its inputs and settings: the model, the storage, and which partition."""
+    """What a stage's `run` gets besides its inputs and settings: the model, the storage, which partition, and the
+    other resources it declared."""
 
-    client: LLMClient
+    client: LLMClient | None  # the `llm` or `judge` resource's client; None for a stage that declares neither
     store: DeltaStore
     shard: str | None  # None: an unpartitioned stage (one table across shards)
     run_id: str
     batch_size: int = 32
+    embedder: Any = None  # `embeddings`: a lib.embeddings.LazyEmbedder
+    benchmarks: Sequence[Any] = ()  # `benchmarks`: lib.evaluation.contamination.Benchmark, loaded
 
 
 @dataclass
@@ -79,6 +82,7 @@ class LLMStage:
     version_extra: Callable[[Any], tuple] = lambda settings: ()  # anything else that changes its output
     reads: tuple[Table, ...] = ()  # loaded for `run`: the run's partition of each (all of an unpartitioned one)
     uses: tuple[Table, ...] = ()  # also upstream, read by `run` itself when its settings need them
+    resources: tuple[str, ...] = ("llm",)  # llm | judge (the model it calls, if any), embeddings, benchmarks
 
     @property
     def name(self) -> str:
@@ -186,6 +190,11 @@ def reject_row(run: StageRun, item: Planned, raw_output: str | None, reason: str
         "run_id": run.run_id,
         "rejected_at": datetime.now(UTC),
     }
+
+
+def request_keys(reject: Mapping[str, Any]) -> dict[str, Any]:
+    """The ids a reject row's request carried (what its `Planned.keys` held)."""
+    return json.loads(reject["request"])
 
 
 def rejects_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:

@@ -135,18 +135,39 @@ def synthetic(task: str, description: str = "") -> Stage:
 
 # ---------------------------------------------------------------------------------------------------- evaluation
 
-EVAL_MATH = Table(
-    ("eval", "math"),
-    "Each synthetic math problem solved independently (step-by-step solutions and a Python program run in a "
-    "sandbox); answers normalized and compared. `agreement` is the largest group of equal answers; `verified` rows "
-    "(agreement >= min_agreement) are the shard's verified set.",
-)
+
+def evaluation(task: str, description: str, *, rejects: bool = True, extra: tuple[Table, ...] = ()) -> Stage:
+    """`eval/<task>` (one row per item: `passed`, the per-check columns, the set properties), its rejects table when
+    a model is asked (malformed judge or solver outputs), and any other table the evaluation writes."""
+    table = Table(("eval", task), description)
+    return Stage((table, *([rejects_of(table, "Judge and solver outputs")] if rejects else []), *extra))
+
+
 EVAL_MATH_SOLUTIONS = Table(
     ("eval", "math_solutions"),
     "Every solution: the reasoning or program, the stated/printed answer, its normalized form, and what went wrong "
     "when there is no answer (rejected output, program error, timeout).",
 )
-MATH_EVALUATION = Stage((EVAL_MATH, rejects_of(EVAL_MATH, "Solver outputs"), EVAL_MATH_SOLUTIONS))
+MATH_EVALUATION = evaluation(
+    "math",
+    "Each synthetic math problem solved independently (step-by-step solutions and a Python program run in a "
+    "sandbox); answers normalized and compared. `agreement` is the largest group of equal answers; `verified` rows "
+    "(agreement >= min_agreement) pass, and are the shard's verified set.",
+    extra=(EVAL_MATH_SOLUTIONS,),
+)
+EVAL_MATH = MATH_EVALUATION.table
+EVAL_REASONING_SOLUTIONS = Table(
+    ("eval", "reasoning_solutions"),
+    "Every independent solution of a reasoning problem: the reasoning, the answer, and whether it agrees with the "
+    "generator's intended answer.",
+)
+EVAL_REPORT = Table(
+    ("eval", "report"),
+    "Every evaluation metric by task and shard, plus totals across shards: pass rate, per-check failures, diversity, "
+    "persona grounding, contamination. The materialization shows a summary and charts; an HTML report is written "
+    "next to the tables.",
+    partitioned=False,
+)
 
 # ---------------------------------------------------------------------------------------------------- bookkeeping
 

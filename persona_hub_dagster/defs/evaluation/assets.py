@@ -1,7 +1,13 @@
-"""eval/math: every synthetic math problem solved independently several times; verified where solutions agree."""
+"""eval/<task>: one evaluation per synthesis task (agreement for math and reasoning, the sandbox for tools, an LLM
+judge for the rest), built by the stage factory from the evaluation registry."""
 
 from persona_hub_dagster.defs.stages import llm_stage_asset
-from persona_hub_dagster.lib.evaluation import math_eval
+from persona_hub_dagster.lib.evaluation.registry import EVALUATIONS
 
-# eval/math also runs Python (the sandboxed programs): its main table says so.
-evaluate_math = llm_stage_asset(math_eval.STAGE, group="evaluation", kinds=["python"])
+# Evaluations that run model-written Python in the sandbox say so on their main table.
+RUNS_PYTHON = {"math", "tools"}
+
+evaluation_assets = [
+    llm_stage_asset(stage, group="evaluation", kinds=["python"] if task in RUNS_PYTHON else [])
+    for task, stage in EVALUATIONS.items()
+]

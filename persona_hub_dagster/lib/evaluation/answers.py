@@ -105,6 +105,33 @@ def agreement(answers: list[Answer]) -> tuple[int, Answer | None]:
     return best, best_answer
 
 
+_STOPWORDS = frozenset("a an the is are was were be it its of to in on and or that this".split())
+
+
+def token_f1(a: str, b: str) -> float:
+    """Overlap of two free-text answers' content words (SQuAD-style F1 over case-folded words, stopwords dropped)."""
+    left = [w for w in re.findall(r"\w+", a.casefold()) if w not in _STOPWORDS]
+    right = [w for w in re.findall(r"\w+", b.casefold()) if w not in _STOPWORDS]
+    if not left or not right:
+        return 0.0
+    common = sum(min(left.count(w), right.count(w)) for w in set(left))
+    if not common:
+        return 0.0
+    precision, recall = common / len(right), common / len(left)
+    return 2 * precision * recall / (precision + recall)
+
+
+def same_answer(intended: str, given: str, min_f1: float = 0.6) -> bool:
+    """Whether a solver's free-text answer says what the intended answer says: as numbers or expressions when both
+    are, else by content-word overlap (F1 >= min_f1)."""
+    a, b = normalize(intended), normalize(given)
+    if a.empty or b.empty:
+        return False
+    if (a.value is not None and b.value is not None) or (a.expression and b.expression):
+        return equivalent(a, b)
+    return a.text == b.text or token_f1(intended, given) >= min_f1
+
+
 def last_number_line(output: str) -> str:
     """A program's answer: the last non-empty line it printed."""
     lines = [line.strip() for line in output.strip().splitlines() if line.strip()]

@@ -10,7 +10,6 @@ rejections, so a problem's verdict can always be traced to its solutions.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ import polars as pl
 
 from persona_hub_dagster.lib import prompts, tables
 from persona_hub_dagster.lib.evaluation import answers
+from persona_hub_dagster.lib.evaluation.common import finish, shard_items
 from persona_hub_dagster.lib.evaluation.sandbox import SandboxLimits, run_python
 from persona_hub_dagster.lib.generation import (
     LLMStage,
@@ -33,11 +33,13 @@ from persona_hub_dagster.lib.generation import (
     frame,
     rate,
     rejects_frame,
+    request_keys,
     run_requests,
 )
 from persona_hub_dagster.lib.llm.client import LLMClient
 from persona_hub_dagster.lib.llm.types import LLMResponse, SamplingParams
 from persona_hub_dagster.lib.settings import setting
+from persona_hub_dagster.lib.synthesis.tasks import TASKS
 
 REASONING_TEMPLATE = "math_solution"
 PROGRAM_TEMPLATE = "math_program"
@@ -56,21 +58,6 @@ PROGRAM_SCHEMA = {
     "required": ["program"],
 }
 
-EVAL_MATH_SCHEMA = {
-    "item_id": pl.String,
-    "persona_id": pl.String,
-    "shard": pl.String,
-    "problem": pl.String,
-    "n_solutions": pl.Int32,  # solutions asked for
-    "n_answered": pl.Int32,  # of them, those that produced a final answer
-    "agreement": pl.Int32,  # size of the largest group of equivalent answers
-    "answer": pl.String,  # that group's answer (normalized), null when nothing was answered
-    "answers": pl.List(pl.String),  # every solution's normalized answer ("" when it had none), in solution order
-    "verified": pl.Boolean,  # agreement >= min_agreement: the shard's verified set
-    "model": pl.String,
-    "prompt_version": pl.String,
-    "run_id": pl.String,
-}
 SOLUTIONS_SCHEMA = {
     "item_id": pl.String,
     "shard": pl.String,
@@ -234,18 +221,36 @@ def _execute(programs: list[dict[str, Any]], settings: MathEvalSettings) -> list
 
 
 def _request_keys(reject: dict[str, Any]) -> dict[str, Any]:
-    keys = json.loads(reject["request"])
+    keys = request_keys(reject)
     return {"item_id": keys["item_id"], "solution_index": int(keys["solution_index"]), "kind": keys["kind"]}
 
 
+CHECKS = {
+    "problem": pl.String,
+    "n_solutions": pl.Int32,  # solutions asked for
+    "n_answered": pl.Int32,  # of them, those that produced a final answer
+    "agreement": pl.Int32,  # size of the largest group of equivalent answers
+    "answer": pl.String,  # that group's answer (normalized), null when nothing was answered
+    "answers": pl.List(pl.String),  # every solution's normalized answer ("" when it had none), in solution order
+    "verified": pl.Boolean,  # agreement >= min_agreement: the shard's verified set
+}
+
+
 def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: MathEvalSettings) -> StageResult:
-    problems = inputs[tables.synthetic("math").table].select("item_id", "persona_id", "problem").collect()
+    task = TASKS["math"]
+    items = shard_items(inputs, call, task)
     output = evaluate_math(
-        problems, call.client, settings, shard=call.shard, run_id=call.run_id, batch_size=call.batch_size
+        items.select("item_id", "persona_id", "problem"),
+        call.client,
+        settings,
+        shard=call.shard,
+        run_id=call.run_id,
+        batch_size=call.batch_size,
     )
-    rows = frame(output.rows, EVAL_MATH_SCHEMA)
+    checks = frame(output.rows, {"item_id": pl.String, **CHECKS}).with_columns(passed=pl.col("verified"))
+    stamp = {"model": call.client.backend.model, "prompt_version": prompt_version(), "run_id": call.run_id}
+    rows, metadata = finish(task, items, checks, call, check_columns=["verified"], stamp=stamp)
     solutions = frame(output.solutions, SOLUTIONS_SCHEMA).sort("item_id", "solution_index")
-    verified = int(rows["verified"].sum()) if rows.height else 0
     programs = solutions.filter(pl.col("kind") == "program")
     usage = call.client.usage
     return StageResult(
@@ -255,9 +260,8 @@ def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: 
             tables.EVAL_MATH_SOLUTIONS: solutions,
         },
         {
-            "problems": rows.height,
-            "verified": verified,
-            "agreement_rate": rate(verified, rows.height),
+            **metadata,
+            "agreement_rate": metadata["pass_rate"],
             "rejection_rate": rate(len(output.rejects), settings.n_solutions * rows.height),
             "program_failure_rate": rate(programs["error"].is_not_null().sum(), programs.height),
             "token_cost": usage.prompt_tokens + usage.completion_tokens,
@@ -273,4 +277,6 @@ STAGE = LLMStage(
     prompts=lambda settings: prompt_version().split(","),
     samplings=lambda settings: [settings.reasoning_sampling, settings.program_sampling],
     reads=(tables.synthetic("math").table,),
+    uses=(tables.PERSONA_HUB,),
+    resources=("llm", "embeddings", "benchmarks"),
 )

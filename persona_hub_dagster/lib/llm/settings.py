@@ -26,6 +26,13 @@ ENV = {
     "model": "PERSONA_HUB_LLM_MODEL",
     "base_url": "PERSONA_HUB_LLM_BASE_URL",
 }
+# The judge of the evaluation stages: the same model unless these name another (a stronger model judging a cheaper
+# one is the usual set-up); each one set overrides the generator's.
+JUDGE_ENV = {
+    "backend": "PERSONA_HUB_JUDGE_BACKEND",
+    "model": "PERSONA_HUB_JUDGE_MODEL",
+    "base_url": "PERSONA_HUB_JUDGE_BASE_URL",
+}
 
 
 class LLMConfigError(ValueError):
@@ -56,8 +63,11 @@ class LLMSettings:
     max_attempts: int = 3
 
     @classmethod
-    def from_env(cls, **overrides) -> LLMSettings:
+    def from_env(cls, *, judge: bool = False, **overrides) -> LLMSettings:
+        """The generator's settings from PERSONA_HUB_LLM_*; with `judge`, PERSONA_HUB_JUDGE_* override them."""
         values = {name: os.environ[var] for name, var in ENV.items() if os.environ.get(var)}
+        if judge:
+            values.update({name: os.environ[var] for name, var in JUDGE_ENV.items() if os.environ.get(var)})
         return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
 
     def __post_init__(self) -> None:

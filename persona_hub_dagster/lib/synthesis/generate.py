@@ -244,6 +244,7 @@ def _row(prepared: Prepared, item: Item, context_version: str, run: StageRun) ->
         "demonstration_ids": [d.id for d in item.demonstrations],
         "context_version": context_version,
         **prepared.context.row,
+        **prepared.context.located,
         **fields,
         **run.stamp(),
     }

@@ -68,6 +68,7 @@ class TaskContext:
     inputs: Mapping[str, str] = field(default_factory=dict)  # template inputs: focus, variant, world, ...
     row: Mapping[str, Any] = field(default_factory=dict)  # columns from the context: focus, variant, world, ...
     world: Any = None
+    located: Mapping[str, Any] = field(default_factory=dict)  # columns that say where context came from (not versioned)
 
     @property
     def version(self) -> str:
@@ -129,6 +130,13 @@ class SynthesisTask:
     context: Callable[[Any], TaskContext] = plain_context
     rounds: Callable[[Any], int] = lambda settings: 1  # how often the steps run in turn (a conversation's turns)
     pool_filter: Callable[[Mapping[str, Any], Any], bool] | None = None  # which pool entries fit the settings
+    text: Callable[[Mapping[str, Any]], str] | None = None  # a row's text, for diversity, grounding, contamination
+
+    def item_text(self, row: Mapping[str, Any]) -> str:
+        """What an item says, as one text (default: its string columns, one per line)."""
+        if self.text is not None:
+            return self.text(row)
+        return "\n".join(str(row[c]) for c, dtype in self.columns.items() if dtype == pl.String and row.get(c))
 
     def __post_init__(self) -> None:
         if not self.steps:

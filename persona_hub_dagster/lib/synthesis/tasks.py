@@ -63,6 +63,7 @@ MATH = SynthesisTask(
     inputs=("persona", "focus"),
     settings=MathSettings,
     context=_math_context,
+    text=lambda row: row["problem"],
 )
 
 # ---------------------------------------------------------------------------------------------------- reasoning
@@ -107,6 +108,7 @@ REASONING = SynthesisTask(
     settings=ReasoningSettings,
     context=lambda s: TaskContext(s, inputs={"variant": REASONING_VARIANTS[s.variant]}, row={"variant": s.variant}),
     pool_filter=lambda entry, settings: entry.get("variant", "standard") == settings.variant,
+    text=lambda row: row["question"],
 )
 
 # ---------------------------------------------------------------------------------------------------- instructions
@@ -166,6 +168,7 @@ CONVERSATIONS = SynthesisTask(
     settings=ConversationSettings,
     context=lambda s: TaskContext(s, row={"turns": s.turns}),
     rounds=lambda settings: settings.turns,
+    text=lambda row: "\n".join(m["content"] for m in row["messages"]),
 )
 
 # ---------------------------------------------------------------------------------------------------- knowledge
@@ -183,6 +186,7 @@ KNOWLEDGE = SynthesisTask(
         ),
     ),
     columns={"title": pl.String, "body": pl.String},
+    text=lambda row: f"{row['title']}\n{row['body']}",
 )
 
 # ---------------------------------------------------------------------------------------------------- npc
@@ -219,6 +223,7 @@ def _npc_context(settings: NpcSettings) -> TaskContext:
         inputs={"world": prompts.delimited("world", world.prompt_text)},
         row={"world": world.name},
         world=world,
+        located={"world_uri": world.uri},
     )
 
 
@@ -244,10 +249,14 @@ NPC = SynthesisTask(
         "dialogue": pl.List(pl.String),
         "quest_hook": pl.String,
         "world": pl.String,
+        "world_uri": pl.String,  # the sheet it was designed for (the judge reads it)
     },
     inputs=("persona", "world"),
     settings=NpcSettings,
     context=_npc_context,
+    text=lambda row: "\n".join(
+        [row["name"], row["role"], row["backstory"], row["personality"], *row["dialogue"], row["quest_hook"]]
+    ),
 )
 
 # ---------------------------------------------------------------------------------------------------- tools
@@ -312,6 +321,7 @@ TOOLS = SynthesisTask(
         "example_arguments": pl.String,  # as JSON
         "code": pl.String,
     },
+    text=lambda row: f"{row['name']}: {row['description']}\n{row['returns']}",
 )
 
 TASKS: dict[str, SynthesisTask] = {
