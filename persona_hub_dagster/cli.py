@@ -35,11 +35,11 @@ EXAMPLE_PERSONA = (
 # six hops, 200 personas per task, ...)
 DEMO_DEMONSTRATIONS_CONFIG = {"derive_demonstration_personas": {"config": {"tasks": ["instructions", "npc"]}}}
 DEMO_OPS_CONFIG = {
-    "text_to_persona": {"config": {"max_texts": 32, "relations_per_text": 1, "max_tokens": 64}},
-    "persona_to_persona": {"config": {"hops": 2, "fan_out": 2, "max_calls": 28, "max_tokens": 160}},
-    "synthesize_math": {"config": {"personas": 10}},
+    "text_to_persona": {"config": {"max_texts": 24, "relations_per_text": 1, "max_tokens": 64}},
+    "persona_to_persona": {"config": {"hops": 2, "fan_out": 2, "max_calls": 20, "max_tokens": 160}},
+    "synthesize_math": {"config": {"personas": 8}},
     "synthesize_reasoning": {"config": {"personas": 2, "prompting": "few_shot", "shots": 2}},
-    "synthesize_instructions": {"config": {"personas": 6, "prompting": "persona_few_shot"}},
+    "synthesize_instructions": {"config": {"personas": 4, "prompting": "persona_few_shot"}},
     "synthesize_conversations": {"config": {"personas": 2, "turns": 2, "max_tokens": 200}},
     "synthesize_knowledge": {"config": {"personas": 2, "prompting": "few_shot", "shots": 1}},
     "synthesize_npc": {"config": {"personas": 2, "prompting": "persona_few_shot", "shots": 1}},
@@ -52,6 +52,11 @@ DEMO_OPS_CONFIG = {
             "reasoning_max_tokens": 256,
             "program_max_tokens": 192,
         }
+    },
+    "evaluate_reasoning": {"config": {"solutions": 2, "min_agreement": 1, "max_tokens": 192}},
+    **{
+        f"evaluate_{task}": {"config": {"max_tokens": 96}}
+        for task in ("instructions", "conversations", "knowledge", "npc")
     },
 }
 
@@ -84,6 +89,29 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="SETTING=VALUE",
         help="another setting of the task, e.g. --set focus=geometry, --set turns=2",
+    )
+
+    contaminated = commands.add_parser(
+        "contamination", help="flag items of a file that reproduce benchmark records (13-grams, embedding neighbours)"
+    )
+    contaminated.add_argument("items", help="JSONL, Parquet or CSV file of items (local or s3://)")
+    contaminated.add_argument(
+        "--benchmark",
+        action="append",
+        required=True,
+        metavar="BENCH",
+        help="a benchmark file (repeatable); [NAME=]PATH, the name defaults to the file's stem",
+    )
+    contaminated.add_argument("--items-field", default="text", help="the items' text field (text)")
+    contaminated.add_argument("--benchmark-field", default="text", help="the benchmarks' text field (text)")
+    contaminated.add_argument(
+        "--embeddings",
+        choices=["minilm", "fast", "none"],
+        default="minilm",
+        help="embedding neighbours with MiniLM (default), its fast static distillation, or none",
+    )
+    contaminated.add_argument(
+        "--threshold", type=float, default=None, help="embedding cosine that flags (default 0.9; the fast model's own)"
     )
 
     demonstrations = commands.add_parser(
@@ -155,6 +183,38 @@ def cmd_prompt(args) -> int:
     return 0
 
 
+def cmd_contamination(args) -> int:
+    from pathlib import PurePosixPath
+
+    from persona_hub_dagster.lib.evaluation import contamination
+
+    items = contamination.read_texts(args.items, args.items_field)
+    benchmarks = []
+    for spec in args.benchmark:
+        name, separator, path = spec.partition("=")
+        if not separator or "/" in name:
+            name, path = PurePosixPath(spec).name.split(".")[0], spec
+        benchmarks.append(contamination.benchmark_from_spec(f"{name}={path}#{args.benchmark_field}"))
+    encode, threshold = None, args.threshold or contamination.EMBEDDING_THRESHOLD
+    if args.embeddings != "none":
+        from persona_hub_dagster.lib.embeddings import Embedder
+
+        embedder = Embedder(fast=args.embeddings == "fast", static_cache_root=DeltaStore().root)
+        encode, threshold = embedder.encode, args.threshold or embedder.duplicate_threshold
+    started = time.perf_counter()
+    flags = contamination.contamination(items, benchmarks, encode=encode, threshold=threshold)
+    for row in flags.drop("evidence").iter_rows(named=True):
+        print(json.dumps(row))
+    print(
+        f"{flags['item_index'].n_unique()} of {len(items)} items flagged against "
+        f"{', '.join(f'{b.name} ({len(b.texts)} records)' for b in benchmarks)} "
+        f"(13-grams{'' if encode is None else f' and {args.embeddings} cosine >= {threshold}'}) "
+        f"in {time.perf_counter() - started:.1f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_demonstrations(args) -> int:
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
     config = {"derive_demonstration_personas": {"config": {"tasks": tasks}}} if tasks else None
@@ -174,6 +234,7 @@ def cmd_demo(_args) -> int:
     _print_tables(SAMPLE_SHARD)
     if status == 0:
         _print_task_examples(DeltaStore(), SAMPLE_SHARD)
+        _print_report(DeltaStore())
         print_traced_example(DeltaStore(), SAMPLE_SHARD)
     print(
         "\nOpen the UI with `make dev` (or `.venv/bin/persona-hub ui`), then http://127.0.0.1:3000 "
@@ -199,6 +260,7 @@ COMMANDS = {
     "materialize": cmd_materialize,
     "shards": cmd_shards,
     "prompt": cmd_prompt,
+    "contamination": cmd_contamination,
     "demonstrations": cmd_demonstrations,
     "demo": cmd_demo,
     "ui": cmd_ui,
@@ -333,6 +395,27 @@ def _print_task_examples(store: DeltaStore, shard: str, width: int = 110) -> Non
         print(
             f"  {stage.name:<24} ({counts}, {row['prompting']}) {text[:width] + (' ...' if len(text) > width else '')}"
         )
+
+
+def _print_report(store: DeltaStore) -> None:
+    """The evaluation's totals per task (eval/report), and where its HTML version is."""
+    import polars as pl
+
+    from persona_hub_dagster.lib import tables
+    from persona_hub_dagster.lib.evaluation.report import ALL_SHARDS, report_location
+
+    if not store.exists(tables.EVAL_REPORT):
+        return
+    totals = store.read(tables.EVAL_REPORT).filter(pl.col("shard") == ALL_SHARDS)
+    print("\nEvaluation (eval/report, all shards):")
+    print(f"  {'task':<14} {'items':>5} {'passed':>6}  {'near-dup':>8}  {'distinct-2':>10}  {'lift':>5}  contamination")
+    for row in totals.iter_rows(named=True):
+        lift = "-" if row["persona_lift"] is None else f"{row['persona_lift']:.2f}"
+        print(
+            f"  {row['task']:<14} {row['items']:>5} {row['pass_rate']:>6.0%}  {row['near_duplicates']:>8}  "
+            f"{row['distinct_2']:>10.2f}  {lift:>5}  {row['contamination']}"
+        )
+    print(f"  HTML report: {report_location(store)}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Reading files from a local folder or an object store with one API (pyarrow.fs).
+"""Reading (and writing) files in a local folder or an object store with one API (pyarrow.fs).
 
 S3 settings come from the usual environment variables (AWS_REGION, AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...),
 the same ones deltalake's object store reads, so one environment serves both.
@@ -69,6 +69,17 @@ def open_binary(uri: str, compression: str | None = None, buffer_size: int = 1 <
     """A buffered binary stream over the file, decompressed on the fly ('gzip', 'zstd', 'bz2' or None)."""
     fs, path = resolve(uri)
     return io.BufferedReader(fs.open_input_stream(path, compression=compression), buffer_size=buffer_size)
+
+
+def write_bytes(uri: str, data: bytes) -> str:
+    """Write a whole file (replacing it), creating local folders as needed; returns the normalized location."""
+    location = normalize_location(uri)
+    fs, path = resolve(location)
+    if not is_uri(location):
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as stream:
+        stream.write(data)
+    return location
 
 
 def open_random_access(uri: str):
