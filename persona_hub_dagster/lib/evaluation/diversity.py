@@ -110,23 +110,25 @@ def mean_pairwise_distance(vectors: np.ndarray, *, sample: int = 2000, seed: int
 
 
 def other_persona(persona_ids: Sequence[str], seed: int = 0) -> np.ndarray:
-    """For each item, the index of an item whose persona is different (a seeded shuffle, then the next different
-    one); -1 when every item has the same persona."""
-    ids = np.asarray(persona_ids, dtype=object)
-    n = len(ids)
-    if n < 2 or len(set(persona_ids)) < 2:
-        return np.full(n, -1)
+    """For each item, the index of an item whose persona is different: a seeded shuffle, each item paired with the
+    next item in it whose persona differs (vectorized: each round resolves every item whose candidate fits); -1 when
+    every item has the same persona."""
+    codes = np.unique(np.asarray(persona_ids, dtype=object), return_inverse=True)[1]
+    n = len(codes)
+    result = np.full(n, -1, dtype=np.int64)
+    if n < 2 or codes.min() == codes.max():
+        return result
     order = np.random.default_rng(seed).permutation(n)
     position = np.empty(n, dtype=np.int64)
     position[order] = np.arange(n)
-    result = np.empty(n, dtype=np.int64)
-    for i in range(n):
-        step = 1
-        candidate = order[(position[i] + step) % n]
-        while ids[candidate] == ids[i]:
-            step += 1
-            candidate = order[(position[i] + step) % n]
-        result[i] = candidate
+    pending = np.arange(n)
+    for step in range(1, n):
+        candidates = order[(position[pending] + step) % n]
+        fits = codes[candidates] != codes[pending]
+        result[pending[fits]] = candidates[fits]
+        pending = pending[~fits]
+        if not len(pending):
+            break
     return result
 
 
