@@ -43,6 +43,13 @@ def test_demo_registers_and_processes_the_sample_shard(env):
     for table in (["text_personas"], ["persona_hub"], ["synthetic", "math"], ["eval", "math"]):
         assert store.row_count(table, ["sample"]) > 0, table
     assert "One traced example" in result.stdout and "source text" in result.stdout
+    # Every task and its evaluation materialized for the shard (rows or rejects), and the report covers them all.
+    for task in ("math", "reasoning", "instructions", "conversations", "knowledge", "npc", "tools"):
+        assert store.exists(["synthetic", task]) and store.exists(["eval", task]), task
+        assert f"synthetic/{task}" in result.stdout.split("One example per synthesis task")[1]
+    report = store.read(["eval", "report"])
+    assert set(report["shard"]) == {"sample", "(all)"}
+    assert "Evaluation (eval/report, all shards)" in result.stdout and "report.html" in result.stdout
 
     # The instance the UI reads knows the shard and the run.
     home = Path(env["DAGSTER_HOME"])
@@ -85,3 +92,23 @@ def test_cli_errors_are_one_clear_line(env, tmp_path):
 
     result = persona_hub(env, "materialize", "never-registered", check=False)
     assert result.returncode == 1 and "is not registered" in result.stderr
+
+
+def test_prompt_prints_every_step_fully_rendered(env):
+    tools = persona_hub(env, "prompt", "tools", "--mode", "few_shot").stdout
+    assert "synthetic/tools · few_shot · step 1/2: spec (tool_spec.v1+" in tools
+    assert "step 2/2: code (tool_code.v1+" in tools and "<spec>" in tools
+    assert tools.count("<example>\n") == 3 and "{{" not in tools and "--- answer schema ---" in tools
+
+    talk = persona_hub(env, "prompt", "conversations", "--set", "turns=2", "--persona", "A beekeeper.").stdout
+    assert "turn 1" in talk and "turn 2" in talk and "User: " in talk and "A beekeeper." in talk
+
+    math = persona_hub(env, "prompt", "math", "--set", "focus=geometry").stdout
+    assert "Create a geometry problem" in math
+
+    derived = persona_hub(env, "prompt", "npc", "--mode", "persona_few_shot")
+    assert "Written by: (the persona the `demonstrations` asset derives" in derived.stdout
+    assert "materialize the `demonstrations` asset" in derived.stderr
+
+    bad = persona_hub(env, "prompt", "math", "--set", "focus", check=False)
+    assert bad.returncode == 2 and "SETTING=VALUE" in bad.stderr

@@ -70,9 +70,7 @@ def build(store: DeltaStore, *, embedder=None, run_id: str = "", sample: int = 1
         evaluated = tables.evaluation(name, "").table
         if not store.exists(evaluated):
             continue
-        evals = store.read(evaluated)
-        if evals.is_empty():
-            continue
+        evals = store.read(evaluated)  # a task with no item yet still gets its (all) row: 0 items
         items = store.read(task.stage.table).join(evals.select("item_id", "shard"), on=["item_id", "shard"])
         texts = items.with_columns(
             text=pl.Series([task.item_text(r) for r in items.iter_rows(named=True)], dtype=pl.String)
@@ -81,7 +79,7 @@ def build(store: DeltaStore, *, embedder=None, run_id: str = "", sample: int = 1
         for shard in sorted(evals["shard"].unique()):
             rows.append(_metrics(name, shard, evals.filter(pl.col("shard") == shard)))
         total = _metrics(name, ALL_SHARDS, evals)
-        if embedder is not None:
+        if embedder is not None and evals.height > 1:
             total["mean_pairwise_distance"], curves[name] = _sampled(store, evals, embedder, sample, seed)
         rows.append(total)
         criteria = [c.removeprefix("score_") for c in evals.columns if c.startswith("score_")]
