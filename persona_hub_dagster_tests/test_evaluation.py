@@ -177,6 +177,16 @@ def test_the_judge_scores_each_criterion_passes_at_the_threshold_and_keeps_malfo
     assert lenient.filter(pl.col("item_id") == "i2")["passed"][0]
 
 
+def test_scores_without_a_rationale_are_not_a_judgment():
+    rubric = judge.RUBRICS["instructions"]
+
+    def answer(request):
+        return json.dumps({"specific": 1, "answerable": 1, "in_voice": 1, "rationale": "..."})
+
+    checks, rejects = judge.judge_items(rubric, ITEMS.head(1), judge_call(answer), judge.JudgeSettings())
+    assert not checks["judged"][0] and rejects[0]["reason"].startswith("placeholder_echo")
+
+
 def test_every_rubric_describes_its_criteria_and_asks_for_them():
     for rubric in judge.RUBRICS.values():
         schema = rubric.schema()

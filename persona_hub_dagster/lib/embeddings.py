@@ -164,8 +164,9 @@ def load_static_model(model_dir: Path, cache_root: str | None):
         local, remote = Path(cached), None
     else:  # no root, or an object store: work in a local folder, mirrored to the store
         local, remote = Path(tempfile.gettempdir()) / "persona-hub-models" / key, cached
+    shared = remote is not None and _exists(join_location(remote, "config.json"))
     if not (local / "config.json").exists():
-        if remote and _exists(join_location(remote, "config.json")):
+        if shared:
             _copy_tree(remote, str(local))
         else:
             from model2vec.distill import distill
@@ -175,8 +176,8 @@ def load_static_model(model_dir: Path, cache_root: str | None):
             local.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(local, ignore_errors=True)
             staging.rename(local)
-            if remote:
-                _copy_tree(str(local), remote)
+    if remote and not shared:  # also when this worker's disk already had it: the store is what others read
+        _copy_tree(str(local), remote)
     return StaticModel.from_pretrained(str(local))
 
 

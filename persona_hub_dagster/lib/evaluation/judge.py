@@ -20,11 +20,13 @@ from persona_hub_dagster.lib.evaluation.common import finish, shard_items
 from persona_hub_dagster.lib.generation import (
     LLMStage,
     Planned,
+    Rejected,
     StageCall,
     StageResult,
     StageRun,
     chat_request,
     frame,
+    placeholder_echo,
     rejects_frame,
     run_requests,
 )
@@ -151,6 +153,9 @@ def judge_items(
     ]
 
     def parse(item: Planned, response: LLMResponse):
+        rationale = " ".join(str(response.parsed["rationale"]).split())
+        if placeholder_echo(rationale) or len(rationale) < 3:
+            raise Rejected("placeholder_echo: the judge gave no rationale, so its scores are not a judgment")
         scores = {c: int(response.parsed[c]) for c in rubric.criteria}
         lowest = min(scores.values())
         yield {
@@ -158,7 +163,7 @@ def judge_items(
             "meets_threshold": lowest >= settings.threshold,
             **{f"score_{c}": s for c, s in scores.items()},
             "min_score": lowest,
-            "rationale": " ".join(str(response.parsed["rationale"]).split()),
+            "rationale": rationale,
         }
 
     output = run_requests(call.client, planned, parse, run, batch_size=call.batch_size)
