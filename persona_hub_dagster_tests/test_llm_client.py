@@ -7,7 +7,7 @@ import pytest
 
 from persona_hub_dagster.lib.llm import LLMClient, LLMRequest, ResponseCache, SamplingParams, cache_namespace
 from persona_hub_dagster.lib.llm.structured import parse_structured
-from persona_hub_dagster.lib.llm.types import Completion
+from persona_hub_dagster.lib.llm.types import BackendFailure, Completion
 from persona_hub_dagster_tests.helpers.scripted_backend import ScriptedBackend
 
 SCHEMA = {
@@ -89,10 +89,16 @@ def test_invalid_outputs_are_retried_with_new_seeds_then_rejected_with_raw_text(
     assert usage.rejection_reasons == {"schema_mismatch": 1}
 
 
-def test_transport_errors_become_rejections_not_exceptions():
-    backend = ScriptedBackend(lambda r: Completion(None, error="http_503: overloaded"))
-    responses = LLMClient(backend, max_attempts=2).generate([request(0)])
-    assert not responses[0].ok and responses[0].error == "http_503: overloaded" and responses[0].attempts == 2
+def test_backend_failures_stop_the_batch_after_caching_what_succeeded(local_store):
+    """A transport error is the backend's fault, not an output: asked again, then raised (never a reject row)."""
+    backend = ScriptedBackend(
+        lambda r: Completion(None, error="http_503: overloaded") if r.request_id == "r1" else good()
+    )
+    cache = ResponseCache(local_store, "faults.s")
+    with pytest.raises(BackendFailure, match=r"1 of 2 requests .* failed at the backend .*http_503"):
+        LLMClient(backend, cache=cache, max_attempts=2).generate([request(0), request(1)])
+    assert len(backend.calls) == 3  # r1 was asked twice
+    assert len(ResponseCache(local_store, "faults.s")) == 1  # r0's answer is kept for the re-run
 
 
 def test_a_prompt_that_does_not_fit_is_not_retried():
@@ -146,7 +152,8 @@ def test_cache_keys_change_with_everything_that_changes_the_output(local_store):
 
 def test_namespaces_are_separate_and_transport_errors_are_not_cached(local_store):
     backend = ScriptedBackend(lambda r: Completion(None, error="timeout: 120 s"))
-    LLMClient(backend, cache=ResponseCache(local_store, "stage.a"), max_attempts=1).generate([request(0)])
+    with pytest.raises(BackendFailure):
+        LLMClient(backend, cache=ResponseCache(local_store, "stage.a"), max_attempts=1).generate([request(0)])
     assert len(ResponseCache(local_store, "stage.a")) == 0
 
     LLMClient(ScriptedBackend(lambda r: good()), cache=ResponseCache(local_store, "stage.a")).generate([request(0)])

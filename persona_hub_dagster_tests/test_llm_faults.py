@@ -10,7 +10,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from persona_hub_dagster.lib.llm import LLMClient, LLMRequest, LLMSettings, SamplingParams
+from persona_hub_dagster.lib.llm import (
+    BackendFailure,
+    LLMClient,
+    LLMConfigError,
+    LLMRequest,
+    LLMSettings,
+    SamplingParams,
+    open_backend,
+)
 from persona_hub_dagster.lib.llm.backends.openai_compatible import OpenAICompatibleBackend
 
 SCHEMA = {"type": "object", "properties": {"persona": {"type": "string"}}, "required": ["persona"]}
@@ -155,16 +163,15 @@ def test_timeouts_are_bounded_and_reported(fault_server):
     assert len(server.requests) == 2
 
 
-def test_a_malformed_body_is_rejected_then_asked_again(fault_server):
+def test_a_malformed_body_is_asked_again_then_stops_the_batch(fault_server):
     server = fault_server(("malformed",), ("ok",))
     responses = LLMClient(backend_for(server)).generate([LLMRequest.chat("hi", json_schema=SCHEMA)])
     assert responses[0].ok and responses[0].attempts == 2
 
     only_malformed = fault_server(*[("malformed",)] * 10)
-    response = LLMClient(backend_for(only_malformed, max_retries=0), max_attempts=2).generate([LLMRequest.chat("hi")])[
-        0
-    ]
-    assert response.error.startswith("malformed_response")
+    client = LLMClient(backend_for(only_malformed, max_retries=0), max_attempts=2)
+    with pytest.raises(BackendFailure, match="malformed_response"):
+        client.generate([LLMRequest.chat("hi")])
 
 
 def test_truncated_output_becomes_a_rejection_that_keeps_the_text(fault_server):
@@ -210,4 +217,40 @@ def test_the_api_key_is_sent_and_never_shown(fault_server, monkeypatch, caplog):
     from persona_hub_dagster.defs.models import LLMResource
 
     resource = LLMResource(backend="openai", base_url=server.base_url, model="scripted")
-    assert secret not in repr(resource) and "api_key_env" in type(resource).model_fields
+    # Neither the key nor which variable holds it is run config: the deployment binds keys to endpoints.
+    assert secret not in repr(resource) and "api_key_env" not in type(resource).model_fields
+
+
+def test_a_run_cannot_point_the_key_at_a_new_url(fault_server, monkeypatch):
+    """The probe: run config sets `base_url` to a listener of its own; the configured key must never reach it."""
+    secret = "sk-test-very-secret-0123456789"
+    legit, listener = fault_server(), fault_server()
+    monkeypatch.setenv("PERSONA_HUB_LLM_API_KEY", secret)
+    monkeypatch.setenv("PERSONA_HUB_LLM_BASE_URL", legit.base_url)
+    with pytest.raises(LLMConfigError, match="not an endpoint this deployment configures"):
+        with open_backend(LLMSettings.from_env(backend="openai", base_url=listener.base_url, model="scripted")):
+            pass
+    assert listener.requests == []
+
+    # A run can choose among configured endpoints, each with its own key.
+    other_key = "sk-other-endpoint-key"
+    monkeypatch.setenv("PARTNER_KEY", other_key)
+    monkeypatch.setenv(
+        "PERSONA_HUB_LLM_ENDPOINTS",
+        json.dumps({"partner": {"base_url": listener.base_url, "api_key_env": "PARTNER_KEY"}}),
+    )
+    with open_backend(LLMSettings.from_env(backend="openai", base_url=listener.base_url, model="scripted")) as backend:
+        LLMClient(backend).generate([LLMRequest.chat("hi", json_schema=SCHEMA)])
+    assert [r["headers"]["authorization"] for r in listener.requests] == [f"Bearer {other_key}"]
+    with open_backend(LLMSettings.from_env(backend="openai", model="scripted")) as backend:  # the default endpoint
+        LLMClient(backend).generate([LLMRequest.chat("hi", json_schema=SCHEMA)])
+    assert legit.requests[-1]["headers"]["authorization"] == f"Bearer {secret}"
+
+
+def test_without_any_key_a_run_may_use_a_local_server_of_its_choice(fault_server, monkeypatch):
+    for variable in ("PERSONA_HUB_LLM_API_KEY", "PERSONA_HUB_JUDGE_API_KEY", "PERSONA_HUB_LLM_ENDPOINTS"):
+        monkeypatch.delenv(variable, raising=False)
+    server = fault_server()
+    with open_backend(LLMSettings.from_env(backend="openai", base_url=server.base_url, model="scripted")) as backend:
+        assert LLMClient(backend).generate([LLMRequest.chat("hi", json_schema=SCHEMA)])[0].ok
+    assert server.requests[0]["headers"]["authorization"] == "Bearer not-needed"

@@ -2,7 +2,8 @@
 
 Configuration comes from the environment at code-location load (PERSONA_HUB_LLM_BACKEND, PERSONA_HUB_LLM_MODEL,
 PERSONA_HUB_LLM_BASE_URL, PERSONA_HUB_EMBEDDING_MODEL) and can be overridden per run in the Launchpad. The API key
-is never a field: only the name of the variable that holds it.
+is never a field, nor which variable holds it: keys are bound to endpoints by the deployment's environment
+(lib/llm/settings.configured_endpoints), and a run may only choose among those endpoints.
 """
 
 import contextlib
@@ -40,7 +41,6 @@ class LLMResource(dg.ConfigurableResource):
         default_factory=lambda: _env(ENV["base_url"]),
         description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1. vllm without it: start `vllm serve`.",
     )
-    api_key_env: str = Field(default="PERSONA_HUB_LLM_API_KEY", description="Name of the variable holding the key.")
     n_ctx: int = Field(default=4096, description="llama_cpp context length (prompt + output tokens).")
     n_threads: int = Field(
         default=1, description="llama_cpp threads. 1 is safest: 2 threads collapse when another process uses a core."
@@ -68,7 +68,6 @@ class LLMResource(dg.ConfigurableResource):
             backend=self.backend,
             model=self.model,
             base_url=self.base_url,
-            api_key_env=self.api_key_env,
             n_ctx=self.n_ctx,
             n_threads=self.n_threads,
             reuse_prefix=self.reuse_prefix,

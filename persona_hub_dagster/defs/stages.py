@@ -136,6 +136,7 @@ def llm_stage_asset(declared: LLMStage, *, group: str, kinds: Sequence[str] = ()
         store, run_id = resources.storage.store(), context.run.run_id
         model = getattr(resources, model_key) if model_key else None
         client = model.client(store, stage=declared.name, shard=shard or "", run_id=run_id) if model else None
+        _refuse_to_empty(declared, store, shard, upstream)
         call = StageCall(
             client,
             store,
@@ -156,6 +157,24 @@ def llm_stage_asset(declared: LLMStage, *, group: str, kinds: Sequence[str] = ()
         yield from write_stage_tables(context, store, shard, declared.stage, result, usage=usage)
 
     return stage_asset
+
+
+def _refuse_to_empty(declared: LLMStage, store: DeltaStore, shard: str | None, upstream: dict) -> None:
+    """A partition whose every input is empty would replace the stage's rows with none: when the stage's table holds
+    rows for it, that is almost always an upstream accident (a truncated re-ingest, a failed stage), so stop."""
+    if shard is None or not upstream or not store.exists(declared.stage.table):
+        return
+    if any(frame.head(1).collect().height for frame in upstream.values()):
+        return
+    existing = store.row_count(declared.stage.table, [shard])
+    if existing:
+        inputs = ", ".join(t.name for t in declared.reads)
+        raise dg.Failure(
+            f"{inputs} has no rows for shard {shard!r}, so {declared.name} would replace its {existing} rows of that "
+            f"shard with none. Nothing was written. Re-materialize {inputs} for the shard first (or, if the shard "
+            "is meant to be empty, unregister it: `persona-hub unregister-shard`).",
+            allow_retries=False,
+        )
 
 
 def write_stage_tables(

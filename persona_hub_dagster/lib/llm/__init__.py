@@ -3,10 +3,11 @@
 from persona_hub_dagster.lib.llm.cache import ResponseCache, cache_namespace
 from persona_hub_dagster.lib.llm.client import Backend, LLMClient, UsageStats
 from persona_hub_dagster.lib.llm.settings import LLMConfigError, LLMSettings, open_backend
-from persona_hub_dagster.lib.llm.types import Completion, LLMRequest, LLMResponse, SamplingParams
+from persona_hub_dagster.lib.llm.types import BackendFailure, Completion, LLMRequest, LLMResponse, SamplingParams
 
 __all__ = [
     "Backend",
+    "BackendFailure",
     "Completion",
     "LLMClient",
     "LLMConfigError",

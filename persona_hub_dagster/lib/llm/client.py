@@ -7,7 +7,10 @@
 For each batch: completions already in the cache are replayed; the rest go to the backend in one batched call and
 are recorded in the cache (one commit per batch); outputs that must follow a JSON schema are parsed and validated,
 and the invalid ones are asked again with a different seed, up to `max_attempts`; what still fails comes back as a
-rejection with the raw text and the reason. One bad output never fails the batch.
+rejection with the raw text and the reason. One bad output never fails the batch. A request the backend itself
+could not answer after its retries (connection, timeout, HTTP error) is not an output: once the batch's successful
+calls are cached, `generate` raises BackendFailure, so a stage stops instead of recording infrastructure faults as
+rejections (and replacing a shard's rows with them).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Protocol
 
 from persona_hub_dagster.lib.llm.cache import ResponseCache
 from persona_hub_dagster.lib.llm.structured import parse_structured
-from persona_hub_dagster.lib.llm.types import Completion, LLMRequest, LLMResponse, request_batches
+from persona_hub_dagster.lib.llm.types import BackendFailure, Completion, LLMRequest, LLMResponse, request_batches
 
 
 class Backend(Protocol):
@@ -112,6 +115,14 @@ class LLMClient:
                 break
         final = [r for r in results if r is not None]
         assert len(final) == len(requests)
+        failed = [r for r in final if r.backend_failed]
+        if failed:
+            reasons = sorted({r.error.split(":", 1)[0] for r in failed})
+            raise BackendFailure(
+                f"{len(failed)} of {len(final)} requests to {self.backend.name} ({self.backend.model}) failed at the "
+                f"backend after its retries ({', '.join(reasons)}); first: {failed[0].error[:300]}. Nothing is "
+                "written for this step; the calls that succeeded are cached, so a re-run pays only for the rest."
+            )
         self.usage.requests += len(final)
         for response in final:
             if not response.ok:
@@ -157,6 +168,8 @@ class LLMClient:
 
     def _judge(self, request: LLMRequest, completion: Completion, attempts: int) -> LLMResponse:
         parsed, error = None, completion.error
+        # A prompt that does not fit the model is this request's problem; any other transport error is the backend's.
+        backend_failed = error is not None and not error.startswith("context_overflow")
         if error is None:
             if request.json_schema is not None:
                 parsed, error = parse_structured(completion.text, request.json_schema, completion.finish_reason)
@@ -175,6 +188,7 @@ class LLMClient:
             cache_hit=completion.cache_hit,
             attempts=attempts,
             error=error,
+            backend_failed=backend_failed,
         )
 
 

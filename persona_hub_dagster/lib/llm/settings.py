@@ -10,6 +10,7 @@ PERSONA_HUB_LLM_API_KEY   the key itself, read at call time, never stored in con
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -35,8 +36,53 @@ JUDGE_ENV = {
 }
 
 
+JUDGE_API_KEY_ENV = "PERSONA_HUB_JUDGE_API_KEY"
+# More endpoints a run may choose, as JSON: {"name": {"base_url": "https://...", "api_key_env": "VAR"}}.
+ENDPOINTS_ENV = "PERSONA_HUB_LLM_ENDPOINTS"
+
+
 class LLMConfigError(ValueError):
     """A configuration that cannot work, with what to set instead."""
+
+
+def configured_endpoints() -> dict[str, str | None]:
+    """{endpoint URL: the variable holding its key (None: no key)}: the deployment's endpoints, from the environment
+    only. Run config can choose among them (a `base_url`), never add one: a key is bound to its endpoint here."""
+    endpoints: dict[str, str | None] = {}
+    for url_variable, key_variable in ((ENV["base_url"], API_KEY_ENV), (JUDGE_ENV["base_url"], JUDGE_API_KEY_ENV)):
+        if os.environ.get(url_variable):
+            endpoints.setdefault(_endpoint(os.environ[url_variable]), key_variable)
+    try:
+        extra = json.loads(os.environ.get(ENDPOINTS_ENV) or "{}")
+        for spec in extra.values():
+            endpoints[_endpoint(spec["base_url"])] = spec.get("api_key_env")
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as exc:
+        raise LLMConfigError(
+            f'{ENDPOINTS_ENV} must be JSON like {{"name": {{"base_url": "...", "api_key_env": "VAR"}}}}: {exc}'
+        ) from exc
+    return endpoints
+
+
+def credentials_for(base_url: str) -> str | None:
+    """The variable whose key may be sent to `base_url`, or None (send none). A URL the deployment does not configure
+    is refused while any key is configured: otherwise anyone who can launch a run could send a key to a server of
+    their own by setting `base_url` in the run config."""
+    endpoints = configured_endpoints()
+    if _endpoint(base_url) in endpoints:
+        return endpoints[_endpoint(base_url)]
+    keys = [v for v in {API_KEY_ENV, JUDGE_API_KEY_ENV, *endpoints.values()} if v and os.environ.get(v)]
+    if keys:
+        raise LLMConfigError(
+            f"{base_url} is not an endpoint this deployment configures ({', '.join(sorted(endpoints)) or 'none'}), "
+            f"and API keys are configured ({', '.join(sorted(keys))}): a run can choose among the configured "
+            f"endpoints but not send a key to a new URL. Add the endpoint to {ENDPOINTS_ENV} (or "
+            f"{ENV['base_url']}) in the deployment's environment."
+        )
+    return None
+
+
+def _endpoint(url: str) -> str:
+    return url.strip().rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -44,7 +90,6 @@ class LLMSettings:
     backend: str = "llama_cpp"
     model: str | None = None
     base_url: str | None = None
-    api_key_env: str = API_KEY_ENV
     # llama_cpp (in-process)
     n_ctx: int = 4096
     n_threads: int = 1
@@ -150,7 +195,8 @@ def _http_backend(settings: LLMSettings, base_url: str) -> OpenAICompatibleBacke
     return OpenAICompatibleBackend(
         base_url,
         settings.model,
-        api_key_env=settings.api_key_env,
+        # The key bound to this endpoint by the deployment (none for a server this run started itself).
+        api_key_env=credentials_for(base_url) if settings.base_url else None,
         max_concurrency=settings.max_concurrency,
         timeout_s=settings.timeout_s,
         max_retries=settings.max_retries,

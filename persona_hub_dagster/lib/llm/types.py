@@ -101,10 +101,17 @@ class LLMResponse:
     cache_hit: bool
     attempts: int
     error: str | None = None  # None: accepted. Otherwise the rejection reason; `text` keeps the raw output.
+    backend_failed: bool = False  # the error is the backend's (transport, HTTP, server), not the model's output
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+class BackendFailure(RuntimeError):
+    """Requests the backend could not answer after its retries (connection refused, timeouts, HTTP errors, a broken
+    server): an infrastructure fault, not a model output. The step stops before writing its tables, so a shard's
+    good rows are never replaced by error rows; the calls that did succeed are in the response cache."""
 
 
 def request_batches(requests: Sequence[LLMRequest], size: int) -> list[Sequence[LLMRequest]]:

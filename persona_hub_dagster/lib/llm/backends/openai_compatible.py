@@ -36,7 +36,7 @@ class OpenAICompatibleBackend:
         base_url: str,
         model: str | None,
         *,
-        api_key_env: str = API_KEY_ENV,
+        api_key_env: str | None = API_KEY_ENV,
         max_concurrency: int = 8,
         timeout_s: float = 120.0,
         max_retries: int = 4,
@@ -51,7 +51,7 @@ class OpenAICompatibleBackend:
         self._client = openai.OpenAI(
             base_url=self.base_url,
             # Local servers ignore the key, but the client insists on one.
-            api_key=os.environ.get(api_key_env) or "not-needed",
+            api_key=(os.environ.get(api_key_env) if api_key_env else None) or "not-needed",
             timeout=timeout_s,
             max_retries=max_retries,
         )
