@@ -120,7 +120,7 @@ class LLMClient:
             reasons = sorted({r.error.split(":", 1)[0] for r in failed})
             raise BackendFailure(
                 f"{len(failed)} of {len(final)} requests to {self.backend.name} ({self.backend.model}) failed at the "
-                f"backend after its retries ({', '.join(reasons)}); first: {failed[0].error[:300]}. Nothing is "
+                f"backend after its retries ({', '.join(reasons)}); first: {failed[0].error[:300].rstrip('.')}. Nothing is "
                 "written for this step; the calls that succeeded are cached, so a re-run pays only for the rest."
             )
         self.usage.requests += len(final)

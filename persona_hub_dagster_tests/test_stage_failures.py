@@ -1,0 +1,136 @@
+"""A failing model server or an empty upstream never replaces a shard's good rows: Text-to-Persona as Dagster runs
+it, against a real HTTP server that answers, then fails (500, 400) or goes away mid-run."""
+
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from persona_hub_dagster.defs.models import LLMResource
+from persona_hub_dagster.defs.partitions import text_shards
+from persona_hub_dagster.defs.personas.assets import text_to_persona_asset
+from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
+from persona_hub_dagster.lib import tables
+from persona_hub_dagster.lib.llm.cache import ResponseCache, cache_namespace
+from persona_hub_dagster.lib.storage import DeltaStore
+from persona_hub_dagster_tests.test_llm_faults import FaultServer
+
+SHARD = "s"
+TEXTS = [f"Text number {i}: a report about harbour pilots guiding ships through fog at night." for i in range(6)]
+RAW_TEXT = dg.AssetSpec("raw_text", partitions_def=text_shards)
+
+
+class GoesAway(FaultServer):
+    """Answers `answers` requests, then shuts down: every later request finds nobody listening."""
+
+    def __init__(self, answers: int):
+        super().__init__()
+        self.answers = answers
+
+    def respond(self, handler, behaviour, body):
+        super().respond(handler, behaviour, body)
+        if len(self.requests) == self.answers:
+            import threading
+
+            threading.Thread(target=self.close, daemon=True).start()
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    store = DeltaStore(root=str(tmp_path / "delta"))
+    raw = pl.DataFrame({"text_id": [f"t{i}" for i in range(len(TEXTS))], "text": TEXTS, "shard": SHARD})
+    store.write_partitions(tables.RAW_TEXT, raw, partitions=[SHARD])
+    monkeypatch.delenv("PERSONA_HUB_LLM_API_KEY", raising=False)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(text_shards.name, [SHARD])
+        yield store, instance
+
+
+def run(store, instance, server):
+    storage = DeltaStorageResource(root=store.root)
+    return dg.materialize(
+        [text_to_persona_asset, RAW_TEXT],
+        selection=[text_to_persona_asset],
+        partition_key=SHARD,
+        instance=instance,
+        resources={
+            "storage": storage,
+            "io_manager": DeltaIOManager(storage=storage),
+            "llm": LLMResource(backend="openai", base_url=server.base_url, model="scripted", max_retries=1),
+        },
+        run_config={"ops": {"text_to_persona": {"config": {"relations": ["read"], "batch_size": 2}}}},
+        raise_on_error=False,
+    )
+
+
+def failure_message(result) -> str:
+    failures = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    return failures[0].event_specific_data.error.to_string()
+
+
+@pytest.mark.parametrize("status", [500, 400])
+def test_a_server_that_fails_every_call_leaves_the_shards_rows_alone(setup, status):
+    store, instance = setup
+    good = FaultServer()
+    assert run(store, instance, good).success
+    before = store.delta_table(tables.TEXT_PERSONAS).version()
+    assert store.row_count(tables.TEXT_PERSONAS, [SHARD]) == len(TEXTS)
+
+    failing = FaultServer(*[("status", status)] * 100)
+    # A re-run after a prompt change (here: another relation) must call the server again, and finds it failing.
+    storage = DeltaStorageResource(root=store.root)
+    result = dg.materialize(
+        [text_to_persona_asset, RAW_TEXT],
+        selection=[text_to_persona_asset],
+        partition_key=SHARD,
+        instance=instance,
+        resources={
+            "storage": storage,
+            "io_manager": DeltaIOManager(storage=storage),
+            "llm": LLMResource(backend="openai", base_url=failing.base_url, model="scripted", max_retries=1),
+        },
+        run_config={"ops": {"text_to_persona": {"config": {"relations": ["like"], "batch_size": 2}}}},
+        raise_on_error=False,
+    )
+    assert not result.success
+    assert f"http_{status}" in failure_message(result) and "failed at the backend" in failure_message(result)
+    assert store.delta_table(tables.TEXT_PERSONAS).version() == before  # nothing replaced
+    assert store.row_count(tables.TEXT_PERSONAS, [SHARD]) == len(TEXTS)
+    assert store.row_count(tables.TEXT_TO_PERSONA.rejects, [SHARD]) == 0  # no connection errors as "rejects"
+    good.close()
+    failing.close()
+
+
+def test_a_server_that_goes_away_mid_run_fails_the_step_and_the_rerun_pays_only_the_rest(setup):
+    store, instance = setup
+    dying = GoesAway(answers=2)  # the first batch (2 requests) is answered, then the server is gone
+    result = run(store, instance, dying)
+    assert not result.success and "connection" in failure_message(result)
+    assert not store.exists(tables.TEXT_PERSONAS)  # nothing written
+    cached = ResponseCache(store, cache_namespace(tables.TEXT_TO_PERSONA.name, SHARD))
+    assert len(cached) == 2  # the first batch's answers, committed before the failure
+
+    back = FaultServer()
+    again = run(store, instance, back)
+    assert again.success
+    usage = again.get_asset_materialization_events()[0].materialization.metadata
+    assert usage["llm/cache_hits"].value >= 2 and len(back.requests) == usage["llm/calls"].value
+    assert store.row_count(tables.TEXT_PERSONAS, [SHARD]) == len(TEXTS)
+    back.close()
+
+
+def test_an_empty_upstream_does_not_empty_a_populated_partition(setup):
+    store, instance = setup
+    server = FaultServer()
+    assert run(store, instance, server).success
+    store.write_partitions(
+        tables.RAW_TEXT,
+        pl.DataFrame(schema={"text_id": pl.String, "text": pl.String, "shard": pl.String}),
+        partitions=[SHARD],
+    )
+    result = run(store, instance, server)
+    assert not result.success
+    message = failure_message(result)
+    assert "raw_text has no rows for shard 's'" in message and "would replace its 6 rows" in message
+    assert store.row_count(tables.TEXT_PERSONAS, [SHARD]) == len(TEXTS)
+    server.close()
