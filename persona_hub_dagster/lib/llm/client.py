@@ -118,10 +118,11 @@ class LLMClient:
         failed = [r for r in final if r.backend_failed]
         if failed:
             reasons = sorted({r.error.split(":", 1)[0] for r in failed})
+            first = failed[0].error[:300].rstrip(".")
             raise BackendFailure(
                 f"{len(failed)} of {len(final)} requests to {self.backend.name} ({self.backend.model}) failed at the "
-                f"backend after its retries ({', '.join(reasons)}); first: {failed[0].error[:300].rstrip('.')}. Nothing is "
-                "written for this step; the calls that succeeded are cached, so a re-run pays only for the rest."
+                f"backend after its retries ({', '.join(reasons)}); first: {first}. Nothing is written for this "
+                "step; the calls that succeeded are cached, so a re-run pays only for the rest."
             )
         self.usage.requests += len(final)
         for response in final:
