@@ -1,15 +1,23 @@
-"""Running a model-written Python program: in a child process, in a fresh temporary directory, with limits.
+"""Running a model-written Python program behind an operating-system boundary.
 
-Layers, each of which alone stops the common accident (a runaway loop, a huge allocation, a stray write or request):
-- resource limits set in the child before it runs anything: CPU seconds, address space, file size, open files;
-  a wall-clock timeout in the parent kills the whole process group;
-- an audit hook installed before the program runs (PEP 578; it cannot be removed) refuses sockets, new processes,
-  writes outside the temporary directory, and loading native libraries through ctypes;
-- where the system allows it (`unshare --net`, as root or with unprivileged user namespaces), the child also runs
-  in a network namespace with no interface at all;
-- isolated mode (-I, -B): no user site-packages, no PYTHON* variables, no bytecode files, an empty environment.
-This is a guard against accidents and careless code, not a security boundary against a determined attacker: for
-untrusted models at scale, run the evaluation step in a container without network (see README: Scaling).
+The boundary is bubblewrap (`bwrap`, Flatpak's sandbox; Debian's `bubblewrap` package). Each program runs:
+- in new user, PID, network, IPC, UTS and cgroup namespaces: no network interface, no host process visible (its own
+  /proc), so no signal, pidfd or /proc/<pid>/environ reaches the parent or anything else on the host;
+- on a read-only view of only what the interpreter needs (its binary, the standard library, the shared libraries)
+  and nothing else of the host: no shell or other program, no home, no /etc, no project files; its only writable
+  place is a private tmpfs working directory;
+- as an unprivileged user (the runner drops root to `nobody` before starting bwrap), with an empty environment, in a
+  new session, with rlimits on CPU seconds, address space, file size, open files and processes (a fork bomb stops at
+  the limit);
+- killed as a whole on timeout: bwrap dies with its parent and takes the namespace, and every process in it
+  (a child that called setsid included), down with it.
+Inside, the audit hook of the runner (PEP 578) still refuses sockets, subprocesses, ctypes and writes outside the
+working directory: a second layer, which a program could tamper with, but only inside the boundary.
+
+Where bwrap is missing or cannot create namespaces (some laptops, some containers), evaluating programs refuses to run
+with a clear message, unless PERSONA_HUB_SANDBOX=weak opts into the weaker mode: the runner's audit hook and limits
+in a plain child process (plus an empty network namespace where `unshare --net` works). That mode stops accidents,
+not a determined program.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import os
 import resource
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -26,6 +35,9 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+SANDBOX_ENV = "PERSONA_HUB_SANDBOX"  # bwrap (default) | weak
+NOBODY = 65534
+WORKDIR = "/work"  # where the program runs inside the boundary
 OUTPUT_LIMIT = 64 * 1024  # characters of stdout/stderr kept
 
 # Runs in the child: limits, then the audit hook, then the program. Receives: sandbox dir, program path.
@@ -69,6 +81,10 @@ exec(code, {"__name__": "__main__", "__builtins__": builtins})
 """
 
 
+class SandboxUnavailable(RuntimeError):
+    """The operating-system sandbox cannot run here (and the weaker mode was not chosen)."""
+
+
 @dataclass(frozen=True)
 class SandboxLimits:
     timeout_s: float = 5.0  # wall clock, the whole process
@@ -76,6 +92,7 @@ class SandboxLimits:
     memory_mb: int = 512  # address space
     file_size_mb: int = 1  # largest file the program may write (in its directory)
     open_files: int = 64
+    processes: int = 16  # processes (and threads) the program may have at once
 
 
 @dataclass(frozen=True)
@@ -106,15 +123,26 @@ class SandboxResult:
 
 def run_python(source: str, limits: SandboxLimits | None = None) -> SandboxResult:
     limits = limits or SandboxLimits()
+    mode = os.environ.get(SANDBOX_ENV, "bwrap")
+    if mode not in ("bwrap", "weak"):
+        raise SandboxUnavailable(f"{SANDBOX_ENV} must be bwrap (default) or weak, not {mode!r}")
     with tempfile.TemporaryDirectory(prefix="persona-hub-sandbox-") as workdir:
         work = Path(workdir)
         (work / "program.py").write_text(source, encoding="utf-8")
         (work / "runner.py").write_text(_RUNNER, encoding="utf-8")
-        command = [sys.executable, "-I", "-B", str(work / "runner.py"), str(work), str(work / "program.py")]
-        isolated = _network_namespace_prefix()
+        if mode == "bwrap":
+            command, drop_to, isolated = _bwrap_command(work), _unprivileged_user(), True
+            # The unprivileged user reads the two files through the bind mounts.
+            work.chmod(0o755)
+            for name in ("program.py", "runner.py"):
+                (work / name).chmod(0o644)
+        else:
+            runner = [sys.executable, "-I", "-B", str(work / "runner.py"), str(work), str(work / "program.py")]
+            prefix = _network_namespace_prefix()
+            command, drop_to, isolated = [*prefix, *runner], None, bool(prefix)
         started = time.perf_counter()
         process = subprocess.Popen(
-            [*isolated, *command],
+            command,
             cwd=work,
             env={"PATH": "/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work), "LC_ALL": "C.UTF-8"},
             stdin=subprocess.DEVNULL,
@@ -123,7 +151,7 @@ def run_python(source: str, limits: SandboxLimits | None = None) -> SandboxResul
             text=True,
             errors="replace",
             start_new_session=True,  # its own process group, killed as a whole
-            preexec_fn=lambda: _apply_limits(limits),
+            preexec_fn=lambda: _apply_limits(limits, drop_to),
         )
         timed_out = False
         try:
@@ -138,11 +166,134 @@ def run_python(source: str, limits: SandboxLimits | None = None) -> SandboxResul
             returncode=process.returncode,
             timed_out=timed_out or process.returncode == -signal.SIGXCPU,
             seconds=time.perf_counter() - started,
-            network_isolated=bool(isolated),
+            network_isolated=isolated,
         )
 
 
-def _apply_limits(limits: SandboxLimits) -> None:
+def _bwrap_command(work: Path) -> list[str]:
+    bwrap, interpreter = _bwrap(), _interpreter()
+    command = [
+        bwrap,
+        "--unshare-all",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop", "ALL",
+        "--clearenv",
+        "--setenv", "PATH", "/usr/bin:/bin",
+        "--setenv", "HOME", WORKDIR,
+        "--setenv", "TMPDIR", WORKDIR,
+        "--setenv", "LC_ALL", "C.UTF-8",
+        *_system_mounts(),
+    ]  # fmt: skip
+    command += [
+        "--proc", "/proc",
+        "--dev", "/dev",
+        "--tmpfs", "/tmp",
+        "--tmpfs", WORKDIR,
+        "--ro-bind", str(work / "runner.py"), f"{WORKDIR}/runner.py",
+        "--ro-bind", str(work / "program.py"), f"{WORKDIR}/program.py",
+        "--chdir", WORKDIR,
+        interpreter, "-I", "-B", f"{WORKDIR}/runner.py", WORKDIR, f"{WORKDIR}/program.py",
+    ]  # fmt: skip
+    return command
+
+
+def _system_mounts() -> list[str]:
+    """Only what the interpreter needs, read-only: the libraries under /usr (the standard library, libc, the loader)
+    and the interpreter's own installation; no shell and no other program, so a subprocess finds nothing to run."""
+    interpreter = _interpreter()
+    mounts = []
+    for library in ("/usr/lib", "/usr/lib32", "/usr/lib64"):
+        if os.path.isdir(library):
+            mounts += ["--ro-bind", library, library]
+    for top in ("/lib", "/lib32", "/lib64"):
+        if os.path.islink(top):
+            mounts += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            mounts += ["--ro-bind", top, top]
+    prefix = Path(interpreter).parents[1]
+    if str(prefix) == "/usr":
+        mounts += ["--ro-bind", interpreter, interpreter]
+    else:  # e.g. /opt/python3.11 or a pyenv build: its bin/ and lib/
+        mounts += ["--ro-bind", str(prefix), str(prefix)]
+    return mounts
+
+
+@cache
+def _bwrap() -> str:
+    """bwrap, checked once to really create its namespaces here."""
+    bwrap = shutil.which("bwrap")
+    hint = (
+        f"Install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap) on the machine that evaluates programs, or "
+        f"set {SANDBOX_ENV}=weak to accept the weaker in-process sandbox (not a boundary against a determined "
+        "program; see README: Security)."
+    )
+    if bwrap is None:
+        raise SandboxUnavailable(f"Running model-written programs needs bubblewrap, which is not installed. {hint}")
+    probe = subprocess.run(
+        [bwrap, "--unshare-all", "--die-with-parent", *_system_mounts(), _interpreter(), "-I", "-c", "pass"],
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: _drop_privileges(_unprivileged_user()),
+        timeout=30,
+    )  # fmt: skip
+    if probe.returncode != 0:
+        raise SandboxUnavailable(
+            f"bubblewrap cannot create its namespaces here ({probe.stderr.strip()[:200]}): unprivileged user "
+            f"namespaces may be disabled (sysctl kernel.unprivileged_userns_clone / user.max_user_namespaces). {hint}"
+        )
+    return bwrap
+
+
+@cache
+def _interpreter() -> str:
+    """A Python 3 the sandboxed user can execute: this one, or the system's when this one is not world-readable
+    (e.g. under /root). The program uses the standard library only."""
+    candidates = [os.path.realpath(sys.executable), *(os.path.realpath(p) for p in ("/usr/bin/python3",))]
+    for candidate in candidates:
+        if os.path.isfile(candidate) and (_unprivileged_user() is None or _world_executable(candidate)):
+            return candidate
+    raise SandboxUnavailable(
+        f"No Python interpreter that an unprivileged user can run for the sandbox ({', '.join(candidates)}); "
+        "install the system's python3 (apt-get install python3-minimal)."
+    )
+
+
+def _world_executable(path: str) -> bool:
+    """Readable and executable by others, and every folder above it searchable by others."""
+    mode = os.stat(path).st_mode
+    if not (mode & stat.S_IROTH and mode & stat.S_IXOTH):
+        return False
+    return all(os.stat(folder).st_mode & stat.S_IXOTH for folder in Path(path).parents)
+
+
+def _unprivileged_user() -> int | None:
+    """As root, programs run as `nobody` (rlimits on processes do not bind root); otherwise as this user."""
+    return NOBODY if os.geteuid() == 0 else None
+
+
+def _drop_privileges(uid: int | None) -> None:
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+
+
+def _processes_of(uid: int) -> int:
+    """Processes and threads the user has now (the process limit counts them all, so it is set on top of them)."""
+    count = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if os.stat(entry.path).st_uid == uid:
+                    count += len(os.listdir(f"{entry.path}/task"))
+            except OSError:
+                continue
+    return count
+
+
+def _apply_limits(limits: SandboxLimits, drop_to: int | None) -> None:
+    """In the child, before the sandbox starts: every limit, then (as root) the unprivileged user."""
     resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
     memory = limits.memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
@@ -150,6 +301,11 @@ def _apply_limits(limits: SandboxLimits) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
     resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if drop_to is not None or os.environ.get(SANDBOX_ENV, "bwrap") == "bwrap":
+        uid = drop_to if drop_to is not None else os.getuid()
+        allowed = _processes_of(uid) + limits.processes + 2  # + bwrap and its namespace init
+        resource.setrlimit(resource.RLIMIT_NPROC, (allowed, allowed))
+    _drop_privileges(drop_to)
 
 
 def _kill_group(process: subprocess.Popen) -> None:
