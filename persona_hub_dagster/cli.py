@@ -79,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("shards", help="list the registered shards")
 
+    unregister = commands.add_parser(
+        "unregister-shard", help="delete a shard's rows from every table, its registry entry and its partition"
+    )
+    unregister.add_argument("key")
+    unregister.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
     prompt = commands.add_parser("prompt", help="print a task's fully rendered prompts for review")
     prompt.add_argument("task", choices=sorted(TASK_NAMES))
     prompt.add_argument("--mode", choices=PROMPTING_MODES, default="zero_shot", help="prompting mode (zero_shot)")
@@ -157,8 +163,39 @@ def cmd_shards(_args) -> int:
     if frame.is_empty():
         print("no shards registered")
         return 0
-    for row in frame.iter_rows(named=True):
-        print(f"{row['registration_seq']:>6}  {row['shard']:<40} {row['format']:<8} {row['source_uri']}")
+    print(f"{'order':>6}  {'shard':<40} {'format':<8} source")
+    for order, row in enumerate(frame.iter_rows(named=True), 1):  # the registry's (registration) order
+        print(f"{order:>6}  {row['shard']:<40} {row['format']:<8} {row['source_uri']}")
+    return 0
+
+
+def cmd_unregister_shard(args) -> int:
+    import dagster as dg
+
+    from persona_hub_dagster.defs.partitions import unregister_shards
+    from persona_hub_dagster.lib.shards import unregister_shard
+
+    store = DeltaStore()
+    planned = unregister_shard(store, args.key, dry_run=True)
+    with dg.DagsterInstance.get() as instance:
+        partition = instance.has_dynamic_partition("text_shards", args.key)
+        if not planned and not partition:
+            print(f"error: shard {args.key!r} has no rows and no partition", file=sys.stderr)
+            return 2
+        print(f"Unregistering shard {args.key!r} deletes:")
+        for table, rows in planned.items():
+            print(f"  {rows:>10} rows of {table}")
+        print(f"  {'the' if partition else 'no'} Dagster partition {args.key!r} of text_shards")
+        if not args.yes:
+            if not sys.stdin.isatty():
+                print("error: not confirmed; run again with --yes", file=sys.stderr)
+                return 2
+            if input("Delete all of this? [y/N] ").strip().lower() not in ("y", "yes"):
+                print("nothing deleted")
+                return 1
+        deleted = unregister_shards(instance, store, args.key)
+    print(f"unregistered shard {args.key!r}: {sum(deleted.values())} rows in {len(deleted)} tables")
+    print("Later hub shards deduplicated against it are flagged by the prefix_complete check for a rebuild.")
     return 0
 
 
@@ -259,6 +296,7 @@ COMMANDS = {
     "register-shard": cmd_register_shard,
     "materialize": cmd_materialize,
     "shards": cmd_shards,
+    "unregister-shard": cmd_unregister_shard,
     "prompt": cmd_prompt,
     "contamination": cmd_contamination,
     "demonstrations": cmd_demonstrations,

@@ -197,7 +197,7 @@ def test_sensor_registers_new_files_and_requests_their_runs(instance, local_stor
     later = evaluate(instance, str(source), local_store, cursor=result.cursor)
     assert sorted(r.partition_key for r in later.run_requests) == ["one", "three"]
     assert later.dynamic_partitions_requests[0].partition_keys == ["three"]
-    assert ShardRegistry(local_store).get("one").registration_seq == 0  # its place in the order is kept
+    assert ShardRegistry(local_store).frame()["shard"].to_list()[0] == "one"  # its place in the order is kept
 
 
 def test_sensor_recovers_a_registration_without_partition(instance, local_store, tmp_path):

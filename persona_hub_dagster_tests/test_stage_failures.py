@@ -1,7 +1,6 @@
 """A failing model server or an empty upstream never replaces a shard's good rows: Text-to-Persona as Dagster runs
 it, against a real HTTP server that answers, then fails (500, 400) or goes away mid-run."""
 
-
 import dagster as dg
 import polars as pl
 import pytest

@@ -1,9 +1,13 @@
 """Jobs over whole shards. Each run processes one shard (partition); shards run as separate runs."""
 
 import dagster as dg
+from pydantic import Field
 
+from persona_hub_dagster.defs.partitions import unregister_shards
 from persona_hub_dagster.defs.stages import asset_key
+from persona_hub_dagster.defs.storage import DeltaStorageResource
 from persona_hub_dagster.lib import tables
+from persona_hub_dagster.lib.shards import unregister_shard
 
 DEMONSTRATIONS = dg.AssetSelection.assets(*map(asset_key, tables.DEMONSTRATIONS.tables))
 
@@ -25,3 +29,30 @@ prepare_demonstrations = dg.define_asset_job(
     selection=DEMONSTRATIONS,
     description="Text-to-Persona over every task's demonstration pool, once: the personas persona_few_shot shows.",
 )
+
+
+class UnregisterConfig(dg.Config):
+    shard: str = Field(description="The shard key to take out of every table, the registry and the partitions.")
+    confirm: bool = Field(default=False, description="false: only report what would be deleted; true: delete it.")
+
+
+@dg.op(description="Report (confirm: false) or delete (confirm: true) every row of a shard, and its partition.")
+def unregister_shard_op(context: dg.OpExecutionContext, config: UnregisterConfig, storage: DeltaStorageResource):
+    store = storage.store()
+    planned = unregister_shard(store, config.shard, dry_run=True)
+    if not config.confirm:
+        context.log.info(f"Would delete from {len(planned)} tables: {planned}. Run again with confirm: true.")
+        return
+    deleted = unregister_shards(context.instance, store, config.shard)
+    context.log.info(f"Unregistered shard {config.shard!r}: deleted {deleted}")
+    context.add_output_metadata({"deleted_rows": dg.MetadataValue.json(deleted)})
+
+
+@dg.job(
+    name="unregister_shard",
+    description="Take a shard out: its rows in every table (stages, hub index, report, response cache), its registry "
+    "entry and its partition. Run with confirm: false first to see what would go. Later hub shards that were "
+    "deduplicated against it are then flagged by prefix_complete for a rebuild.",
+)
+def unregister_shard_job():
+    unregister_shard_op()

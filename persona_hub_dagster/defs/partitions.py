@@ -4,7 +4,8 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from persona_hub_dagster.lib.shards import ShardFile, ShardRegistry
+from persona_hub_dagster.lib.shards import ShardFile, ShardRegistry, unregister_shard
+from persona_hub_dagster.lib.storage import DeltaStore
 
 text_shards = dg.DynamicPartitionsDefinition(name="text_shards")
 
@@ -25,3 +26,12 @@ def register_shards(
     if new_keys:
         instance.add_dynamic_partitions(text_shards.name, new_keys)
     return new_keys
+
+
+def unregister_shards(instance: dg.DagsterInstance, store: DeltaStore, key: str) -> dict[str, int]:
+    """Delete the shard's rows from every table and its registry entry, then its Dagster partition (in that order:
+    a partition without rows is harmless, rows without a partition would be unreachable from the UI)."""
+    deleted = unregister_shard(store, key)
+    if instance.has_dynamic_partition(text_shards.name, key):
+        instance.delete_dynamic_partition(text_shards.name, key)
+    return deleted

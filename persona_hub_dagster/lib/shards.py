@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,7 +30,9 @@ FORMAT_BY_SUFFIX = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"
 COMPRESSION_BY_SUFFIX = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2"}
 FORMATS = ("jsonl", "parquet", "csv", "txt")
 MAX_KEY_CHARS = 100
-SHARD_KEY_RE = re.compile(rf"^[a-z0-9][a-z0-9._-]{{0,{MAX_KEY_CHARS - 1}}}$")
+SHARD_KEY_RE = re.compile(rf"[a-z0-9][a-z0-9._-]{{0,{MAX_KEY_CHARS - 1}}}")  # the whole key (fullmatch)
+# Registration numbers come in blocks, one block per registration commit (see ShardRegistry._sequence_block).
+SEQUENCE_BLOCK = 1_000_000
 
 
 class InvalidShard(ValueError):
@@ -105,7 +108,7 @@ def shard_key_for(relative_path: str) -> str:
 
 
 def validate_shard_key(key: str) -> str:
-    if not SHARD_KEY_RE.match(key):
+    if not isinstance(key, str) or not SHARD_KEY_RE.fullmatch(key):
         raise InvalidShard(
             f"Invalid shard key {key!r}: use 1-{MAX_KEY_CHARS} characters of a-z, 0-9, '.', '_' or '-', "
             "starting with a letter or digit."
@@ -198,6 +201,26 @@ class ShardRegistry:
             return pl.from_arrow(REGISTRY_SCHEMA.empty_table())
         return self.store.read(self.TABLE).sort("registration_seq", "shard")
 
+    def _sequence_block(self, keys: Sequence[str], registered_by: str) -> int:
+        """The first of len(keys) registration numbers that no concurrent registration can get: the Delta version
+        of this registration's own commit to the registration log, times SEQUENCE_BLOCK. Versions are assigned by
+        the commit protocol (an atomic rename locally, a conditional put on S3), so two registrations never share
+        one, and their order is the order in which they committed."""
+        if len(keys) >= SEQUENCE_BLOCK:
+            raise InvalidShard(f"At most {SEQUENCE_BLOCK - 1} shards per registration")
+        token = uuid.uuid4().hex
+        entry = pl.DataFrame(
+            {"shard": [token], "keys": [list(keys)], "registered_by": [registered_by], "at": [datetime.now(UTC)]}
+        )
+        write = self.store.write_partitions(
+            tables.SHARD_REGISTRATIONS, entry, partitions=[token], physically_partitioned=False
+        )
+        return (write.version + 1) * SEQUENCE_BLOCK
+
+    def unregister(self, key: str) -> None:
+        """Take the shard out of the registry (its rows in the other tables: unregister_shard())."""
+        self.store.delete_partitions(self.TABLE, [key])
+
     def get(self, key: str) -> RegisteredShard:
         rows = self.frame().filter(pl.col("shard") == key)
         if rows.is_empty():
@@ -243,7 +266,8 @@ class ShardRegistry:
                         "choose another key or replace it explicitly."
                     )
         now = datetime.now(UTC)
-        next_seq = max((row["registration_seq"] for row in existing.values()), default=-1) + 1
+        new = [f.key for f in files if f.key not in existing]
+        next_seq = self._sequence_block(new, registered_by) if new else 0
         rows = []
         for f in files:
             old = existing.get(f.key)
@@ -274,3 +298,40 @@ class ShardRegistry:
             physically_partitioned=False,  # one tiny row per shard: a folder per shard would be all overhead
         )
         self.store.compact(self.TABLE, min_files=self.COMPACT_AFTER_FILES)
+
+
+def unregister_shard(store: DeltaStore, key: str, *, dry_run: bool = False) -> dict[str, int]:
+    """Take a shard out of the platform: its rows in every table that has a `shard` column (its partition of every
+    stage, its hub index entries, its report rows), its response-cache namespaces and its registry entry. Returns
+    {table: rows} that were (with `dry_run`: would be) deleted, in one commit per table. The registration log keeps
+    its history; Dagster's partition is removed by the caller (defs/ or the CLI)."""
+    key = validate_shard_key(key)
+    counts: dict[str, int] = {}
+    for name in store.tables():
+        if name == tables.SHARD_REGISTRATIONS.name:
+            continue
+        if name == tables.LLM_RESPONSES.name:
+            namespaces = _cache_namespaces(store, key)
+            rows = (
+                store.scan(name).filter(pl.col("namespace").is_in(namespaces)).select(pl.len()).collect().item()
+                if namespaces
+                else 0
+            )
+            if rows and not dry_run:
+                store.delete_partitions(name, namespaces, column="namespace")
+        else:
+            frame = store.scan(name)
+            if "shard" not in frame.collect_schema().names():
+                continue
+            rows = frame.filter(pl.col("shard") == key).select(pl.len()).collect().item()
+            if rows and not dry_run:
+                store.delete_partitions(name, [key])
+        if rows:
+            counts[name] = rows
+    return counts
+
+
+def _cache_namespaces(store: DeltaStore, key: str) -> list[str]:
+    """The response-cache namespaces of a shard: `<stage>.<shard>`, where stage names have no dots."""
+    namespaces = store.scan(tables.LLM_RESPONSES).select("namespace").unique().collect()["namespace"].to_list()
+    return sorted(n for n in namespaces if n.split(".", 1)[-1] == key and "." in n)

@@ -31,9 +31,11 @@ from dataclasses import dataclass, field
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
+from persona_hub_dagster.lib import filesystems
 from persona_hub_dagster.lib.locations import default_storage_root, join_location, normalize_location
 from persona_hub_dagster.lib.tables import Table
 
@@ -170,7 +172,7 @@ class DeltaStore:
         assert isinstance(preview, pl.DataFrame)
         return TableWrite(
             uri=uri,
-            version=_version_of_write(dt, write_id),
+            version=_version_of_write(uri, write_id, self._options()),
             partitions=wanted,
             rows_written=rows_written,
             table_rows=_row_count(dt, None),
@@ -197,6 +199,29 @@ class DeltaStore:
             )
         )
         return DeltaTable(uri, storage_options=self._options()).version()
+
+    def delete_partitions(self, table: TableRef, partitions: Sequence[str], *, column: str = PARTITION_COLUMN) -> int:
+        """Delete the partitions' rows in one commit (retried on conflicts); returns the rows deleted."""
+        if not partitions or not self.exists(table):
+            return 0
+        dt = self.delta_table(table)
+        deleted: list[int] = []
+
+        def delete() -> None:
+            metrics = dt.delete(partition_predicate(partitions, column))
+            deleted.append(int(metrics.get("num_deleted_rows", 0) if isinstance(metrics, dict) else 0))
+
+        self._with_commit_retries(delete, refresh=dt.update_incremental)
+        return deleted[-1]
+
+    def tables(self) -> list[str]:
+        """Every Delta table under the root, as `a/b` names (including the platform's _meta, _index, _cache)."""
+        fs, base = filesystems.resolve(self.root)
+        found = []
+        for info in fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)):
+            if info.type == pafs.FileType.Directory and info.base_name == "_delta_log":
+                found.append(info.path[len(base) :].strip("/").removesuffix("/_delta_log"))
+        return sorted(found)
 
     def compact(self, table: TableRef, *, min_files: int = 2) -> bool:
         """Merge small files once the table has `min_files` or more. Best effort: losing the commit race to another
@@ -260,12 +285,12 @@ class DeltaStore:
         return dict(self.storage_options) or None
 
 
-def partition_predicate(partitions: Sequence[str]) -> str:
+def partition_predicate(partitions: Sequence[str], column: str = PARTITION_COLUMN) -> str:
     """A SQL predicate selecting the partitions, with quotes escaped."""
     quoted = ", ".join("'" + p.replace("'", "''") + "'" for p in partitions)
     if len(partitions) == 1:
-        return f"{PARTITION_COLUMN} = {quoted}"
-    return f"{PARTITION_COLUMN} IN ({quoted})"
+        return f"{column} = {quoted}"
+    return f"{column} IN ({quoted})"
 
 
 # ---------------------------------------------------------------------- helpers
@@ -377,9 +402,18 @@ def _row_count(dt: DeltaTable, partitions: Sequence[str] | None) -> int:
     return int(pc.sum(counts).as_py() or 0)
 
 
-def _version_of_write(dt: DeltaTable, write_id: str) -> int:
-    """The table version our commit became (other writers may have committed after it)."""
-    for commit in dt.history(limit=200):
-        if commit.get(WRITE_ID_KEY) == write_id:
-            return int(commit["version"])
-    return int(dt.version())
+def _version_of_write(uri: str, write_id: str, options: dict[str, str] | None = None) -> int:
+    """The table version our commit became (other writers may have committed after it), from the log as it is now:
+    the writer's own handle can number its commit wrongly when it lost the race to create the table."""
+    for attempt in range(20):
+        dt = DeltaTable(uri, storage_options=options)
+        history = dt.history(limit=1000)
+        versions = [int(c["version"]) for c in history]
+        # While other writers are committing, a handle can number the entries of a half-read log wrongly (two
+        # entries with one number, or -1): only a contiguous run ending at the handle's version is trusted.
+        if versions == list(range(dt.version(), dt.version() - len(versions), -1)) and min(versions, default=0) >= 0:
+            for commit, version in zip(history, versions, strict=True):
+                if commit.get(WRITE_ID_KEY) == write_id:
+                    return version
+        time.sleep(0.01 * (attempt + 1))
+    raise RuntimeError(f"Our commit {write_id} is not among the last 1000 versions of {uri}")

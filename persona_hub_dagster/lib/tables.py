@@ -173,3 +173,5 @@ EVAL_REPORT = Table(
 
 LLM_RESPONSES = Table(("_cache", "llm_responses"), partitioned=False)  # partitioned by cache namespace instead
 SHARD_REGISTRY = Table(("_meta", "text_shards"), partitioned=False)
+# One commit per registration: its Delta version is the registration's place in the hub's order (see shards.py).
+SHARD_REGISTRATIONS = Table(("_meta", "registrations"), partitioned=False)

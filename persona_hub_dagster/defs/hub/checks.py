@@ -15,8 +15,8 @@ from persona_hub_dagster.lib.shards import ShardRegistry
     blocking=True,
     description=(
         "Fails when a hub shard was deduplicated while a shard registered before it had no hub yet (its personas "
-        "may duplicate the earlier shard's), or when an earlier shard's hub was rebuilt after it. Re-materialize the "
-        "listed shards, in registration order (a single-run backfill does that)."
+        "may duplicate the earlier shard's), or when an earlier shard's hub was rebuilt or unregistered after it. "
+        "Re-materialize the listed shards, in registration order (a single-run backfill does that)."
     ),
 )
 def prefix_complete(storage: DeltaStorageResource) -> dg.AssetCheckResult:
@@ -26,18 +26,25 @@ def prefix_complete(storage: DeltaStorageResource) -> dg.AssetCheckResult:
     runs = store.read(tables.HUB_RUNS)
     built_at = dict(zip(runs["shard"].to_list(), runs["deduplicated_at"].to_list(), strict=True))
     in_hub = set(store.partitions(tables.PERSONA_HUB))
+    registry = ShardRegistry(store).frame()
+    order = registry.sort("registration_seq", "shard")["shard"].to_list()
+    registered = set(order)
     incomplete, stale = {}, {}
     for row in runs.iter_rows(named=True):
         if row["shard"] not in in_hub:
             continue
-        missing = sorted(set(row["prefix_expected"] or []) - set(row["prefix_present"] or []))
+        # Registered before it but without a hub when it was built; unregistered shards are no longer expected.
+        missing = sorted((set(row["prefix_expected"] or []) & registered) - set(row["prefix_present"] or []))
         if missing:
             incomplete[row["shard"]] = missing
-        rebuilt = [s for s in row["prefix_present"] or [] if built_at.get(s) and built_at[s] > row["deduplicated_at"]]
+        # Compared with a shard that was rebuilt afterwards, or that has since been unregistered.
+        rebuilt = [
+            s
+            for s in row["prefix_present"] or []
+            if s not in registered or (built_at.get(s) and built_at[s] > row["deduplicated_at"])
+        ]
         if rebuilt:
             stale[row["shard"]] = rebuilt
-    registry = ShardRegistry(store).frame()
-    order = registry.sort("registration_seq", "shard")["shard"].to_list()
     to_rebuild = [s for s in order if s in incomplete or s in stale]
     return dg.AssetCheckResult(
         passed=not incomplete and not stale,
