@@ -5,9 +5,12 @@ up there: registered shards as partitions, materializations as runs.
 """
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import shutil
+import socket
 import sys
 import time
 from importlib import resources
@@ -63,6 +66,7 @@ DEMO_OPS_CONFIG = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="persona-hub", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--verbose", action="store_true", help="full stack traces when something fails")
     commands = parser.add_subparsers(dest="command", required=True)
 
     register = commands.add_parser("register-shard", help="register a file (local path or s3:// URI) as a shard")
@@ -131,10 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("--port", type=int, default=3000)
 
     args = parser.parse_args(argv)
+    VERBOSE["on"] = args.verbose
     ensure_dagster_home()
     try:
         return COMMANDS[args.command](args)
     except (InvalidShard, ShardConflict, FileNotFoundError, ValueError) as exc:
+        if args.verbose:
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -170,14 +177,12 @@ def cmd_shards(_args) -> int:
 
 
 def cmd_unregister_shard(args) -> int:
-    import dagster as dg
-
     from persona_hub_dagster.defs.partitions import unregister_shards
     from persona_hub_dagster.lib.shards import unregister_shard
 
     store = DeltaStore()
     planned = unregister_shard(store, args.key, dry_run=True)
-    with dg.DagsterInstance.get() as instance:
+    with _instance() as instance:
         partition = instance.has_dynamic_partition("text_shards", args.key)
         if not planned and not partition:
             print(f"error: shard {args.key!r} has no rows and no partition", file=sys.stderr)
@@ -320,11 +325,9 @@ def ensure_dagster_home() -> Path:
 
 
 def _register(shard, *, text_column: str | None = None, replace: bool = False) -> bool:
-    import dagster as dg
-
     from persona_hub_dagster.defs.partitions import register_shards
 
-    with dg.DagsterInstance.get() as instance:
+    with _instance() as instance:
         new = register_shards(
             instance,
             ShardRegistry(DeltaStore()),
@@ -347,34 +350,100 @@ def _setting(text: str) -> tuple[str, object]:
         return name.strip(), value
 
 
-def _run_job(job_name: str, ops_config: dict | None = None) -> int:
-    """Run an unpartitioned job in this process, on the instance the UI reads."""
+RUN_PID_TAG, RUN_HOST_TAG = "persona-hub/pid", "persona-hub/host"
+VERBOSE = {"on": False}  # --verbose: full stack traces in the console
+
+
+@contextlib.contextmanager
+def _instance():
+    """The Dagster instance the UI reads. Creating it (and migrating its storage) the first time is serialized
+    across processes with a lock file in DAGSTER_HOME: concurrent first commands would otherwise each initialize
+    the storage. Runs this command line started in a process that no longer exists are marked failed."""
     import dagster as dg
 
+    home = Path(os.environ["DAGSTER_HOME"])
+    with open(home / ".persona-hub.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            instance = dg.DagsterInstance.get()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    with instance:
+        _fail_dead_runs(instance)
+        yield instance
+
+
+def _fail_dead_runs(instance) -> None:
+    """A run killed with its process stays STARTED forever in the local instance (in production the daemon's run
+    monitoring catches it): mark ours failed when the process that ran it is gone."""
+    import dagster as dg
+
+    started = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED]
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(statuses=started, tags={RUN_HOST_TAG: socket.gethostname()}), limit=100
+    )
+    for run in runs:
+        pid = int(run.tags.get(RUN_PID_TAG, "0"))
+        if pid and pid != os.getpid() and not _alive(pid):
+            instance.report_run_failed(
+                run, f"The persona-hub process ({pid}) that ran this run is gone (killed?); marked failed."
+            )
+            print(f"note: run {run.run_id} was left running by a process that is gone; marked it failed")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _run_config(ops_config: dict | None) -> dict:
+    return {
+        "loggers": {"console": {"config": {"log_level": "INFO", "verbose": VERBOSE["on"]}}},
+        **({"ops": ops_config} if ops_config else {}),
+    }
+
+
+def _report(result) -> None:
+    """One line for the run; for a failure, what went wrong in one line (the trace: --verbose, or the UI)."""
+    print(f"  run {result.run_id}: {'success' if result.success else 'FAILED'}")
+    if not result.success:
+        for event in result.all_events:
+            if event.is_step_failure:
+                failure = event.step_failure_data
+                described = failure.user_failure_data.description if failure.user_failure_data else None
+                message = described or (failure.error.message if failure.error else "failed")
+                print(f"error: {event.step_key}: {message.strip().splitlines()[0]}", file=sys.stderr)
+                break
+
+
+def _run_job(job_name: str, ops_config: dict | None = None) -> int:
+    """Run an unpartitioned job in this process, on the instance the UI reads."""
     from persona_hub_dagster.definitions import defs
 
     print(f"materializing {job_name} ...", flush=True)
-    with dg.DagsterInstance.get() as instance:
+    with _instance() as instance:
         result = defs.resolve_job_def(job_name).execute_in_process(
-            instance=instance,
-            raise_on_error=False,
-            run_config={
-                "loggers": {"console": {"config": {"log_level": "INFO"}}},
-                **({"ops": ops_config} if ops_config else {}),
-            },
+            instance=instance, raise_on_error=False, run_config=_run_config(ops_config), tags=_run_tags()
         )
-    print(f"  run {result.run_id}: {'success' if result.success else 'FAILED'}")
+    _report(result)
     return 0 if result.success else 1
 
 
-def _materialize(shards: list[str], job_name: str, ops_config: dict | None = None) -> int:
-    import dagster as dg
+def _run_tags() -> dict[str, str]:
+    return {RUN_PID_TAG: str(os.getpid()), RUN_HOST_TAG: socket.gethostname()}
 
+
+def _materialize(shards: list[str], job_name: str, ops_config: dict | None = None) -> int:
     from persona_hub_dagster.definitions import defs
 
     job = defs.resolve_job_def(job_name)
     failed = []
-    with dg.DagsterInstance.get() as instance:
+    with _instance() as instance:
         for shard in shards:
             if not instance.has_dynamic_partition("text_shards", shard):
                 print(f"error: shard {shard!r} is not registered; see `persona-hub register-shard`", file=sys.stderr)
@@ -385,12 +454,10 @@ def _materialize(shards: list[str], job_name: str, ops_config: dict | None = Non
                 partition_key=shard,
                 instance=instance,
                 raise_on_error=False,
-                run_config={
-                    "loggers": {"console": {"config": {"log_level": "INFO"}}},
-                    **({"ops": ops_config} if ops_config else {}),
-                },
+                run_config=_run_config(ops_config),
+                tags=_run_tags(),
             )
-            print(f"  run {result.run_id}: {'success' if result.success else 'FAILED'}")
+            _report(result)
             if not result.success:
                 failed.append(shard)
     return 1 if failed else 0

@@ -112,3 +112,71 @@ def test_prompt_prints_every_step_fully_rendered(env):
 
     bad = persona_hub(env, "prompt", "math", "--set", "focus", check=False)
     assert bad.returncode == 2 and "SETTING=VALUE" in bad.stderr
+
+
+def test_a_file_that_cannot_be_read_is_one_clear_line_and_the_trace_is_opt_in(env, tmp_path):
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_bytes(b"not gzip at all")
+    persona_hub(env, "register-shard", str(bad))
+    result = persona_hub(env, "materialize", "bad", "--job", "land_text_shard", check=False)
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "error: ingest_raw_text: Shard 'bad' cannot be ingested" in result.stderr and "gzip" in result.stderr
+    assert len(output.strip().splitlines()) <= 10 and "Stack Trace" not in output
+    verbose = persona_hub(env, "--verbose", "materialize", "bad", "--job", "land_text_shard", check=False)
+    assert "Stack Trace" in verbose.stdout + verbose.stderr
+
+
+def test_concurrent_first_commands_share_one_healthy_instance(env, tmp_path):
+    files = []
+    for name in ("north", "south", "east"):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text(json.dumps({"text": f"A report from the {name} harbour about pilots and fog."}) + "\n")
+        files.append(path)
+    command = [sys.executable, "-m", "persona_hub_dagster.cli", "register-shard"]
+    processes = [
+        subprocess.Popen([*command, str(p)], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for p in files
+    ]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    assert all(p.returncode == 0 for p in processes), outputs
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        assert sorted(instance.get_dynamic_partitions("text_shards")) == ["east", "north", "south"]
+    persona_hub(env, "materialize", "north", "--job", "land_text_shard")  # later commands still work
+    assert DeltaStore(root=env["PERSONA_HUB_STORAGE"]).row_count("raw_text", ["north"]) == 1
+
+
+def test_a_run_killed_with_its_process_is_marked_failed_by_the_next_command(env, tmp_path):
+    import signal
+    import time
+
+    path = tmp_path / "slow.jsonl"
+    path.write_text(
+        "".join(json.dumps({"text": f"Text {i} about lighthouse keepers and storms."}) + "\n" for i in range(40))
+    )
+    persona_hub(env, "register-shard", str(path))
+    slow = subprocess.Popen(
+        [sys.executable, "-m", "persona_hub_dagster.cli", "materialize", "slow"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline, run = time.monotonic() + 240, None
+    while run is None and time.monotonic() < deadline:
+        time.sleep(1)
+        with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+            started = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+            run = started[0] if started else None
+    assert run is not None, "the run never started"
+    slow.send_signal(signal.SIGKILL)
+    slow.wait(timeout=30)
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED  # left behind
+
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"text": "Another text about harbour pilots at night."}) + "\n")
+    result = persona_hub(env, "register-shard", str(other))
+    assert f"run {run.run_id} was left running" in result.stdout
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE

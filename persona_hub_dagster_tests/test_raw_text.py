@@ -235,3 +235,17 @@ def test_sensor_watches_s3(instance, s3_bucket, tmp_path):
     run_raw_text(instance, store, "batch-01")
     assert store.row_count("raw_text", ["batch-01"]) == 3
     assert store.read("raw_text")["source_uri"].unique().to_list() == [f"s3://{s3_bucket}/corpus/batch-01.jsonl"]
+
+
+def test_an_empty_file_is_ingested_with_a_warning_and_a_failing_check(instance, local_store, tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    register(instance, local_store, path, "empty")
+    result = run_raw_text(instance, local_store, "empty")
+    assert local_store.row_count("raw_text", ["empty"]) == 0
+    metadata = result.get_asset_materialization_events()[0].materialization.metadata
+    assert metadata["empty_file"].value is True and metadata["records_read"].value == 0
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert not checks["has_records"].passed and checks["has_records"].severity == dg.AssetCheckSeverity.WARN
+    logged = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any("holds no record at all" in message for message in logged)

@@ -57,6 +57,11 @@ RawTextConfig = settings_config(IngestSettings, "RawTextConfig")
             asset=RAW_TEXT,
             description="Warns when a larger share of the shard's records was rejected than max_reject_rate.",
         ),
+        dg.AssetCheckSpec(
+            "has_records",
+            asset=RAW_TEXT,
+            description="Warns when the shard's file holds no record at all (an empty or truncated upload).",
+        ),
     ],
     partitions_def=text_shards,
     can_subset=False,
@@ -96,6 +101,11 @@ def ingest_raw_text(context: dg.AssetExecutionContext, config: RawTextConfig, st
     )
     report = ingest.report
     by_reason = dict(sorted(report.rejected.items()))
+    if report.records == 0:
+        context.log.warning(
+            f"Shard {shard!r}: {spec.uri} holds no record at all; raw_text is empty for it. If the file is still "
+            "being written, re-materialize the shard when it is complete."
+        )
 
     yield dg.MaterializeResult(
         asset_key=RAW_TEXT,
@@ -103,6 +113,7 @@ def ingest_raw_text(context: dg.AssetExecutionContext, config: RawTextConfig, st
             **table_write_metadata(texts),
             "source_uri": dg.MetadataValue.path(spec.uri),
             "records_read": dg.MetadataValue.int(report.records),
+            "empty_file": dg.MetadataValue.bool(report.records == 0),
             "rejected_rows": dg.MetadataValue.int(report.rejected_total),
             "duplicates_removed": dg.MetadataValue.int(report.rejected.get("duplicate", 0)),
             "rejected_by_reason": dg.MetadataValue.json(by_reason),
@@ -135,4 +146,11 @@ def ingest_raw_text(context: dg.AssetExecutionContext, config: RawTextConfig, st
             "max_reject_rate": dg.MetadataValue.float(settings.max_reject_rate),
             "rejected_by_reason": dg.MetadataValue.text(json.dumps(by_reason)),
         },
+    )
+    yield dg.AssetCheckResult(
+        asset_key=RAW_TEXT,
+        check_name="has_records",
+        passed=report.records > 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"records_read": dg.MetadataValue.int(report.records), "source_uri": dg.MetadataValue.path(spec.uri)},
     )
