@@ -249,3 +249,15 @@ def test_an_empty_file_is_ingested_with_a_warning_and_a_failing_check(instance, 
     assert not checks["has_records"].passed and checks["has_records"].severity == dg.AssetCheckSeverity.WARN
     logged = [entry.user_message for entry in instance.all_logs(result.run_id)]
     assert any("holds no record at all" in message for message in logged)
+
+
+def test_a_huge_rejected_record_is_capped_and_stays_out_of_the_delta_log(instance, local_store, tmp_path):
+    huge = "word " * 2_100_000  # 10.5 MB: rejected as too_long
+    path = write_jsonl(tmp_path / "huge.jsonl", [{"text": huge}, {"text": texts(1)[0]}])
+    register(instance, local_store, path, "huge")
+    run_raw_text(instance, local_store, "huge")
+    reject = local_store.read("raw_text_rejects", ["huge"]).row(0, named=True)
+    assert reject["reason"] == "too_long" and len(reject["raw"]) == 64 * 1024
+    assert reject["raw_chars"] > 10_000_000 and len(reject["raw_hash"]) == 32
+    log = Path(local_store.table_uri("raw_text_rejects")) / "_delta_log"
+    assert max(f.stat().st_size for f in log.glob("*.json")) < 64 * 1024  # no min/max of the raw text in the log

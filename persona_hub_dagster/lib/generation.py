@@ -29,7 +29,7 @@ from persona_hub_dagster.lib.ids import content_id
 from persona_hub_dagster.lib.llm.client import LLMClient
 from persona_hub_dagster.lib.llm.types import LLMRequest, LLMResponse, SamplingParams
 from persona_hub_dagster.lib.prompts import PromptTemplate
-from persona_hub_dagster.lib.storage import DeltaStore
+from persona_hub_dagster.lib.storage import DeltaStore, capped
 from persona_hub_dagster.lib.tables import Stage, Table
 
 REJECTS_SCHEMA = {
@@ -37,7 +37,9 @@ REJECTS_SCHEMA = {
     "stage": pl.String,
     "subject_id": pl.String,  # what the request was about: a text_id, a persona_id, an item_id
     "request": pl.String,  # the request's ids and parameters, as JSON
-    "raw_output": pl.String,  # what the model said, verbatim (null when it said nothing)
+    "raw_output": pl.String,  # what the model said, verbatim (null when it said nothing; cut at RAW_LIMIT_CHARS)
+    "raw_output_chars": pl.Int64,  # its full length
+    "raw_output_hash": pl.String,  # the content hash of the full output, where it was cut
     "reason": pl.String,
     "model": pl.String,
     "prompt_version": pl.String,
@@ -198,7 +200,8 @@ def request_keys(reject: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def rejects_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
-    return pl.DataFrame(rows, schema=REJECTS_SCHEMA)
+    frame = pl.DataFrame(rows, schema={k: v for k, v in REJECTS_SCHEMA.items() if not k.startswith("raw_output_")})
+    return capped(frame, "raw_output").select(list(REJECTS_SCHEMA))
 
 
 def frame(rows: list[dict[str, Any]], schema: Mapping[str, pl.DataType]) -> pl.DataFrame:

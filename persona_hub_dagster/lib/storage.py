@@ -48,6 +48,12 @@ WRITE_ID_KEY = "persona_hub.write_id"
 TARGET_FILE_BYTES = 64 * 2**20
 WRITER_PROPERTIES = WriterProperties(max_row_group_size=16_384, compression="ZSTD")
 
+# Verbatim values kept in rejects tables (a rejected record, a model's raw output) are cut at this many characters,
+# with their full length and a hash beside them: one 10 MB record must not make a 10 MB table row.
+RAW_LIMIT_CHARS = 64 * 1024
+# Delta keeps min/max statistics only for columns that prune reads (ids, keys, numbers), never for long texts.
+STATS_STRING_COLUMNS = frozenset({"shard", "namespace", "key", "task", "stage"})
+
 TableRef = str | Sequence[str] | Table  # a name ("synthetic/math"), a key path, or the catalog's Table
 TableData = pl.DataFrame | pa.Table | Iterable[pa.RecordBatch | pl.DataFrame]
 
@@ -194,6 +200,7 @@ class DeltaStore:
                 mode="append",
                 partition_by=list(partition_by) or None,
                 schema_mode="merge",
+                configuration=table_configuration(arrow.schema),
                 storage_options=self._options(),
                 writer_properties=WRITER_PROPERTIES,
             )
@@ -243,12 +250,16 @@ class DeltaStore:
             dt = DeltaTable(uri, storage_options=self._options())
         except TableNotFoundError:
             dt = None
+        configuration = table_configuration(arrow_data().schema)  # a fresh stream: only its schema is read
+        if dt is not None:
+            _ensure_configuration(dt, configuration)
 
         def commit() -> None:
             write_deltalake(
                 dt if dt is not None else uri,
                 arrow_data(),
                 mode="overwrite",
+                configuration=configuration,
                 predicate=partition_predicate(partitions) if partitions is not None else None,
                 partition_by=[PARTITION_COLUMN] if physically_partitioned and partitions is not None else None,
                 # Partition writes merge new columns in; a whole-table replace also replaces the schema.
@@ -283,6 +294,52 @@ class DeltaStore:
 
     def _options(self) -> dict[str, str] | None:
         return dict(self.storage_options) or None
+
+
+def capped(frame: pl.DataFrame, column: str, limit: int = RAW_LIMIT_CHARS) -> pl.DataFrame:
+    """`column` cut at `limit` characters, with `<column>_chars` (its full length) and `<column>_hash` (the content
+    hash of the full value, where it was cut) beside it."""
+    from persona_hub_dagster.lib.ids import content_id
+
+    full = pl.col(column)
+    long = full.str.len_chars() > limit
+    return frame.with_columns(
+        pl.when(long).then(full.str.slice(0, limit)).otherwise(full).alias(column),
+        full.str.len_chars().cast(pl.Int64).alias(f"{column}_chars"),
+        pl.when(long).then(full.map_elements(content_id, return_dtype=pl.String)).alias(f"{column}_hash"),
+    )
+
+
+def table_configuration(schema: pa.Schema) -> dict[str, str]:
+    """Table properties set when a table is created: statistics only for `stats_columns`."""
+    columns = stats_columns(schema)
+    if not columns:
+        return {"delta.dataSkippingNumIndexedCols": "0"}
+    return {"delta.dataSkippingStatsColumns": ",".join(columns)}
+
+
+def _ensure_configuration(dt: DeltaTable, configuration: dict[str, str]) -> None:
+    """Tables created before statistics were limited get the property once (later writes follow it)."""
+    current = dt.metadata().configuration
+    if "delta.dataSkippingStatsColumns" in current or "delta.dataSkippingNumIndexedCols" in current:
+        return
+    with contextlib.suppress(CommitFailedError):  # another writer set it first
+        dt.alter.set_table_properties(configuration, raise_if_not_exists=False)
+
+
+def stats_columns(schema: pa.Schema) -> list[str]:
+    """The columns worth min/max statistics: numbers, booleans, times, and the id/key strings reads filter on."""
+    chosen = []
+    for field_ in schema:
+        kind = field_.type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            if field_.name in STATS_STRING_COLUMNS or field_.name.endswith("_id"):
+                chosen.append(field_.name)
+        elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+            chosen.append(field_.name)
+        elif pa.types.is_timestamp(kind) or pa.types.is_date(kind):
+            chosen.append(field_.name)
+    return chosen
 
 
 def partition_predicate(partitions: Sequence[str], column: str = PARTITION_COLUMN) -> str:

@@ -19,6 +19,7 @@ from persona_hub_dagster.lib.corpus.cleaning import CLEANING_VERSION, UNICODE_FO
 from persona_hub_dagster.lib.corpus.readers import ReadStats, SourceSpec, read_records
 from persona_hub_dagster.lib.ids import content_ids
 from persona_hub_dagster.lib.settings import setting
+from persona_hub_dagster.lib.storage import capped
 
 RAW_TEXT_SCHEMA = pa.schema(
     [
@@ -45,7 +46,9 @@ REJECTS_SCHEMA = pa.schema(
         pa.field("reason", pa.string(), nullable=False),
         pa.field("detail", pa.string()),
         pa.field("duplicate_of", pa.string()),  # text_id of the kept copy, for reason == "duplicate"
-        pa.field("raw", pa.string(), nullable=False),  # the record as the file held it
+        pa.field("raw", pa.string(), nullable=False),  # the record as the file held it (cut at RAW_LIMIT_CHARS)
+        pa.field("raw_chars", pa.int64()),  # its full length
+        pa.field("raw_hash", pa.string()),  # the content hash of the full record, where it was cut
         pa.field("source_fields", pa.string()),
         pa.field("cleaning_version", pa.string(), nullable=False),
         pa.field("ingested_at", pa.timestamp("us", tz="UTC"), nullable=False),
@@ -189,7 +192,7 @@ class ShardIngest:
             ]
         )
         if rejected.height:
-            self._rejects.append(rejected.with_columns(**constants).select(REJECTS_SCHEMA.names))
+            self._rejects.append(capped(rejected.with_columns(**constants), "raw").select(REJECTS_SCHEMA.names))
             self.report.rejected.update(rejected["reason"].to_list())
         self.report.accepted += kept.height
         accepted = kept.with_columns(**constants).select(RAW_TEXT_SCHEMA.names)
