@@ -45,7 +45,7 @@ def setup(tmp_path, monkeypatch):
         yield store, instance
 
 
-def run(store, instance, server):
+def run(store, instance, server, relation: str = "read"):
     storage = DeltaStorageResource(root=store.root)
     return dg.materialize(
         [text_to_persona_asset, RAW_TEXT],
@@ -57,7 +57,7 @@ def run(store, instance, server):
             "io_manager": DeltaIOManager(storage=storage),
             "llm": LLMResource(backend="openai", base_url=server.base_url, model="scripted", max_retries=1),
         },
-        run_config={"ops": {"text_to_persona": {"config": {"relations": ["read"], "batch_size": 2}}}},
+        run_config={"ops": {"text_to_persona": {"config": {"relations": [relation], "batch_size": 2}}}},
         raise_on_error=False,
     )
 
@@ -77,20 +77,7 @@ def test_a_server_that_fails_every_call_leaves_the_shards_rows_alone(setup, stat
 
     failing = FaultServer(*[("status", status)] * 100)
     # A re-run after a prompt change (here: another relation) must call the server again, and finds it failing.
-    storage = DeltaStorageResource(root=store.root)
-    result = dg.materialize(
-        [text_to_persona_asset, RAW_TEXT],
-        selection=[text_to_persona_asset],
-        partition_key=SHARD,
-        instance=instance,
-        resources={
-            "storage": storage,
-            "io_manager": DeltaIOManager(storage=storage),
-            "llm": LLMResource(backend="openai", base_url=failing.base_url, model="scripted", max_retries=1),
-        },
-        run_config={"ops": {"text_to_persona": {"config": {"relations": ["like"], "batch_size": 2}}}},
-        raise_on_error=False,
-    )
+    result = run(store, instance, failing, relation="like")
     assert not result.success
     assert f"http_{status}" in failure_message(result) and "failed at the backend" in failure_message(result)
     assert store.delta_table(tables.TEXT_PERSONAS).version() == before  # nothing replaced

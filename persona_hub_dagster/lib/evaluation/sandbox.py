@@ -6,9 +6,9 @@ The boundary is bubblewrap (`bwrap`, Flatpak's sandbox; Debian's `bubblewrap` pa
 - on a read-only view of only what the interpreter needs (its binary, the standard library, the shared libraries)
   and nothing else of the host: no shell or other program, no home, no /etc, no project files; its only writable
   place is a private tmpfs working directory;
-- as an unprivileged user (the runner drops root to `nobody` before starting bwrap), with an empty environment, in a
-  new session, with rlimits on CPU seconds, address space, file size, open files and processes (a fork bomb stops at
-  the limit);
+- as an unprivileged user (as root, a fresh uid of its own per program, dropped to before bwrap starts), with an
+  empty environment, in a new session, with rlimits on CPU seconds, address space, file size, open files and
+  processes (a fork bomb stops at the limit);
 - killed as a whole on timeout: bwrap dies with its parent and takes the namespace, and every process in it
   (a child that called setsid included), down with it.
 Inside, the audit hook of the runner (PEP 578) still refuses sockets, subprocesses, ctypes and writes outside the
@@ -23,6 +23,7 @@ not a determined program.
 from __future__ import annotations
 
 import os
+import random
 import resource
 import shutil
 import signal
@@ -36,7 +37,7 @@ from functools import cache
 from pathlib import Path
 
 SANDBOX_ENV = "PERSONA_HUB_SANDBOX"  # bwrap (default) | weak
-NOBODY = 65534
+SANDBOX_UIDS = (2_000_000, 3_000_000)  # as root: a uid from this range per program, owned by no account
 WORKDIR = "/work"  # where the program runs inside the boundary
 OUTPUT_LIMIT = 64 * 1024  # characters of stdout/stderr kept
 
@@ -268,8 +269,10 @@ def _world_executable(path: str) -> bool:
 
 
 def _unprivileged_user() -> int | None:
-    """As root, programs run as `nobody` (rlimits on processes do not bind root); otherwise as this user."""
-    return NOBODY if os.geteuid() == 0 else None
+    """As root, each program runs as a fresh unprivileged uid of its own (rlimits on processes do not bind root, and
+    a uid shared between concurrent programs would let them signal each other and share one process count);
+    otherwise as this user."""
+    return random.randrange(*SANDBOX_UIDS) if os.geteuid() == 0 else None
 
 
 def _drop_privileges(uid: int | None) -> None:
