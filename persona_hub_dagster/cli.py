@@ -124,6 +124,20 @@ def main(argv: list[str] | None = None) -> int:
         "--threshold", type=float, default=None, help="embedding cosine that flags (default 0.9; the fast model's own)"
     )
 
+    export = commands.add_parser(
+        "export", help="write a task's training-ready release (HF datasets layout) to a folder"
+    )
+    export.add_argument("task", choices=sorted(TASK_NAMES))
+    export.add_argument("--out", required=True, help="folder (or s3:// prefix) to write; replaced")
+    export.add_argument(
+        "--format",
+        choices=["parquet", "jsonl", "chat"],
+        action="append",
+        help="parquet (HF datasets layout, default), jsonl (rows), chat (messages); repeatable",
+    )
+    export.add_argument("--test-fraction", type=float, default=None, help="share of items in the test split (0.1)")
+    export.add_argument("--push", metavar="REPO_ID", help="then upload the folder to this Hugging Face dataset repo")
+
     demonstrations = commands.add_parser(
         "demonstrations", help="derive the personas of the demonstration pools (what persona_few_shot shows)"
     )
@@ -139,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_dagster_home()
     try:
         return COMMANDS[args.command](args)
-    except (InvalidShard, ShardConflict, FileNotFoundError, ValueError) as exc:
+    except (InvalidShard, ShardConflict, FileNotFoundError, LookupError, ValueError) as exc:
         if args.verbose:
             raise
         print(f"error: {exc}", file=sys.stderr)
@@ -257,6 +271,37 @@ def cmd_contamination(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from persona_hub_dagster.lib import release
+    from persona_hub_dagster.lib.settings import settings_from
+    from persona_hub_dagster.lib.synthesis.tasks import TASKS
+
+    values = {} if args.test_fraction is None else {"test_fraction": args.test_fraction}
+    built = release.build(DeltaStore(), TASKS[args.task], settings_from(release.ReleaseSettings, values))
+    written = release.write(built, args.out, tuple(args.format or ["parquet"]))
+    counts = built.counts()
+    print(f"release {args.task}: {counts['train']} train, {counts['test']} test items -> {args.out}")
+    for path in sorted(written):
+        print(f"  {path}")
+    if args.push:
+        return _push(args.out, args.push)
+    return 0
+
+
+def _push(folder: str, repo_id: str) -> int:
+    """Upload a release folder to a Hugging Face dataset repository (needs network and HF_TOKEN)."""
+    try:
+        from huggingface_hub import HfApi
+
+        HfApi().upload_folder(folder_path=folder, repo_id=repo_id, repo_type="dataset")
+    except Exception as exc:  # offline, no token, no such repo: one line, not a trace
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        print(f"error: could not push to the Hugging Face Hub dataset {repo_id!r}: {reason}", file=sys.stderr)
+        return 1
+    print(f"pushed to https://huggingface.co/datasets/{repo_id}")
+    return 0
+
+
 def cmd_demonstrations(args) -> int:
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
     config = {"derive_demonstration_personas": {"config": {"tasks": tasks}}} if tasks else None
@@ -304,6 +349,7 @@ COMMANDS = {
     "unregister-shard": cmd_unregister_shard,
     "prompt": cmd_prompt,
     "contamination": cmd_contamination,
+    "export": cmd_export,
     "demonstrations": cmd_demonstrations,
     "demo": cmd_demo,
     "ui": cmd_ui,

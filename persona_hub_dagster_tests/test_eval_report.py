@@ -58,7 +58,12 @@ def evaluated(tmp_path_factory, embedder):
     store = DeltaStore(root=str(tmp_path_factory.mktemp("report") / "delta"))
     for number, shard in enumerate(SHARDS):
         hub = pl.DataFrame(
-            {"persona_id": [f"{shard}-p{i}" for i in range(4)], "persona": [f"{p} ({shard})" for p in PERSONAS]}
+            {
+                "persona_id": [f"{shard}-p{i}" for i in range(4)],
+                "persona": [f"{p} ({shard})" for p in PERSONAS],
+                "text_id": [f"{shard}-text{i}" for i in range(4)],  # as the hub has them: the source text's id
+                "source": "text_personas",
+            }
         ).with_columns(shard=pl.lit(shard))
         store.write_partitions(tables.PERSONA_HUB, hub, partitions=[shard])
         for task in TASKS.values():

@@ -10,6 +10,7 @@ from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.shards import unregister_shard
 
 DEMONSTRATIONS = dg.AssetSelection.assets(*map(asset_key, tables.DEMONSTRATIONS.tables))
+RELEASES = dg.AssetSelection.key_prefixes(["release"])
 
 land_text_shard = dg.define_asset_job(
     "land_text_shard",
@@ -19,9 +20,16 @@ land_text_shard = dg.define_asset_job(
 
 process_text_shard = dg.define_asset_job(
     "process_text_shard",
-    # `demonstrations` spans shards: it is derived once (prepare_demonstrations), not once per shard.
-    selection=dg.AssetSelection.all() - DEMONSTRATIONS,
+    # `demonstrations` spans shards: it is derived once (prepare_demonstrations), not once per shard; a release is a
+    # decision to publish, made across shards (release_datasets).
+    selection=dg.AssetSelection.all() - DEMONSTRATIONS - RELEASES,
     description="Every stage for one shard, end to end (what `make demo` runs for the sample shard).",
+)
+
+release_datasets = dg.define_asset_job(
+    "release_datasets",
+    selection=RELEASES,
+    description="Every task's training-ready release across shards (Hugging Face datasets layout under _releases/).",
 )
 
 prepare_demonstrations = dg.define_asset_job(

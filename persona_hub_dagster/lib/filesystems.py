@@ -82,6 +82,13 @@ def write_bytes(uri: str, data: bytes) -> str:
     return location
 
 
+def delete_dir(location: str) -> None:
+    """Remove a folder (or object-store prefix) and everything under it; nothing there is fine."""
+    fs, path = resolve(location)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+
+
 def open_random_access(uri: str):
     """A seekable file (Parquet needs one)."""
     fs, path = resolve(uri)

@@ -169,6 +169,21 @@ EVAL_REPORT = Table(
     partitioned=False,
 )
 
+# ---------------------------------------------------------------------------------------------------- releases
+
+
+def release(task: str) -> Table:
+    """`release/<task>`: the task's training-ready items across shards (the files: `<root>/_releases/<task>/`)."""
+    return Table(
+        ("release", task),
+        f"The training-ready {task} items of every shard: passed eval/{task}, not near-duplicates, not contaminated, "
+        "with their persona, lineage ids, a deterministic train/test split and the chat `messages`. The same rows "
+        f"are written as a Hugging Face datasets folder (data/*.parquet, chat/*.jsonl, README.md dataset card) at "
+        f"<root>/_releases/{task}/, whose path and card are in the materialization's metadata.",
+        partitioned=False,
+    )
+
+
 # ---------------------------------------------------------------------------------------------------- bookkeeping
 
 LLM_RESPONSES = Table(("_cache", "llm_responses"), partitioned=False)  # partitioned by cache namespace instead

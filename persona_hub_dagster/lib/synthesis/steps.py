@@ -131,6 +131,7 @@ class SynthesisTask:
     rounds: Callable[[Any], int] = lambda settings: 1  # how often the steps run in turn (a conversation's turns)
     pool_filter: Callable[[Mapping[str, Any], Any], bool] | None = None  # which pool entries fit the settings
     text: Callable[[Mapping[str, Any]], str] | None = None  # a row's text, for diversity, grounding, contamination
+    chat: Callable[[Mapping[str, Any]], list[dict[str, str]]] | None = None  # a released row as chat `messages`
 
     def item_text(self, row: Mapping[str, Any]) -> str:
         """What an item says, as one text (default: its string columns, one per line)."""

@@ -5,6 +5,7 @@ template(s) in lib/prompts/, its parser in validators.py, and a demonstration po
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,11 @@ from persona_hub_dagster.lib.settings import setting
 from persona_hub_dagster.lib.synthesis import validators
 from persona_hub_dagster.lib.synthesis.steps import Step, SynthesisSettings, SynthesisTask, TaskContext
 from persona_hub_dagster.lib.synthesis.world import World, load_world
+
+
+def _turns(*pairs: tuple[str, str | None]) -> list[dict[str, str]]:
+    """Chat messages from (role, content) pairs, leaving out empty ones."""
+    return [{"role": role, "content": content} for role, content in pairs if content]
 
 
 def _object(**properties: Mapping[str, Any]) -> dict[str, Any]:
@@ -64,6 +70,8 @@ MATH = SynthesisTask(
     settings=MathSettings,
     context=_math_context,
     text=lambda row: row["problem"],
+    # The release joins in the verified solution (eval/math): the problem and how it is solved.
+    chat=lambda row: _turns(("user", row["problem"]), ("assistant", row.get("solution"))),
 )
 
 # ---------------------------------------------------------------------------------------------------- reasoning
@@ -109,6 +117,9 @@ REASONING = SynthesisTask(
     context=lambda s: TaskContext(s, inputs={"variant": REASONING_VARIANTS[s.variant]}, row={"variant": s.variant}),
     pool_filter=lambda entry, settings: entry.get("variant", "standard") == settings.variant,
     text=lambda row: row["question"],
+    chat=lambda row: _turns(
+        ("user", row["question"]), ("assistant", f"{row['justification']}\n\nAnswer: {row['answer']}")
+    ),
 )
 
 # ---------------------------------------------------------------------------------------------------- instructions
@@ -126,6 +137,7 @@ INSTRUCTIONS = SynthesisTask(
         ),
     ),
     columns={"instruction": pl.String},
+    chat=lambda row: _turns(("user", row["instruction"])),  # user prompts: the responses are the trainer's to make
 )
 
 # ---------------------------------------------------------------------------------------------------- conversations
@@ -169,6 +181,7 @@ CONVERSATIONS = SynthesisTask(
     context=lambda s: TaskContext(s, row={"turns": s.turns}),
     rounds=lambda settings: settings.turns,
     text=lambda row: "\n".join(m["content"] for m in row["messages"]),
+    chat=lambda row: list(row["messages"]),
 )
 
 # ---------------------------------------------------------------------------------------------------- knowledge
@@ -187,6 +200,7 @@ KNOWLEDGE = SynthesisTask(
     ),
     columns={"title": pl.String, "body": pl.String},
     text=lambda row: f"{row['title']}\n{row['body']}",
+    chat=lambda row: _turns(("user", row["title"]), ("assistant", row["body"])),
 )
 
 # ---------------------------------------------------------------------------------------------------- npc
@@ -227,6 +241,8 @@ def _npc_context(settings: NpcSettings) -> TaskContext:
     )
 
 
+NPC_FIELDS = ("name", "role", "faction", "location", "backstory", "personality", "dialogue", "quest_hook")
+
 NPC = SynthesisTask(
     name="npc",
     description="Game NPCs the persona would design, or could be, for a game world given as context (a world sheet).",
@@ -256,6 +272,11 @@ NPC = SynthesisTask(
     context=_npc_context,
     text=lambda row: "\n".join(
         [row["name"], row["role"], row["backstory"], row["personality"], *row["dialogue"], row["quest_hook"]]
+    ),
+    chat=lambda row: _turns(
+        ("system", f"You design non-player characters for the game world {row['world']}."),
+        ("user", f"Design an NPC for this world that this person would create: {row.get('persona') or ''}"),
+        ("assistant", json.dumps({k: row[k] for k in NPC_FIELDS}, ensure_ascii=False)),
     ),
 )
 
@@ -322,7 +343,21 @@ TOOLS = SynthesisTask(
         "code": pl.String,
     },
     text=lambda row: f"{row['name']}: {row['description']}\n{row['returns']}",
+    chat=lambda row: _turns(
+        ("user", "Implement this tool as one Python function:\n" + json.dumps(_tool_spec(row), indent=2)),
+        ("assistant", f"```python\n{row['code']}```"),
+    ),
 )
+
+
+def _tool_spec(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "name": row["name"],
+        "description": row["description"],
+        "parameters": json.loads(row["parameters"]),
+        "returns": row["returns"],
+    }
+
 
 TASKS: dict[str, SynthesisTask] = {
     task.name: task for task in (MATH, REASONING, INSTRUCTIONS, CONVERSATIONS, KNOWLEDGE, NPC, TOOLS)
