@@ -19,7 +19,14 @@ from pathlib import Path
 from persona_hub_dagster.lib import filesystems
 from persona_hub_dagster.lib.lineage import print_traced_example
 from persona_hub_dagster.lib.locations import normalize_location, project_dir
-from persona_hub_dagster.lib.shards import InvalidShard, ShardConflict, ShardRegistry, shard_file
+from persona_hub_dagster.lib.shards import (
+    DEFAULT_PERSONA_COLUMN,
+    KINDS,
+    InvalidShard,
+    ShardConflict,
+    ShardRegistry,
+    shard_file,
+)
 from persona_hub_dagster.lib.storage import DeltaStore
 from persona_hub_dagster.lib.synthesis.steps import PROMPTING_MODES
 
@@ -74,6 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     register.add_argument("--key", help="shard key (default: derived from the file name)")
     register.add_argument("--format", choices=["jsonl", "parquet", "csv", "txt"], help="default: from the suffix")
     register.add_argument("--text-column", help="field/column holding the text (default: the asset config's, 'text')")
+    register.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="text",
+        help="text (default): web text for Text-to-Persona; personas: one ready-made persona per record",
+    )
+    register.add_argument(
+        "--persona-column", help=f"with --kind personas: the persona's field (default {DEFAULT_PERSONA_COLUMN!r})"
+    )
     register.add_argument("--replace", action="store_true", help="point an existing key at this file")
     register.add_argument("--materialize", action="store_true", help=f"then run {DEFAULT_JOB} for it")
 
@@ -124,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         "--threshold", type=float, default=None, help="embedding cosine that flags (default 0.9; the fast model's own)"
     )
 
+    trace = commands.add_parser("trace", help="follow an item, persona or text id back to its source text and record")
+    trace.add_argument("id", help="an item_id, persona_id or text_id")
+    trace.add_argument("--json", action="store_true", help="the chain as JSON")
+
     export = commands.add_parser(
         "export", help="write a task's training-ready release (HF datasets layout) to a folder"
     )
@@ -166,9 +186,14 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_register_shard(args) -> int:
     location = normalize_location(args.path)
     entry = filesystems.stat(location)
-    shard = shard_file(entry, key=args.key, file_format=args.format)
-    new = _register(shard, text_column=args.text_column, replace=args.replace)
-    print(f"{'registered' if new else 'updated'} shard {shard.key!r} -> {shard.uri} ({shard.format})")
+    if args.persona_column and args.kind != "personas":
+        raise ValueError("--persona-column is for persona shards: add --kind personas")
+    if args.persona_column and args.text_column:
+        raise ValueError("give --persona-column or --text-column, not both")
+    shard = shard_file(entry, key=args.key, file_format=args.format, kind=args.kind)
+    new = _register(shard, text_column=args.persona_column or args.text_column, replace=args.replace)
+    kind = ", ready-made personas" if shard.kind == "personas" else ""
+    print(f"{'registered' if new else 'updated'} shard {shard.key!r} -> {shard.uri} ({shard.format}{kind})")
     if args.materialize:
         return _materialize([shard.key], DEFAULT_JOB)
     print(f"materialize it with `persona-hub materialize {shard.key}`, or in the UI (raw_text, partition {shard.key})")
@@ -184,9 +209,9 @@ def cmd_shards(_args) -> int:
     if frame.is_empty():
         print("no shards registered")
         return 0
-    print(f"{'order':>6}  {'shard':<40} {'format':<8} source")
+    print(f"{'order':>6}  {'shard':<40} {'kind':<9} {'format':<8} source")
     for order, row in enumerate(frame.iter_rows(named=True), 1):  # the registry's (registration) order
-        print(f"{order:>6}  {row['shard']:<40} {row['format']:<8} {row['source_uri']}")
+        print(f"{order:>6}  {row['shard']:<40} {row['kind']:<9} {row['format']:<8} {row['source_uri']}")
     return 0
 
 
@@ -271,6 +296,14 @@ def cmd_contamination(args) -> int:
     return 0
 
 
+def cmd_trace(args) -> int:
+    from persona_hub_dagster.lib.lineage import format_trace, trace_any
+
+    traced = trace_any(DeltaStore(), args.id)
+    print(json.dumps(traced.as_dict(), indent=2, default=str) if args.json else format_trace(traced))
+    return 0
+
+
 def cmd_export(args) -> int:
     from persona_hub_dagster.lib import release
     from persona_hub_dagster.lib.settings import settings_from
@@ -350,6 +383,7 @@ COMMANDS = {
     "prompt": cmd_prompt,
     "contamination": cmd_contamination,
     "export": cmd_export,
+    "trace": cmd_trace,
     "demonstrations": cmd_demonstrations,
     "demo": cmd_demo,
     "ui": cmd_ui,

@@ -59,6 +59,15 @@ def test_demo_registers_and_processes_the_sample_shard(env):
         event = instance.get_latest_materialization_event(dg.AssetKey("raw_text"))
         assert event.asset_materialization.partition == "sample"
 
+    # Any id of the output traces back to the file and record it came from.
+    item_id = store.read(["synthetic", "math"], ["sample"])["item_id"][0]
+    traced = json.loads(persona_hub(env, "trace", item_id, "--json").stdout)
+    assert traced["item"]["item_id"] == item_id and traced["task"] == "math"
+    assert traced["source"]["source_uri"].endswith(".jsonl") and traced["source"]["record_index"] >= 0
+    assert "source text" in persona_hub(env, "trace", item_id).stdout
+    missing = persona_hub(env, "trace", "no-such-id", check=False)
+    assert missing.returncode == 2 and "no item, persona or text id" in missing.stderr
+
     # Running it again is idempotent: same shard, same rows, one more run.
     persona_hub(env, "demo")
     assert store.row_count("raw_text", ["sample"]) == store.row_count("raw_text")

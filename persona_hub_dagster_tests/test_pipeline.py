@@ -9,6 +9,7 @@ import pytest
 
 from persona_hub_dagster.defs.evaluation.assets import evaluation_assets
 from persona_hub_dagster.defs.hub.assets import build_persona_hub
+from persona_hub_dagster.defs.jobs import trace_lineage_job
 from persona_hub_dagster.defs.models import EmbeddingsResource, JudgeResource, LLMResource
 from persona_hub_dagster.defs.partitions import register_shards
 from persona_hub_dagster.defs.personas.assets import persona_to_persona_asset, text_to_persona_asset
@@ -19,7 +20,7 @@ from persona_hub_dagster.defs.stages import asset_key
 from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
 from persona_hub_dagster.defs.synthesis.assets import demonstrations_asset, synthesis_assets
 from persona_hub_dagster.lib import filesystems, tables
-from persona_hub_dagster.lib.lineage import trace_item, trace_persona
+from persona_hub_dagster.lib.lineage import format_trace, trace_any, trace_item, trace_persona
 from persona_hub_dagster.lib.shards import ShardRegistry, shard_file
 from persona_hub_dagster.lib.storage import DeltaStore
 from persona_hub_dagster.lib.synthesis.tasks import TASKS
@@ -254,3 +255,56 @@ def test_an_expanded_persona_walks_up_its_parents_to_a_text_persona(pipeline):
     assert [p.get("hop") for p in chain[:-1]] == list(range(row["hop"], 0, -1))
     assert chain[-1]["persona_id"] == row["root_persona_id"]
     assert text is not None and text["text_id"] == row["text_id"]
+
+
+def test_column_lineage_is_declared_on_every_stage_the_ui_draws(pipeline):
+    _, _, result = pipeline
+    expected = {
+        TEXT_PERSONAS: ("text_id", tables.RAW_TEXT, "text_id"),
+        PERSONA_HUB: ("persona", tables.TEXT_PERSONAS, "persona"),
+        dg.AssetKey(["synthetic", "math"]): ("problem", tables.PERSONA_HUB, "persona"),
+        EVAL_MATH: ("item_id", tables.synthetic("math").table, "item_id"),
+    }
+    for key, (column, upstream, upstream_column) in expected.items():
+        lineage = materialization(result, key)["dagster/column_lineage"].value
+        deps = lineage.deps_by_column[column]
+        assert dg.TableColumnDep(asset_key=asset_key(upstream), column_name=upstream_column) in deps, key
+        # every declared column is one the table has
+        schema = {c.name for c in materialization(result, key)["dagster/column_schema"].schema.columns}
+        assert set(lineage.deps_by_column) <= schema, key
+
+
+def test_any_id_traces_to_its_source_record(pipeline):
+    store, _, _ = pipeline
+    item = store.read(tables.synthetic("math").table, [SHARD]).row(0, named=True)
+    traced = trace_any(store, item["item_id"])
+    assert (traced.task, traced.shard, traced.item["item_id"]) == ("math", SHARD, item["item_id"])
+    chain = traced.as_dict()
+    json.dumps(chain)  # plain data
+    assert chain["source"]["record_index"] is not None and chain["source"]["source_uri"].endswith("pipeline.jsonl")
+    assert "vector" not in chain["persona"]
+    shown = format_trace(traced)
+    assert item["item_id"] in shown and "source text" in shown and "record" in shown
+
+    persona = store.read(tables.TEXT_PERSONAS, [SHARD]).row(0, named=True)
+    by_persona = trace_any(store, persona["persona_id"])
+    assert by_persona.item is None and by_persona.text["text_id"] == persona["text_id"]
+    by_text = trace_any(store, persona["text_id"])
+    assert by_text.text["text_id"] == persona["text_id"] and not by_text.chain
+    with pytest.raises(LookupError, match="no item, persona or text id"):
+        trace_any(store, "no-such-id")
+
+
+def test_the_trace_lineage_job_logs_and_records_the_chain(pipeline):
+    store, instance, _ = pipeline
+    item = store.read(tables.synthetic("math").table, [SHARD]).row(0, named=True)
+    result = trace_lineage_job.execute_in_process(
+        run_config={"ops": {"trace_op": {"config": {"id": item["item_id"]}}}},
+        resources={"storage": DeltaStorageResource(root=store.root)},
+        instance=instance,
+    )
+    assert result.success
+    [output] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    metadata = output.event_specific_data.metadata
+    assert metadata["chain"].value["item"]["item_id"] == item["item_id"]
+    assert "source text" in metadata["lineage"].value

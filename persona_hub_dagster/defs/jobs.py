@@ -7,6 +7,7 @@ from persona_hub_dagster.defs.partitions import unregister_shards
 from persona_hub_dagster.defs.stages import asset_key
 from persona_hub_dagster.defs.storage import DeltaStorageResource
 from persona_hub_dagster.lib import tables
+from persona_hub_dagster.lib.lineage import format_trace, trace_any
 from persona_hub_dagster.lib.shards import unregister_shard
 
 DEMONSTRATIONS = dg.AssetSelection.assets(*map(asset_key, tables.DEMONSTRATIONS.tables))
@@ -64,3 +65,26 @@ def unregister_shard_op(context: dg.OpExecutionContext, config: UnregisterConfig
 )
 def unregister_shard_job():
     unregister_shard_op()
+
+
+class TraceConfig(dg.Config):
+    id: str = Field(description="An item_id (any task), persona_id or text_id.")
+
+
+@dg.op(description="Follow an id back to its source text and record; the chain is in the log and the metadata.")
+def trace_op(context: dg.OpExecutionContext, config: TraceConfig, storage: DeltaStorageResource):
+    traced = trace_any(storage.store(), config.id)
+    chain = format_trace(traced)
+    context.log.info(f"Lineage of {config.id}:\n{chain}")
+    context.add_output_metadata(
+        {"lineage": dg.MetadataValue.md(f"```\n{chain}\n```"), "chain": dg.MetadataValue.json(traced.as_dict())}
+    )
+
+
+@dg.job(
+    name="trace_lineage",
+    description="Launch with an id in the config (Launchpad): the run's log and metadata show its chain: item -> "
+    "evaluation -> persona -> parent personas -> source text, file and record (as `persona-hub trace`).",
+)
+def trace_lineage_job():
+    trace_op()

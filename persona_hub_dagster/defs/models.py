@@ -101,7 +101,7 @@ class LLMResource(dg.ConfigurableResource):
     def client(self, store: DeltaStore, *, stage: str, shard: str, run_id: str | None = None) -> LLMClient:
         """A client whose response cache is this stage's and shard's namespace under the storage root."""
         cache = ResponseCache(store, cache_namespace(stage, shard), run_id=run_id) if self.response_cache else None
-        return LLMClient(self.open(), cache=cache, max_attempts=self.max_attempts)
+        return LLMClient(self.open, cache=cache, max_attempts=self.max_attempts)  # opened when first asked
 
 
 class JudgeResource(LLMResource):

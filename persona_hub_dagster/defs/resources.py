@@ -1,5 +1,7 @@
 """Resources and the executor for every asset, configured from the environment (see README: Configuration)."""
 
+import os
+
 import dagster as dg
 from pydantic import Field
 
@@ -7,14 +9,20 @@ from persona_hub_dagster.defs.models import EmbeddingsResource, JudgeResource, L
 from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
 from persona_hub_dagster.lib.evaluation.contamination import Benchmark, benchmark_from_spec, configured_benchmarks
 from persona_hub_dagster.lib.locations import default_source_location
+from persona_hub_dagster.lib.shards import DEFAULT_PERSONAS_FOLDER
 
 
 class ShardSourceResource(dg.ConfigurableResource):
-    """The folder or object-store prefix the shard sensor watches for new text files."""
+    """The folder or object-store prefix the shard sensor watches for new text files and persona files."""
 
     location: str = Field(
         default_factory=default_source_location,
         description="Default $PERSONA_HUB_SOURCE, else corpus/ in the project folder.",
+    )
+    personas_folder: str | None = Field(
+        default_factory=lambda: os.environ.get("PERSONA_HUB_PERSONAS_FOLDER", DEFAULT_PERSONAS_FOLDER) or None,
+        description="Files under this sub-folder of the location are ready-made personas (one per record, field "
+        "`persona`), not text. Default $PERSONA_HUB_PERSONAS_FOLDER, else personas/; empty: no persona folder.",
     )
 
 

@@ -9,7 +9,7 @@ client, and every table written atomically for the partition with its metadata a
 
 import dataclasses
 import typing
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -20,7 +20,7 @@ from pydantic import Field
 
 from persona_hub_dagster.defs.models import usage_metadata
 from persona_hub_dagster.defs.partitions import text_shards
-from persona_hub_dagster.defs.storage import commit_metadata, metadata_value, table_write_metadata
+from persona_hub_dagster.defs.storage import column_lineage, commit_metadata, metadata_value, table_write_metadata
 from persona_hub_dagster.lib.generation import LLMStage, StageCall, StageResult
 from persona_hub_dagster.lib.llm.client import UsageStats
 from persona_hub_dagster.lib.llm.settings import LLMSettings, model_identity
@@ -128,7 +128,7 @@ def llm_stage_asset(declared: LLMStage, *, group: str, kinds: Sequence[str] = ()
         ins={name: dg.AssetIn(asset_key(table)) for name, table in inputs.items()},
         partitions_def=text_shards if declared.stage.partitioned else None,
         required_resource_keys={"storage", *declared.resources},
-        can_subset=False,
+        can_subset=True,  # a selection may name some of the stage's tables; it writes them all (`reported`)
     )
     def stage_asset(context: dg.AssetExecutionContext, config: config_type, **upstream: pl.LazyFrame):  # type: ignore[valid-type]
         resources = context.resources
@@ -154,7 +154,10 @@ def llm_stage_asset(declared: LLMStage, *, group: str, kinds: Sequence[str] = ()
             + (f", {rejects.height} rejected" if rejects is not None else "")
         )
         usage = client.usage if client is not None else None
-        yield from write_stage_tables(context, store, shard, declared.stage, result, usage=usage)
+        yield from reported(
+            context,
+            write_stage_tables(context, store, shard, declared.stage, result, usage=usage, lineage=declared.lineage),
+        )
 
     return stage_asset
 
@@ -185,10 +188,11 @@ def write_stage_tables(
     result: StageResult,
     *,
     usage: UsageStats | None = None,
+    lineage: Mapping[str, Sequence[tuple[Table, str]]] | None = None,
 ) -> Iterator[dg.MaterializeResult]:
     """Write each table's partition for the shard (replacing exactly that shard; the whole table when the stage is
     unpartitioned), and report each materialization with its table metadata; the stage's own metadata and the LLM
-    usage go on its main table."""
+    usage go on its main table, and so does its column lineage."""
     missing = [t.name for t in stage.tables if t not in result.tables]
     if missing:
         raise ValueError(f"Stage {stage.name} returned no frame for {missing}")
@@ -202,7 +206,29 @@ def write_stage_tables(
             extra = {key: metadata_value(value) for key, value in result.metadata.items()}
             if usage is not None:
                 extra.update(usage_metadata(usage))
+            extra.update(column_lineage(lineage or {}, result.tables[table].columns))
         yield dg.MaterializeResult(asset_key=asset_key(table), metadata={**table_write_metadata(write), **extra})
+
+
+def reported(
+    context: dg.AssetExecutionContext, results: Iterable[dg.MaterializeResult]
+) -> Iterator[dg.MaterializeResult]:
+    """Every table a step wrote, reported as materialized, whichever of them the run selected.
+
+    A stage's tables are written together in one step (its rows and its rejects come from the same calls), but a
+    selection such as `dagster asset materialize --select '+persona_hub'` names persona_hub and its upstream tables,
+    not their rejects or decisions tables. The stage assets accept such a subset (`can_subset=True`) and still write
+    every table; the selected ones are the step's results, the others are recorded as materializations of the same
+    run (runtime events), so no table changes without its materialization in the catalog."""
+    for result in results:
+        if result.asset_key in context.selected_asset_keys:
+            yield result
+            continue
+        partitions = context.partition_keys if context.has_partition_key or context.has_partition_key_range else [None]
+        for partition in partitions:
+            context.log_event(
+                dg.AssetMaterialization(asset_key=result.asset_key, partition=partition, metadata=result.metadata)
+            )
 
 
 def _input_name(table: Table) -> str:

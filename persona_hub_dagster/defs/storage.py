@@ -7,6 +7,7 @@
   in one step, cross-shard lookups. They write through `store()` and report with `table_write_metadata`.
 """
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dagster as dg
@@ -16,6 +17,7 @@ from pydantic import Field
 
 from persona_hub_dagster.lib.locations import default_storage_root
 from persona_hub_dagster.lib.storage import DeltaStore, TableWrite
+from persona_hub_dagster.lib.tables import Table
 
 PREVIEW_CELL_CHARS = 80
 
@@ -89,6 +91,21 @@ def table_write_metadata(write: TableWrite) -> dict[str, dg.MetadataValue]:
         "delta/commit_attempts": dg.MetadataValue.int(write.attempts),
         "preview": dg.MetadataValue.md(markdown_preview(write.preview)),
     }
+
+
+def column_lineage(
+    deps: Mapping[str, Sequence[tuple[Table, str]]], columns: Sequence[str]
+) -> dict[str, dg.MetadataValue]:
+    """`dagster/column_lineage` for the written columns that declare where they come from (the UI's Column lineage
+    view): one edge per (upstream table, column)."""
+    lineage = {
+        column: [
+            dg.TableColumnDep(asset_key=dg.AssetKey(list(table.path)), column_name=name) for table, name in deps[column]
+        ]
+        for column in columns
+        if column in deps
+    }
+    return {"dagster/column_lineage": dg.TableColumnLineage(deps_by_column=lineage)} if lineage else {}
 
 
 def metadata_value(value: Any) -> dg.MetadataValue:

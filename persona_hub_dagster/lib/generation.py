@@ -85,6 +85,7 @@ class LLMStage:
     reads: tuple[Table, ...] = ()  # loaded for `run`: the run's partition of each (all of an unpartitioned one)
     uses: tuple[Table, ...] = ()  # also upstream, read by `run` itself when its settings need them
     resources: tuple[str, ...] = ("llm",)  # llm | judge (the model it calls, if any), embeddings, benchmarks
+    lineage: Mapping[str, tuple[tuple[Table, str], ...]] = field(default_factory=dict)  # main table's column deps
 
     @property
     def name(self) -> str:
@@ -96,6 +97,11 @@ class LLMStage:
         sampling = [s.as_dict() for s in self.samplings(settings)]
         digest = content_id(repr((model_identity, sampling, self.version_extra(settings))))[:8]
         return f"{','.join(self.prompts(settings))}-{digest}"
+
+
+def same_columns(table: Table, *columns: str) -> dict[str, tuple[tuple[Table, str], ...]]:
+    """Column lineage for columns carried over unchanged from `table`."""
+    return {column: ((table, column),) for column in columns}
 
 
 def rate(part: int, whole: int) -> float:

@@ -17,9 +17,9 @@ from typing import Any
 import polars as pl
 
 from persona_hub_dagster.lib import tables
+from persona_hub_dagster.lib.personas import GIVEN
 from persona_hub_dagster.lib.storage import DeltaStore
 
-EVALUATIONS = {"math": tables.EVAL_MATH}  # task -> its evaluation table
 SYNTHETIC_MATH = tables.synthetic("math").table
 HUB = tables.PERSONA_HUB
 TEXT_PERSONAS = tables.TEXT_PERSONAS
@@ -30,10 +30,59 @@ RAW_TEXT = tables.RAW_TEXT
 @dataclass
 class Trace:
     evaluation: dict[str, Any] | None
-    item: dict[str, Any]
-    hub_persona: dict[str, Any]
+    item: dict[str, Any] | None
+    hub_persona: dict[str, Any] | None
     chain: list[dict[str, Any]] = field(default_factory=list)  # the persona, its parent, ..., the text persona
     text: dict[str, Any] | None = None
+    task: str | None = None
+    shard: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The chain as plain JSON-able data: item -> evaluation -> persona -> parents -> source text."""
+
+        def clean(row: dict[str, Any] | None) -> dict[str, Any] | None:
+            return None if row is None else {k: v for k, v in row.items() if k != "vector"}
+
+        return {
+            "task": self.task,
+            "shard": self.shard,
+            "item": clean(self.item),
+            "evaluation": clean(self.evaluation),
+            "persona": clean(self.hub_persona),
+            "chain": [clean(p) for p in self.chain],
+            "source": None
+            if self.text is None
+            else {k: self.text.get(k) for k in ("text_id", "source_uri", "record_index", "text")},
+        }
+
+
+def trace_any(store: DeltaStore, identifier: str, *, tasks=None) -> Trace:
+    """What an id names, traced to its source: an item of any task (with its evaluation), a persona (hub, text or
+    expanded), or a source text. Ids are content hashes, so one id names one thing; searched in that order."""
+    from persona_hub_dagster.lib.synthesis.tasks import TASKS
+
+    for name in tasks or TASKS:
+        table = tables.synthetic(name).table
+        if store.exists(table):
+            found = store.scan(table).filter(pl.col("item_id") == identifier).select("shard").head(1).collect()
+            if found.height:
+                trace = trace_item(store, found["shard"][0], identifier, task=name)
+                trace.task, trace.shard = name, found["shard"][0]
+                return trace
+    for table in (HUB, EXPANDED_PERSONAS, TEXT_PERSONAS):
+        if store.exists(table):
+            found = store.scan(table).filter(pl.col("persona_id") == identifier).head(1).collect()
+            if found.height:
+                row = found.row(0, named=True)
+                chain, text = trace_persona(store, row["shard"], row)
+                hub = row if table == HUB else None
+                return Trace(None, None, hub, chain=chain, text=text, shard=row["shard"])
+    if store.exists(RAW_TEXT):
+        found = store.scan(RAW_TEXT).filter(pl.col("text_id") == identifier).head(1).collect()
+        if found.height:
+            row = found.row(0, named=True)
+            return Trace(None, None, None, text=row, shard=row["shard"])
+    raise LookupError(f"{identifier!r} is no item, persona or text id in {store.root}")
 
 
 def _one(store: DeltaStore, table: tables.Table, shard: str, **equal: str) -> dict[str, Any] | None:
@@ -50,8 +99,8 @@ def trace_item(store: DeltaStore, shard: str, item_id: str, *, task: str = "math
     item = _one(store, table, shard, item_id=item_id)
     if item is None:
         raise LookupError(f"No item {item_id!r} in {table.name} for shard {shard!r}")
-    evaluated = EVALUATIONS.get(task)
-    evaluation = _one(store, evaluated, shard, item_id=item_id) if evaluated and store.exists(evaluated) else None
+    evaluated = tables.evaluation(task, "").table
+    evaluation = _one(store, evaluated, shard, item_id=item_id) if store.exists(evaluated) else None
     hub_persona = _one(store, HUB, shard, persona_id=item["persona_id"])
     if hub_persona is None:
         raise LookupError(f"Persona {item['persona_id']!r} of item {item_id!r} is not in the hub of shard {shard!r}")
@@ -128,5 +177,34 @@ def show_chain(chain: list[dict[str, Any]], text: dict[str, Any] | None, show) -
         relation = f"[{persona.get('relation')}] " if persona.get("relation") else ""
         show(label, f"{relation}{persona['persona']}")
     if text is not None:
-        show("source text", text["text"])
+        if not (chain and chain[-1].get("relation") == GIVEN):  # a given persona is its record's text
+            show("source text", text["text"])
         show("from", f"{text['source_uri']} (text_id {text['text_id']})")
+
+
+def format_trace(trace: Trace, width: int = 110) -> str:
+    """The chain as lines a person reads: item, evaluation, persona and its ancestors, source text and record."""
+    lines: list[str] = []
+
+    def show(label: str, text: str | None) -> None:
+        text = " ".join(str(text or "").split())
+        lines.append(f"  {label:<14} {text[:width] + (' ...' if len(text) > width else '')}")
+
+    if trace.item is not None:
+        item = trace.item
+        show(f"{trace.task} item", f"{item['item_id']} (shard {trace.shard}, {item.get('prompting', 'zero_shot')})")
+        from persona_hub_dagster.lib.synthesis.tasks import TASKS
+
+        show("content", TASKS[trace.task].item_text(item) if trace.task in TASKS else "")
+    if trace.evaluation is not None:
+        ev = trace.evaluation
+        flags = [f"passed={ev.get('passed')}"]
+        if ev.get("duplicate_of"):
+            flags.append(f"near-duplicate of {ev['duplicate_of']}")
+        if ev.get("contaminated"):
+            flags.append(f"contaminated ({ev['contamination_benchmark']} #{ev['contamination_index']})")
+        show("evaluation", ", ".join(flags))
+    show_chain(trace.chain, trace.text, show)
+    if trace.text is not None and "record_index" in trace.text:
+        show("record", f"{trace.text['source_uri']} #{trace.text['record_index']}")
+    return "\n".join(lines)

@@ -146,6 +146,22 @@ def build(store: DeltaStore, task: SynthesisTask, settings: ReleaseSettings | No
     )
 
 
+def lineage(task: SynthesisTask) -> dict[str, tuple[tuple[tables.Table, str], ...]]:
+    """Column lineage of release/<task>: items from synthetic/<task>, personas and their ids from the hub, the
+    split from the item id, messages from the item (and, for math, the verified solution)."""
+    synthetic, hub = task.stage.table, tables.PERSONA_HUB
+    deps: dict[str, tuple[tuple[tables.Table, str], ...]] = {
+        column: ((synthetic, column),)
+        for column in ("item_id", "shard", "persona_id", "prompting", "model", "prompt_version", *task.columns)
+    }
+    deps.update({column: ((hub, column),) for column in ("persona", *LINEAGE_COLUMNS)})
+    deps["split"] = ((synthetic, "item_id"),)
+    deps["messages"] = tuple((synthetic, c) for c in task.columns) + (
+        ((tables.EVAL_MATH_SOLUTIONS, "solution"),) if task.name == "math" else ()
+    )
+    return deps
+
+
 def _personas(store: DeltaStore) -> pl.DataFrame:
     hub = store.read(tables.PERSONA_HUB)
     for column in LINEAGE_COLUMNS:

@@ -1,8 +1,13 @@
 """Text shards: which files are shards, what they are called, and the registry that remembers them.
 
-A shard is one file (or object) of raw text: `.jsonl`/`.ndjson`, `.parquet`, `.csv` or `.txt`, the text formats
-optionally compressed (`.gz`, `.zst`, `.bz2`). Its key is derived from its path under the watched location
+A shard is one file (or object): `.jsonl`/`.ndjson`, `.parquet`, `.csv` or `.txt`, the text formats optionally
+compressed (`.gz`, `.zst`, `.bz2`). Its key is derived from its path under the watched location
 (`fineweb/part-00017.parquet` -> `fineweb-part-00017`), so keys are stable and readable in the UI.
+
+A shard is of one of two kinds: `text` (web text, for Text-to-Persona) or `personas` (ready-made personas, one per
+record: they become the shard's text personas as they are, with no LLM call). Under the watched location, files in
+the personas folder (`personas/` by default) are persona shards; `persona-hub register-shard --kind personas` says so
+for any file.
 
 The registry is a small Delta table (`<storage root>/_meta/text_shards`) mapping each key to its file, format and
 fingerprint (size and modification time). It lives with the data, not in Dagster's database, because every worker
@@ -29,6 +34,9 @@ from persona_hub_dagster.lib.storage import DeltaStore
 FORMAT_BY_SUFFIX = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv", ".txt": "txt"}
 COMPRESSION_BY_SUFFIX = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2"}
 FORMATS = ("jsonl", "parquet", "csv", "txt")
+KINDS = ("text", "personas")
+DEFAULT_PERSONAS_FOLDER = "personas"
+DEFAULT_PERSONA_COLUMN = "persona"
 MAX_KEY_CHARS = 100
 SHARD_KEY_RE = re.compile(rf"[a-z0-9][a-z0-9._-]{{0,{MAX_KEY_CHARS - 1}}}")  # the whole key (fullmatch)
 # Registration numbers come in blocks, one block per registration commit (see ShardRegistry._sequence_block).
@@ -55,6 +63,7 @@ class ShardFile:
     compression: str | None
     size_bytes: int
     modified_at: datetime | None
+    kind: str = "text"
 
     @property
     def fingerprint(self) -> str:
@@ -74,6 +83,17 @@ class RegisteredShard:
     registration_seq: int
     registered_at: datetime
     registered_by: str
+    kind: str = "text"
+
+    @property
+    def given_personas(self) -> bool:
+        """Its records are personas already: Text-to-Persona takes them as they are."""
+        return self.kind == "personas"
+
+    def column(self, text_column: str) -> str:
+        """The field holding each record's text (persona): its own, else `persona` for a persona shard, else the
+        asset config's."""
+        return self.text_column or (DEFAULT_PERSONA_COLUMN if self.given_personas else text_column)
 
 
 def detect_format(name: str) -> tuple[str, str | None] | None:
@@ -116,7 +136,11 @@ def validate_shard_key(key: str) -> str:
     return key
 
 
-def shard_file(entry: filesystems.FileEntry, key: str | None = None, file_format: str | None = None) -> ShardFile:
+def shard_file(
+    entry: filesystems.FileEntry, key: str | None = None, file_format: str | None = None, kind: str = "text"
+) -> ShardFile:
+    if kind not in KINDS:
+        raise InvalidShard(f"Unknown shard kind {kind!r}; expected one of {KINDS}")
     detected = detect_format(entry.uri)
     if file_format is None:
         if detected is None:
@@ -136,6 +160,7 @@ def shard_file(entry: filesystems.FileEntry, key: str | None = None, file_format
         compression=compression,
         size_bytes=entry.size_bytes,
         modified_at=entry.modified_at,
+        kind=kind,
     )
 
 
@@ -145,9 +170,11 @@ class Discovery:
     skipped: list[str]  # why other files under the location are not shards
 
 
-def discover_shard_files(location: str) -> Discovery:
-    """The shard files under `location`. Hidden files and folders (., _) are ignored; files of other formats and
-    files whose key collides with an earlier file's are skipped with a reason."""
+def discover_shard_files(location: str, personas_folder: str | None = DEFAULT_PERSONAS_FOLDER) -> Discovery:
+    """The shard files under `location`; those under its `personas_folder` (None: none) are persona shards. Hidden
+    files and folders (., _) are ignored; files of other formats and files whose key collides with an earlier file's
+    are skipped with a reason."""
+    personas_prefix = PurePosixPath(personas_folder.strip("/")).parts if personas_folder else None
     files: list[ShardFile] = []
     skipped: list[str] = []
     seen: dict[str, str] = {}
@@ -160,7 +187,9 @@ def discover_shard_files(location: str) -> Discovery:
         if entry.size_bytes == 0:
             skipped.append(f"{entry.relative_path}: empty file (still being written?)")
             continue
-        shard = shard_file(entry)
+        parts = PurePosixPath(entry.relative_path).parts
+        given = personas_prefix is not None and parts[: len(personas_prefix)] == personas_prefix
+        shard = shard_file(entry, kind="personas" if given else "text")
         if shard.key in seen:
             skipped.append(f"{entry.relative_path}: key {shard.key!r} already taken by {seen[shard.key]}")
             continue
@@ -183,6 +212,7 @@ REGISTRY_SCHEMA = pa.schema(
         ("registered_at", pa.timestamp("us", tz="UTC")),
         ("updated_at", pa.timestamp("us", tz="UTC")),
         ("registered_by", pa.string()),
+        ("kind", pa.string()),  # null in registries written before shard kinds: text
     ]
 )
 
@@ -199,7 +229,10 @@ class ShardRegistry:
     def frame(self) -> pl.DataFrame:
         if not self.store.exists(self.TABLE):
             return pl.from_arrow(REGISTRY_SCHEMA.empty_table())
-        return self.store.read(self.TABLE).sort("registration_seq", "shard")
+        frame = self.store.read(self.TABLE)
+        if "kind" not in frame.columns:
+            frame = frame.with_columns(kind=pl.lit(None, pl.String))
+        return frame.with_columns(pl.col("kind").fill_null("text")).sort("registration_seq", "shard")
 
     def _sequence_block(self, keys: Sequence[str], registered_by: str) -> int:
         """The first of len(keys) registration numbers that no concurrent registration can get: the Delta version
@@ -239,6 +272,7 @@ class ShardRegistry:
             registration_seq=row["registration_seq"],
             registered_at=row["registered_at"],
             registered_by=row["registered_by"],
+            kind=row.get("kind") or "text",
         )
 
     def register(
@@ -289,6 +323,7 @@ class ShardRegistry:
                     "registered_at": registered_at,
                     "updated_at": now,
                     "registered_by": registered_by,
+                    "kind": f.kind,
                 }
             )
         self.store.write_partitions(
@@ -298,6 +333,15 @@ class ShardRegistry:
             physically_partitioned=False,  # one tiny row per shard: a folder per shard would be all overhead
         )
         self.store.compact(self.TABLE, min_files=self.COMPACT_AFTER_FILES)
+
+
+def holds_given_personas(store: DeltaStore, shard: str | None) -> bool:
+    """Whether the shard is registered as a shard of ready-made personas (its tables may also have been written
+    without a registration, by tests and tools: those hold text)."""
+    if shard is None:
+        return False
+    rows = ShardRegistry(store).frame().filter(pl.col("shard") == shard)
+    return rows.height > 0 and rows["kind"][0] == "personas"
 
 
 def unregister_shard(store: DeltaStore, key: str, *, dry_run: bool = False) -> dict[str, int]:

@@ -64,7 +64,7 @@ RAW_TEXT = Table(
     ("raw_text",),
     "The texts of one shard, Unicode-normalized, whitespace-collapsed, within the length limits and without exact "
     "duplicates. `text_id` is a content hash; `source_uri` and `record_index` point back to the record in the source "
-    "file.",
+    "file. For a shard of ready-made personas (kind `personas`), each row's text is one persona.",
 )
 RAW_TEXT_REJECTS = Table(
     ("raw_text_rejects",),
@@ -78,7 +78,8 @@ INGESTION = Stage((RAW_TEXT, RAW_TEXT_REJECTS))
 TEXT_PERSONAS = Table(
     ("text_personas",),
     "Text-to-Persona: for each text of the shard, who is likely to read, write, like or dislike it, as a persona "
-    "description. `persona_id` hashes the normalized description; `text_id` joins raw_text.",
+    "description. `persona_id` hashes the normalized description; `text_id` joins raw_text. A shard of ready-made "
+    "personas passes its personas through as they are (relation `given`, no LLM call).",
 )
 TEXT_TO_PERSONA = Stage((TEXT_PERSONAS, rejects_of(TEXT_PERSONAS, "Text-to-Persona outputs")))
 
@@ -88,7 +89,8 @@ EXPANDED_PERSONAS = Table(
     "(patient, colleague, supplier, family member, ...), hop after hop up to `hops`, within a per-shard budget of LLM "
     "calls. Each row records parent_persona_id, root_persona_id, hop, relation and the root's text_id. Materialized "
     "every night at 02:00 for shards whose text personas changed (schedule nightly_persona_expansion); a re-run "
-    "replays finished calls from the response cache.",
+    "replays finished calls from the response cache. Shards of ready-made personas are expanded only with "
+    "`expand_persona_shards`.",
 )
 PERSONA_TO_PERSONA = Stage((EXPANDED_PERSONAS, rejects_of(EXPANDED_PERSONAS, "Persona-to-Persona outputs")))
 

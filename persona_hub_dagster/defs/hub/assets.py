@@ -6,10 +6,17 @@ import polars as pl
 
 from persona_hub_dagster.defs.models import EmbeddingsResource
 from persona_hub_dagster.defs.partitions import text_shards
-from persona_hub_dagster.defs.stages import asset_key, settings_config, stage_specs
-from persona_hub_dagster.defs.storage import DeltaStorageResource, commit_metadata, table_write_metadata
+from persona_hub_dagster.defs.stages import asset_key, reported, settings_config, stage_specs
+from persona_hub_dagster.defs.storage import DeltaStorageResource, column_lineage, commit_metadata, table_write_metadata
 from persona_hub_dagster.lib import tables
-from persona_hub_dagster.lib.dedup.hub import RUNS_SCHEMA, HubSettings, dedup_shard, load_candidates, prefix_shards
+from persona_hub_dagster.lib.dedup.hub import (
+    RUNS_SCHEMA,
+    HubSettings,
+    dedup_shard,
+    hub_lineage,
+    load_candidates,
+    prefix_shards,
+)
 from persona_hub_dagster.lib.embeddings import EMBEDDING_MODEL_ENV, embedding_identity
 from persona_hub_dagster.lib.shards import ShardRegistry
 
@@ -43,7 +50,7 @@ def default_fingerprint() -> str:
     # shard is always deduplicated against the finished hub of the shards before it.
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool=HUB_POOL,
-    can_subset=False,
+    can_subset=True,  # both tables are always written (see `reported`)
 )
 def build_persona_hub(
     context: dg.AssetExecutionContext, config: HubConfig, storage: DeltaStorageResource, embeddings: EmbeddingsResource
@@ -98,13 +105,19 @@ def build_persona_hub(
     }
     if len(per_shard) > 1:
         summary["per_shard"] = dg.MetadataValue.json(per_shard)
-    yield dg.MaterializeResult(
-        asset_key=PERSONA_HUB, metadata={**table_write_metadata(writes[tables.PERSONA_HUB]), **summary}
+    hub = dg.MaterializeResult(
+        asset_key=PERSONA_HUB,
+        metadata={
+            **table_write_metadata(writes[tables.PERSONA_HUB]),
+            **summary,
+            **column_lineage(hub_lineage(store), writes[tables.PERSONA_HUB].schema.names),
+        },
     )
-    yield dg.MaterializeResult(
+    decisions = dg.MaterializeResult(
         asset_key=PERSONA_HUB_DECISIONS,
         metadata={
             **table_write_metadata(writes[tables.PERSONA_HUB_DECISIONS]),
             "dropped_by_reason": summary["dropped_by_reason"],
         },
     )
+    yield from reported(context, [hub, decisions])

@@ -6,7 +6,7 @@ import dagster as dg
 import polars as pl
 
 from persona_hub_dagster.defs.partitions import text_shards
-from persona_hub_dagster.defs.stages import asset_key, settings_config
+from persona_hub_dagster.defs.stages import asset_key, reported, settings_config
 from persona_hub_dagster.defs.storage import (
     DeltaStorageResource,
     column_schema,
@@ -64,7 +64,7 @@ RawTextConfig = settings_config(IngestSettings, "RawTextConfig")
         ),
     ],
     partitions_def=text_shards,
-    can_subset=False,
+    can_subset=True,  # both tables are always written (see `reported`)
 )
 def ingest_raw_text(context: dg.AssetExecutionContext, config: RawTextConfig, storage: DeltaStorageResource):
     """Read the shard's file from the registry, clean it, and write both tables for this shard only."""
@@ -78,16 +78,19 @@ def ingest_raw_text(context: dg.AssetExecutionContext, config: RawTextConfig, st
         uri=registered.source_uri,
         format=registered.format,
         compression=registered.compression,
-        text_column=registered.text_column or settings.text_column,
+        text_column=registered.column(settings.text_column),
     )
     ingest = ShardIngest(
         spec,
         shard=shard,
         run_id=context.run.run_id,
-        options=settings.cleaning,
+        options=settings.cleaning(registered.given_personas),
         batch_size=settings.batch_size,
     )
-    context.log.info(f"Ingesting shard {shard!r} from {spec.uri} ({spec.format})")
+    what = "personas" if registered.given_personas else "texts"
+    context.log.info(
+        f"Ingesting the {what} of shard {shard!r} from {spec.uri} ({spec.format}, field {spec.text_column!r})"
+    )
 
     provenance = commit_metadata(context.run.run_id, RAW_TEXT)
     try:
@@ -107,11 +110,12 @@ def ingest_raw_text(context: dg.AssetExecutionContext, config: RawTextConfig, st
             "being written, re-materialize the shard when it is complete."
         )
 
-    yield dg.MaterializeResult(
+    texts_result = dg.MaterializeResult(
         asset_key=RAW_TEXT,
         metadata={
             **table_write_metadata(texts),
             "source_uri": dg.MetadataValue.path(spec.uri),
+            "shard_kind": dg.MetadataValue.text(registered.kind),
             "records_read": dg.MetadataValue.int(report.records),
             "empty_file": dg.MetadataValue.bool(report.records == 0),
             "rejected_rows": dg.MetadataValue.int(report.rejected_total),
@@ -119,10 +123,13 @@ def ingest_raw_text(context: dg.AssetExecutionContext, config: RawTextConfig, st
             "rejected_by_reason": dg.MetadataValue.json(by_reason),
         },
     )
-    yield dg.MaterializeResult(
+    rejects_result = dg.MaterializeResult(
         asset_key=RAW_TEXT_REJECTS,
         metadata={**table_write_metadata(rejects), "rejected_by_reason": dg.MetadataValue.json(by_reason)},
     )
+    yield from reported(context, [texts_result, rejects_result])
+    if RAW_TEXT not in context.selected_asset_keys:
+        return  # its checks run with it
 
     counts = (
         store.scan(tables.RAW_TEXT, [shard])

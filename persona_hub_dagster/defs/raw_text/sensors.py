@@ -12,7 +12,7 @@ from persona_hub_dagster.lib.shards import ShardFile, ShardRegistry, discover_sh
 
 
 def listing_digest(files: list[ShardFile]) -> str:
-    lines = "\n".join(f"{f.key}|{f.uri}|{f.fingerprint}" for f in files)
+    lines = "\n".join(f"{f.key}|{f.uri}|{f.fingerprint}|{f.kind}" for f in files)
     return hashlib.sha256(lines.encode()).hexdigest()[:32]
 
 
@@ -22,16 +22,17 @@ def listing_digest(files: list[ShardFile]) -> str:
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
-        "Watches the source location ($PERSONA_HUB_SOURCE, default corpus/) for .jsonl/.parquet/.csv/.txt files. "
-        "A new file becomes a text_shards partition and is ingested; a changed file (size or modification time) is "
-        "ingested again. The cursor is a digest of the last listing, so an unchanged source costs one listing."
+        "Watches the source location ($PERSONA_HUB_SOURCE, default corpus/) for .jsonl/.parquet/.csv/.txt files "
+        "(under its personas/ folder: files of ready-made personas). A new file becomes a text_shards partition and "
+        "is ingested; a changed file (size or modification time) is ingested again. The cursor is a digest of the "
+        "last listing, so an unchanged source costs one listing."
     ),
 )
 def text_shard_sensor(
     context: dg.SensorEvaluationContext, shard_source: ShardSourceResource, storage: DeltaStorageResource
 ):
     location = shard_source.location
-    discovery = discover_shard_files(location)
+    discovery = discover_shard_files(location, shard_source.personas_folder)
     for reason in discovery.skipped:
         context.log.warning(f"Not a shard: {reason}")
     digest = listing_digest(discovery.files)
@@ -51,9 +52,10 @@ def text_shard_sensor(
                 "Rename the file or register it by hand with another --key."
             )
             continue
-        if old is None or old["fingerprint"] != shard.fingerprint:
+        changed = old is None or old["fingerprint"] != shard.fingerprint or old["kind"] != shard.kind
+        if changed:
             to_register.append(shard)
-        if old is None or old["fingerprint"] != shard.fingerprint or shard.key not in in_dagster:
+        if changed or shard.key not in in_dagster:
             to_run.append(shard)
 
     registry.register(to_register, registered_by="text_shard_sensor")

@@ -3,7 +3,13 @@
 import dagster as dg
 
 from persona_hub_dagster.defs.stages import asset_key, settings_config
-from persona_hub_dagster.defs.storage import DeltaStorageResource, commit_metadata, metadata_value, table_write_metadata
+from persona_hub_dagster.defs.storage import (
+    DeltaStorageResource,
+    column_lineage,
+    commit_metadata,
+    metadata_value,
+    table_write_metadata,
+)
 from persona_hub_dagster.lib import release, tables
 from persona_hub_dagster.lib.synthesis.steps import SynthesisTask
 from persona_hub_dagster.lib.synthesis.tasks import TASKS
@@ -36,6 +42,7 @@ def release_asset(task: SynthesisTask) -> dg.AssetsDefinition:
                 **table_write_metadata(write),
                 "location": dg.MetadataValue.path(location),
                 "dataset_card": dg.MetadataValue.md(release.dataset_card(built)),
+                **column_lineage(release.lineage(task), built.rows.columns),
                 **{key: metadata_value(value) for key, value in release.metadata(built, written).items()},
             }
         )

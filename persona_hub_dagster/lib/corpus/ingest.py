@@ -18,6 +18,7 @@ import pyarrow as pa
 from persona_hub_dagster.lib.corpus.cleaning import CLEANING_VERSION, UNICODE_FORMS, CleaningOptions, clean_records
 from persona_hub_dagster.lib.corpus.readers import ReadStats, SourceSpec, read_records
 from persona_hub_dagster.lib.ids import content_ids
+from persona_hub_dagster.lib.personas import MIN_PERSONA_CHARS
 from persona_hub_dagster.lib.settings import setting
 from persona_hub_dagster.lib.storage import capped
 
@@ -100,13 +101,21 @@ class IngestSettings:
     )
     min_chars: int = setting(CleaningOptions.min_chars, "Texts shorter than this after cleaning are rejected.")
     max_chars: int = setting(CleaningOptions.max_chars, "Texts longer than this after cleaning are rejected.")
+    min_persona_chars: int = setting(
+        MIN_PERSONA_CHARS, "Persona shards: personas shorter than this are rejected (as generated ones are)."
+    )
+    max_persona_chars: int = setting(
+        2000, "Persona shards: personas longer than this are rejected (a persona is a description, not a text)."
+    )
     batch_size: int = setting(20_000, "Records per batch: bounds memory, whatever the shard size.")
     max_reject_rate: float = setting(
         0.5, "The reject-rate check warns when more of the shard's records than this are rejected."
     )
 
-    @property
-    def cleaning(self) -> CleaningOptions:
+    def cleaning(self, given_personas: bool = False) -> CleaningOptions:
+        """The rules for a shard's records: texts' bounds, or personas' for a persona shard."""
+        if given_personas:
+            return CleaningOptions(self.unicode_form, self.min_persona_chars, self.max_persona_chars)
         return CleaningOptions(self.unicode_form, self.min_chars, self.max_chars)
 
 

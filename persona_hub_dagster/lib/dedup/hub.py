@@ -110,6 +110,16 @@ def load_candidates(store: DeltaStore, shard: str) -> pl.DataFrame:
     return frame.sort(order, nulls_last=False).drop("source_rank")
 
 
+def hub_lineage(store: DeltaStore) -> dict[str, tuple[tuple[tables.Table, str], ...]]:
+    """Column lineage of persona_hub: each column from the candidate tables that have it (kept rows are copied)."""
+    deps: dict[str, list[tuple[tables.Table, str]]] = {}
+    for table in tables.HUB_SOURCES:
+        if store.exists(table):
+            for column in store.scan(table).collect_schema().names():
+                deps.setdefault(column, []).append((table, column))
+    return {column: tuple(sources) for column, sources in deps.items()}
+
+
 def prefix_shards(store: DeltaStore, registry_frame: pl.DataFrame, shard: str) -> tuple[list[str], list[str]]:
     """(shards registered before `shard`, those of them already in the hub), both in registration order."""
     ordered = registry_frame.sort("registration_seq", "shard")["shard"].to_list()

@@ -11,7 +11,7 @@ import polars as pl
 
 from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.evaluation.properties import PROPERTY_COLUMNS, set_properties
-from persona_hub_dagster.lib.generation import StageCall, rate
+from persona_hub_dagster.lib.generation import StageCall, rate, same_columns
 from persona_hub_dagster.lib.synthesis.steps import SynthesisTask
 
 KEY_COLUMNS = {"item_id": pl.String, "persona_id": pl.String, "shard": pl.String, "passed": pl.Boolean}
@@ -27,6 +27,17 @@ def shard_items(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, ta
         else pl.DataFrame(schema={"persona_id": pl.String, "persona": pl.String})
     )
     return items.join(hub, on="persona_id", how="left").sort("item_id")
+
+
+def eval_lineage(task: SynthesisTask) -> dict[str, tuple[tuple[tables.Table, str], ...]]:
+    """Column lineage of an eval/<task> table: the item's ids, and what the set properties compare."""
+    item = task.stage.table
+    return {
+        **same_columns(item, "item_id", "persona_id", "shard"),
+        "duplicate_of": ((item, "item_id"),),
+        "persona_similarity": ((tables.PERSONA_HUB, "persona"),),
+        "other_persona_similarity": ((tables.PERSONA_HUB, "persona"),),
+    }
 
 
 def eval_schema(checks: Mapping[str, pl.DataType]) -> dict[str, pl.DataType]:

@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 
 from persona_hub_dagster.lib import prompts, tables
-from persona_hub_dagster.lib.evaluation.common import finish, shard_items
+from persona_hub_dagster.lib.evaluation.common import eval_lineage, finish, shard_items
 from persona_hub_dagster.lib.generation import (
     LLMStage,
     Planned,
@@ -214,4 +214,5 @@ def stage(rubric: Rubric) -> LLMStage:
         reads=(task.stage.table,),
         uses=(tables.PERSONA_HUB,),
         resources=("judge", "embeddings", "benchmarks"),
+        lineage=eval_lineage(task),
     )

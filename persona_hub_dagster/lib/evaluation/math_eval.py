@@ -20,7 +20,7 @@ import polars as pl
 
 from persona_hub_dagster.lib import prompts, tables
 from persona_hub_dagster.lib.evaluation import answers
-from persona_hub_dagster.lib.evaluation.common import finish, shard_items
+from persona_hub_dagster.lib.evaluation.common import eval_lineage, finish, shard_items
 from persona_hub_dagster.lib.evaluation.sandbox import SandboxLimits, run_python
 from persona_hub_dagster.lib.generation import (
     LLMStage,
@@ -279,4 +279,5 @@ STAGE = LLMStage(
     reads=(tables.synthetic("math").table,),
     uses=(tables.PERSONA_HUB,),
     resources=("llm", "embeddings", "benchmarks"),
+    lineage=eval_lineage(TASKS["math"]),
 )

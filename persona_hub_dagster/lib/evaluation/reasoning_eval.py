@@ -13,7 +13,7 @@ import polars as pl
 
 from persona_hub_dagster.lib import prompts, tables
 from persona_hub_dagster.lib.evaluation.answers import same_answer
-from persona_hub_dagster.lib.evaluation.common import finish, shard_items
+from persona_hub_dagster.lib.evaluation.common import eval_lineage, finish, shard_items
 from persona_hub_dagster.lib.generation import (
     LLMStage,
     Planned,
@@ -173,4 +173,5 @@ STAGE = LLMStage(
     reads=(TASKS["reasoning"].stage.table,),
     uses=(tables.PERSONA_HUB,),
     resources=("llm", "embeddings", "benchmarks"),
+    lineage=eval_lineage(TASKS["reasoning"]),
 )

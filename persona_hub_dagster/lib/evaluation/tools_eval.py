@@ -19,7 +19,7 @@ from typing import Any
 import polars as pl
 
 from persona_hub_dagster.lib import tables
-from persona_hub_dagster.lib.evaluation.common import finish, shard_items
+from persona_hub_dagster.lib.evaluation.common import eval_lineage, finish, shard_items
 from persona_hub_dagster.lib.evaluation.sandbox import SandboxLimits, run_python
 from persona_hub_dagster.lib.generation import LLMStage, StageCall, StageResult, frame
 from persona_hub_dagster.lib.settings import setting
@@ -144,4 +144,5 @@ STAGE = LLMStage(
     reads=(TASKS["tools"].stage.table,),
     uses=(tables.PERSONA_HUB,),
     resources=("embeddings", "benchmarks"),
+    lineage=eval_lineage(TASKS["tools"]),
 )

@@ -16,7 +16,7 @@ rejections (and replacing a shard's rows with them).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -82,13 +82,28 @@ class UsageStats:
 
 
 class LLMClient:
-    def __init__(self, backend: Backend, *, cache: ResponseCache | None = None, max_attempts: int = 3):
+    def __init__(
+        self, backend: Backend | Callable[[], Backend], *, cache: ResponseCache | None = None, max_attempts: int = 3
+    ):
+        """`backend`, or a function that opens it: then it is opened on first use, so a stage with nothing to ask
+        (a persona shard's Text-to-Persona) never loads a model or starts a server."""
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
-        self.backend = backend
+        self._backend: Backend | None = None if _is_opener(backend) else backend
+        self._open = backend if _is_opener(backend) else None
         self.cache = cache
         self.max_attempts = max_attempts
         self.usage = UsageStats()
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = self._open()
+        return self._backend
+
+    @property
+    def opened(self) -> bool:
+        return self._backend is not None
 
     @property
     def identity(self) -> str:
@@ -139,7 +154,8 @@ class LLMClient:
             yield self.generate(batch)
 
     def close(self) -> None:
-        self.backend.close()
+        if self._backend is not None:
+            self._backend.close()
 
     # ------------------------------------------------------------------------------------------------
 
@@ -191,6 +207,11 @@ class LLMClient:
             error=error,
             backend_failed=backend_failed,
         )
+
+
+def _is_opener(backend: object) -> bool:
+    """A function that opens a backend, as opposed to a backend (which has `complete`)."""
+    return callable(backend) and not hasattr(backend, "complete")
 
 
 def _attempt_request(request: LLMRequest, attempt: int) -> LLMRequest:

@@ -31,12 +31,14 @@ from persona_hub_dagster.lib.generation import (
     placeholder_echo,
     rejects_frame,
     run_requests,
+    same_columns,
     stable_rank,
 )
 from persona_hub_dagster.lib.llm.client import LLMClient
 from persona_hub_dagster.lib.llm.types import LLMResponse, SamplingParams
-from persona_hub_dagster.lib.personas.text_to_persona import MIN_PERSONA_CHARS
+from persona_hub_dagster.lib.personas import MIN_PERSONA_CHARS
 from persona_hub_dagster.lib.settings import setting
+from persona_hub_dagster.lib.shards import holds_given_personas
 
 TEMPLATE = "persona_to_persona"
 
@@ -63,6 +65,11 @@ class ExpansionSettings:
     seed: int = setting(0, "Seeds the order in which a hop is cut when the budget runs out.")
     temperature: float = setting(0.8, "Sampling temperature.")
     max_tokens: int = setting(256, "Output tokens per expanded persona (all its related people).")
+    expand_persona_shards: bool = setting(
+        False,
+        "Also expand shards of ready-made personas (kind `personas`). Off: their personas go to the hub as given, "
+        "and this stage makes no LLM call for them.",
+    )
 
     def __post_init__(self) -> None:
         if self.hops < 1 or self.fan_out < 1 or self.max_calls < 0:
@@ -163,6 +170,18 @@ def expand_personas(
 
 def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: ExpansionSettings) -> StageResult:
     seeds = inputs[tables.TEXT_PERSONAS].select("persona_id", "persona", "text_id").collect()
+    if not settings.expand_persona_shards and holds_given_personas(call.store, call.shard):
+        return StageResult(
+            {
+                tables.EXPANDED_PERSONAS: frame([], EXPANDED_PERSONAS_SCHEMA),
+                tables.PERSONA_TO_PERSONA.rejects: rejects_frame([]),
+            },
+            {
+                "seed_personas": seeds["persona_id"].n_unique(),
+                "skipped": "a shard of ready-made personas: set expand_persona_shards to expand it",
+                "calls_used": 0,
+            },
+        )
     output = expand_personas(
         seeds, call.client, settings, shard=call.shard, run_id=call.run_id, batch_size=call.batch_size
     )
@@ -187,4 +206,11 @@ STAGE = LLMStage(
     prompts=lambda settings: [template().version],
     samplings=lambda settings: [settings.sampling],
     reads=(tables.TEXT_PERSONAS,),
+    lineage={
+        **same_columns(tables.TEXT_PERSONAS, "text_id", "shard"),
+        "persona": ((tables.TEXT_PERSONAS, "persona"),),
+        "persona_id": ((tables.TEXT_PERSONAS, "persona"),),
+        "parent_persona_id": ((tables.TEXT_PERSONAS, "persona_id"),),
+        "root_persona_id": ((tables.TEXT_PERSONAS, "persona_id"),),
+    },
 )

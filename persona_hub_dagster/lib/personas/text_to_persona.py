@@ -26,17 +26,19 @@ from persona_hub_dagster.lib.generation import (
     rate,
     rejects_frame,
     run_requests,
+    same_columns,
     stable_rank,
 )
 from persona_hub_dagster.lib.llm.client import LLMClient
 from persona_hub_dagster.lib.llm.types import LLMResponse, SamplingParams
+from persona_hub_dagster.lib.personas import GIVEN, MIN_PERSONA_CHARS
 from persona_hub_dagster.lib.settings import setting
+from persona_hub_dagster.lib.shards import holds_given_personas
 
 TEMPLATE = "text_to_persona"
 # How each relation reads in the question "Who is likely to ... the text below?"
 RELATIONS = {"read": "read", "write": "have written", "like": "like", "dislike": "dislike"}
 GRANULARITIES = ("coarse", "fine")
-MIN_PERSONA_CHARS = 8
 
 PERSONA_SCHEMA = {
     "type": "object",
@@ -152,8 +154,34 @@ def text_to_personas(
     return run_requests(client, plan(texts, settings), parse, run, batch_size=batch_size)
 
 
+def given_personas(texts: pl.DataFrame, *, shard: str | None, run_id: str) -> pl.DataFrame:
+    """A persona shard's text personas: each record's text is the persona, taken as it is (no model, no prompt)."""
+    personas = [normalize_description(text) for text in texts["text"]]
+    return pl.DataFrame(
+        {
+            "persona_id": [persona_id(p) for p in personas],
+            "persona": personas,
+            "text_id": texts["text_id"],
+            "shard": shard,
+            "relation": GIVEN,
+            "granularity": None,
+            "model": None,
+            "prompt_version": None,
+            "run_id": run_id,
+        },
+        schema=TEXT_PERSONAS_SCHEMA,
+    )
+
+
 def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: TextToPersonaSettings) -> StageResult:
     texts = inputs[tables.RAW_TEXT].select("text_id", "text").collect()
+    if holds_given_personas(call.store, call.shard):
+        personas = given_personas(texts, shard=call.shard, run_id=call.run_id)
+        no_rejects = rejects_frame([])
+        return StageResult(
+            {tables.TEXT_PERSONAS: personas, tables.TEXT_TO_PERSONA.rejects: no_rejects},
+            {"given_personas": personas.height, "distinct_personas": personas["persona_id"].n_unique()},
+        )
     output = text_to_personas(
         texts, call.client, settings, shard=call.shard, run_id=call.run_id, batch_size=call.batch_size
     )
@@ -176,4 +204,10 @@ STAGE = LLMStage(
     prompts=lambda settings: [template().version],
     samplings=lambda settings: [settings.sampling],
     reads=(tables.RAW_TEXT,),
+    lineage={
+        **same_columns(tables.RAW_TEXT, "text_id", "shard"),
+        # the persona is written from the text; its id hashes the persona
+        "persona": ((tables.RAW_TEXT, "text"),),
+        "persona_id": ((tables.RAW_TEXT, "text"),),
+    },
 )

@@ -32,6 +32,7 @@ from persona_hub_dagster.lib.generation import (
     rate,
     rejects_frame,
     run_requests,
+    same_columns,
     stable_rank,
 )
 from persona_hub_dagster.lib.ids import content_id
@@ -337,6 +338,11 @@ def stage(task: SynthesisTask) -> LLMStage:
         version_extra=version_extra,
         reads=(tables.PERSONA_HUB,),
         uses=(tables.DEMONSTRATION_PERSONAS,),
+        lineage={
+            **same_columns(tables.PERSONA_HUB, "persona_id", "shard"),
+            **{column: ((tables.PERSONA_HUB, "persona"),) for column in task.columns},  # written for the persona
+            "demonstration_ids": ((tables.DEMONSTRATION_PERSONAS, "demonstration_id"),),
+        },
     )
 
 
