@@ -74,6 +74,7 @@ def materialize(path: str, root: str, file_format: str, selection: str, minilm: 
     from persona_hub_dagster.defs.partitions import text_shards
     from persona_hub_dagster.defs.personas.assets import persona_to_persona_asset, text_to_persona_asset
     from persona_hub_dagster.defs.raw_text.assets import ingest_raw_text
+    from persona_hub_dagster.defs.stages import asset_key
     from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
     from persona_hub_dagster.lib import filesystems, tables
     from persona_hub_dagster.lib.shards import ShardRegistry, shard_file
@@ -83,15 +84,15 @@ def materialize(path: str, root: str, file_format: str, selection: str, minilm: 
     registry = ShardRegistry(store)
     if selection == "import":
         registry.register([shard_file(filesystems.stat(path), key=SHARD, kind="personas")], registered_by="bench")
-        assets = [ingest_raw_text, text_to_persona_asset]
+        selected = [*tables.INGESTION.tables, *tables.TEXT_TO_PERSONA.tables]
     else:
-        assets = [persona_to_persona_asset, build_persona_hub]
+        selected = [*tables.PERSONA_TO_PERSONA.tables, *tables.HUB.tables]
     storage = DeltaStorageResource(root=root)
     started = time.perf_counter()
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(text_shards.name, [SHARD])
         result = dg.materialize(
-            assets,
+            [ingest_raw_text, text_to_persona_asset, persona_to_persona_asset, build_persona_hub],
             partition_key=SHARD,
             instance=instance,
             resources={
@@ -100,7 +101,7 @@ def materialize(path: str, root: str, file_format: str, selection: str, minilm: 
                 "llm": LLMResource(),
                 "embeddings": EmbeddingsResource(fast=not minilm),
             },
-            selection=None,
+            selection=[asset_key(t) for t in selected],
         )
     seconds = time.perf_counter() - started
     assert result.success

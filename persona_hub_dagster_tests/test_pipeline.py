@@ -269,9 +269,11 @@ def test_column_lineage_is_declared_on_every_stage_the_ui_draws(pipeline):
         lineage = materialization(result, key)["dagster/column_lineage"].value
         deps = lineage.deps_by_column[column]
         assert dg.TableColumnDep(asset_key=asset_key(upstream), column_name=upstream_column) in deps, key
-        # every declared column is one the table has
-        schema = {c.name for c in materialization(result, key)["dagster/column_schema"].schema.columns}
-        assert set(lineage.deps_by_column) <= schema, key
+        # every declared column is one the table has, and its description names its sources (what the open-source
+        # UI shows in the asset's Columns table)
+        schema = {c.name: c for c in materialization(result, key)["dagster/column_schema"].schema.columns}
+        assert set(lineage.deps_by_column) <= set(schema), key
+        assert f"{upstream.name}.{upstream_column}" in schema[column].description, key
 
 
 def test_any_id_traces_to_its_source_record(pipeline):

@@ -261,3 +261,23 @@ def test_a_huge_rejected_record_is_capped_and_stays_out_of_the_delta_log(instanc
     assert reject["raw_chars"] > 10_000_000 and len(reject["raw_hash"]) == 32
     log = Path(local_store.table_uri("raw_text_rejects")) / "_delta_log"
     assert max(f.stat().st_size for f in log.glob("*.json")) < 64 * 1024  # no min/max of the raw text in the log
+
+
+def test_sensor_registers_files_in_the_personas_folder_as_persona_shards(instance, local_store, tmp_path):
+    source = tmp_path / "corpus"
+    (source / "personas").mkdir(parents=True)
+    write_jsonl(source / "personas" / "crowd.jsonl", [{"persona": "A ferry captain who reads tide tables"}])
+    write_jsonl(source / "web.jsonl", [{"text": t} for t in texts(1)])
+    # A persona file registered by hand outside the folder keeps the kind it was given.
+    mine = write_jsonl(source / "mine.jsonl", [{"who": "A beekeeper who tests soil acidity"}])
+    ShardRegistry(local_store).register(
+        [shard_file(filesystems.stat(str(mine)), kind="personas")], registered_by="test", text_column="who"
+    )
+    result = evaluate(instance, str(source), local_store)
+    assert sorted(r.partition_key for r in result.run_requests) == ["mine", "personas-crowd", "web"]
+    registry = ShardRegistry(local_store)
+    assert [registry.get(k).kind for k in ("personas-crowd", "web", "mine")] == ["personas", "text", "personas"]
+    time.sleep(0.01)
+    write_jsonl(mine, [{"who": "A beekeeper who tests soil acidity"}, {"who": "A welder who restores boats"}])
+    evaluate(instance, str(source), local_store, cursor=result.cursor)
+    assert registry.get("mine").kind == "personas" and registry.get("mine").text_column == "who"

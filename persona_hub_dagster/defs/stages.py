@@ -20,7 +20,7 @@ from pydantic import Field
 
 from persona_hub_dagster.defs.models import usage_metadata
 from persona_hub_dagster.defs.partitions import text_shards
-from persona_hub_dagster.defs.storage import column_lineage, commit_metadata, metadata_value, table_write_metadata
+from persona_hub_dagster.defs.storage import commit_metadata, metadata_value, table_write_metadata
 from persona_hub_dagster.lib.generation import LLMStage, StageCall, StageResult
 from persona_hub_dagster.lib.llm.client import UsageStats
 from persona_hub_dagster.lib.llm.settings import LLMSettings, model_identity
@@ -206,8 +206,10 @@ def write_stage_tables(
             extra = {key: metadata_value(value) for key, value in result.metadata.items()}
             if usage is not None:
                 extra.update(usage_metadata(usage))
-            extra.update(column_lineage(lineage or {}, result.tables[table].columns))
-        yield dg.MaterializeResult(asset_key=asset_key(table), metadata={**table_write_metadata(write), **extra})
+        main_lineage = lineage if table == stage.table else None
+        yield dg.MaterializeResult(
+            asset_key=asset_key(table), metadata={**table_write_metadata(write, main_lineage), **extra}
+        )
 
 
 def reported(

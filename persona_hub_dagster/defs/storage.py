@@ -77,13 +77,20 @@ def commit_metadata(run_id: str, asset_key: dg.AssetKey) -> dict[str, str]:
     return {"dagster.run_id": run_id, "dagster.asset_key": asset_key.to_user_string()}
 
 
-def table_write_metadata(write: TableWrite) -> dict[str, dg.MetadataValue]:
-    """Materialization metadata for one committed write: counts, schema, where the table is, and a preview."""
+def table_write_metadata(
+    write: TableWrite, lineage: Mapping[str, Sequence[tuple[Table, str]]] | None = None
+) -> dict[str, dg.MetadataValue]:
+    """Materialization metadata for one committed write: counts, schema, where the table is, and a preview.
+
+    `lineage` ({column: [(upstream table, its column)]}) becomes `dagster/column_lineage`, one edge per upstream
+    column, and also each column's description in the schema ("from text_personas.persona_id"): the open-source UI
+    draws no column lineage view (a Dagster+ feature) but shows the descriptions in the asset's Columns table."""
+    sources = {column: lineage[column] for column in write.schema.names if column in lineage} if lineage else {}
     partition_rows = write.rows_written
-    return {
+    metadata = {
         "dagster/row_count": dg.MetadataValue.int(write.table_rows),
         "dagster/partition_row_count": dg.MetadataValue.int(partition_rows),
-        "dagster/column_schema": dg.MetadataValue.table_schema(column_schema(write.schema)),
+        "dagster/column_schema": dg.MetadataValue.table_schema(column_schema(write.schema, sources)),
         "dagster/storage_kind": dg.MetadataValue.text("deltalake"),
         "dagster/table_name": dg.MetadataValue.text(write.uri),
         "delta/uri": dg.MetadataValue.path(write.uri),
@@ -91,21 +98,14 @@ def table_write_metadata(write: TableWrite) -> dict[str, dg.MetadataValue]:
         "delta/commit_attempts": dg.MetadataValue.int(write.attempts),
         "preview": dg.MetadataValue.md(markdown_preview(write.preview)),
     }
-
-
-def column_lineage(
-    deps: Mapping[str, Sequence[tuple[Table, str]]], columns: Sequence[str]
-) -> dict[str, dg.MetadataValue]:
-    """`dagster/column_lineage` for the written columns that declare where they come from (the UI's Column lineage
-    view): one edge per (upstream table, column)."""
-    lineage = {
-        column: [
-            dg.TableColumnDep(asset_key=dg.AssetKey(list(table.path)), column_name=name) for table, name in deps[column]
-        ]
-        for column in columns
-        if column in deps
-    }
-    return {"dagster/column_lineage": dg.TableColumnLineage(deps_by_column=lineage)} if lineage else {}
+    if sources:
+        metadata["dagster/column_lineage"] = dg.TableColumnLineage(
+            deps_by_column={
+                column: [dg.TableColumnDep(asset_key=dg.AssetKey(list(t.path)), column_name=c) for t, c in deps]
+                for column, deps in sources.items()
+            }
+        )
+    return metadata
 
 
 def metadata_value(value: Any) -> dg.MetadataValue:
@@ -121,8 +121,19 @@ def metadata_value(value: Any) -> dg.MetadataValue:
     return dg.MetadataValue.json(value)
 
 
-def column_schema(schema: pa.Schema) -> dg.TableSchema:
-    return dg.TableSchema(columns=[dg.TableColumn(name=f.name, type=str(f.type), description=None) for f in schema])
+def column_schema(
+    schema: pa.Schema, sources: Mapping[str, Sequence[tuple[Table, str]]] | None = None
+) -> dg.TableSchema:
+    """The table's columns; where `sources` names a column's upstream columns, they are its description."""
+
+    def described(name: str) -> str | None:
+        if not sources or name not in sources:
+            return None
+        return "from " + ", ".join(f"{table.name}.{column}" for table, column in sources[name])
+
+    return dg.TableSchema(
+        columns=[dg.TableColumn(name=f.name, type=str(f.type), description=described(f.name)) for f in schema]
+    )
 
 
 def markdown_preview(frame: pl.DataFrame, max_rows: int = 5) -> str:

@@ -7,7 +7,7 @@ import polars as pl
 from persona_hub_dagster.defs.models import EmbeddingsResource
 from persona_hub_dagster.defs.partitions import text_shards
 from persona_hub_dagster.defs.stages import asset_key, reported, settings_config, stage_specs
-from persona_hub_dagster.defs.storage import DeltaStorageResource, column_lineage, commit_metadata, table_write_metadata
+from persona_hub_dagster.defs.storage import DeltaStorageResource, commit_metadata, table_write_metadata
 from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.dedup.hub import (
     RUNS_SCHEMA,
@@ -108,9 +108,8 @@ def build_persona_hub(
     hub = dg.MaterializeResult(
         asset_key=PERSONA_HUB,
         metadata={
-            **table_write_metadata(writes[tables.PERSONA_HUB]),
+            **table_write_metadata(writes[tables.PERSONA_HUB], hub_lineage(store)),
             **summary,
-            **column_lineage(hub_lineage(store), writes[tables.PERSONA_HUB].schema.names),
         },
     )
     decisions = dg.MaterializeResult(

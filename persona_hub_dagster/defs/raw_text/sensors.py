@@ -1,5 +1,6 @@
 """The shard sensor: new or changed files under the source location become shards and get ingested."""
 
+import dataclasses
 import hashlib
 
 import dagster as dg
@@ -12,7 +13,7 @@ from persona_hub_dagster.lib.shards import ShardFile, ShardRegistry, discover_sh
 
 
 def listing_digest(files: list[ShardFile]) -> str:
-    lines = "\n".join(f"{f.key}|{f.uri}|{f.fingerprint}|{f.kind}" for f in files)
+    lines = "\n".join(f"{f.key}|{f.uri}|{f.fingerprint}" for f in files)
     return hashlib.sha256(lines.encode()).hexdigest()[:32]
 
 
@@ -52,7 +53,10 @@ def text_shard_sensor(
                 "Rename the file or register it by hand with another --key."
             )
             continue
-        changed = old is None or old["fingerprint"] != shard.fingerprint or old["kind"] != shard.kind
+        if old is not None:
+            # A registered shard keeps its kind (given with `register-shard --kind` or by the folder it was found in).
+            shard = dataclasses.replace(shard, kind=old["kind"])
+        changed = old is None or old["fingerprint"] != shard.fingerprint
         if changed:
             to_register.append(shard)
         if changed or shard.key not in in_dagster:

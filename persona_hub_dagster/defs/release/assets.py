@@ -5,7 +5,6 @@ import dagster as dg
 from persona_hub_dagster.defs.stages import asset_key, settings_config
 from persona_hub_dagster.defs.storage import (
     DeltaStorageResource,
-    column_lineage,
     commit_metadata,
     metadata_value,
     table_write_metadata,
@@ -39,10 +38,9 @@ def release_asset(task: SynthesisTask) -> dg.AssetsDefinition:
         context.log.info(f"release/{task.name}: {built.counts()} items at {location}")
         return dg.MaterializeResult(
             metadata={
-                **table_write_metadata(write),
+                **table_write_metadata(write, release.lineage(task)),
                 "location": dg.MetadataValue.path(location),
                 "dataset_card": dg.MetadataValue.md(release.dataset_card(built)),
-                **column_lineage(release.lineage(task), built.rows.columns),
                 **{key: metadata_value(value) for key, value in release.metadata(built, written).items()},
             }
         )
