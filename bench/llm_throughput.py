@@ -111,7 +111,7 @@ def main() -> None:
     if args.base_url:
         import openai
 
-        backend = OpenAICompatibleBackend(args.base_url, args.model, max_concurrency=args.concurrency)
+        backend = OpenAICompatibleBackend(args.base_url, args.model, max_in_flight=args.concurrency)
         raw_client = openai.OpenAI(base_url=args.base_url, api_key="not-needed")
         paths = {
             "raw openai client, thread pool": lambda: raw_openai(raw_client, backend.model, requests, args.concurrency),

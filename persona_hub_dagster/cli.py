@@ -530,17 +530,46 @@ def _materialize(shards: list[str], job_name: str, ops_config: dict | None = Non
                 failed.append(shard)
                 continue
             print(f"materializing {job_name} for shard {shard!r} ...", flush=True)
-            result = job.execute_in_process(
-                partition_key=shard,
-                instance=instance,
-                raise_on_error=False,
-                run_config=_run_config(ops_config),
-                tags=_run_tags(),
-            )
+            with _progress_bars():
+                result = job.execute_in_process(
+                    partition_key=shard,
+                    instance=instance,
+                    raise_on_error=False,
+                    run_config=_run_config(ops_config),
+                    tags=_run_tags(),
+                )
             _report(result)
             if not result.success:
                 failed.append(shard)
     return 1 if failed else 0
+
+
+@contextlib.contextmanager
+def _progress_bars():
+    """A progress bar on stderr for each LLM stage of a job running in this process: requests answered of those
+    planned so far, cache hits, tokens/s (fed by lib/llm/progress.py, which also logs the same in the run's log)."""
+    from tqdm import tqdm
+
+    from persona_hub_dagster.lib.llm.progress import subscribe
+
+    bars: dict[str, tqdm] = {}
+
+    def show(snapshot) -> None:
+        bar = bars.get(snapshot.label)
+        if bar is None:
+            bar = bars[snapshot.label] = tqdm(desc=snapshot.label, unit="req", file=sys.stderr, dynamic_ncols=True)
+        bar.total, bar.n = snapshot.planned, snapshot.done
+        bar.set_postfix(cached=snapshot.cache_hits, tokens_s=f"{snapshot.tokens_per_s:.1f}", refresh=False)
+        bar.refresh()
+        if snapshot.finished:
+            bar.close()
+
+    with subscribe(show):
+        try:
+            yield
+        finally:
+            for bar in bars.values():
+                bar.close()
 
 
 def _print_tables(shard: str) -> None:

@@ -193,3 +193,55 @@ def test_concurrent_runs_append_to_one_namespace_without_losing_entries(storage_
     cache = ResponseCache(DeltaStore(root=storage_root), "stage.shared")
     assert len(cache) == 45
     assert cache.lookup(["b-14"])["b-14"].text == "answer b 14"
+
+
+def test_progress_reports_done_of_planned_cache_hits_tokens_and_an_eta():
+    from persona_hub_dagster.lib.llm.progress import Progress, subscribe
+
+    now = [0.0]
+    lines, seen = [], []
+    progress = Progress("text_personas s1", report=lines.append, every_s=10, notify_s=0, clock=lambda: now[0])
+    progress.plan(100)
+    with subscribe(seen.append):
+        for step in range(40):
+            now[0] += 0.5
+            progress.answered(1, cache_hits=10 if step >= 10 else step, completion_tokens=20 * (step + 1), fresh=step)
+    assert len(lines) == 2  # at 10 s and 20 s
+    assert lines[-1].startswith("text_personas s1 so far: 40 of 100 requests (40%) planned so far, 10 from the cache")
+    assert "tokens/s" in lines[-1] and "ETA 3" in lines[-1]  # 60 left at 39 calls per 20 s: ~31 s
+    assert [s.done for s in seen] == list(range(1, 41)) and seen[-1].planned == 100
+    final = progress.finish()
+    assert final.finished and lines[-1].startswith("text_personas s1 done: 40 of 100 requests")
+
+
+def test_a_client_reports_progress_per_final_response_in_both_paths():
+    from persona_hub_dagster.lib.llm.progress import Progress
+
+    valid = json.dumps({"persona": "a reader", "relation": "read"})
+    backend = ScriptedBackend(lambda r: Completion(text=valid, finish_reason="stop"))
+    client = LLMClient(backend)
+    client.progress = Progress("stage", every_s=0, report=(lines := []).append)
+    requests = [LLMRequest.chat(f"q{i}", json_schema=SCHEMA) for i in range(7)]
+    assert sum(len(b) for b in client.generate_batches(requests, 3)) == 7
+    assert client.progress.done == 7 and client.progress.planned == 7
+    assert lines[-1].startswith("stage so far: 7 of 7 requests (100%)")
+
+
+def test_a_token_budget_stops_generation_at_a_batch_boundary_and_keeps_the_answers(store):
+    from persona_hub_dagster.lib.llm.client import TokenBudget
+
+    valid = json.dumps({"persona": "a reader", "relation": "read"})
+    answer = Completion(text=valid, finish_reason="stop", prompt_tokens=10, completion_tokens=5)
+    backend = ScriptedBackend(lambda r: answer)
+    cache = ResponseCache(store, "budget")
+    client = LLMClient(backend, cache=cache)
+    client.budget = TokenBudget(40)  # 15 tokens a call: the second batch of two crosses it
+    requests = [LLMRequest.chat(f"q{i}", json_schema=SCHEMA) for i in range(8)]
+    batches = list(client.generate_batches(requests, 2))
+    assert [len(b) for b in batches] == [2, 2] and client.stopped_by_budget
+    assert client.budget.spent == 60 and len(backend.calls) == 4 and len(cache) == 4
+    assert list(client.generate_batches(requests, 2)) == []  # spent: nothing more this run
+
+    fresh = LLMClient(backend, cache=ResponseCache(store, "budget"))  # the next run, without a budget
+    assert sum(len(b) for b in fresh.generate_batches(requests, 2)) == 8
+    assert fresh.usage.cache_hits == 4 and fresh.usage.calls == 4

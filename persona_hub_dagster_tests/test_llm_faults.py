@@ -188,7 +188,7 @@ def test_connection_errors_are_reported_not_raised():
 
 def test_concurrency_is_bounded(fault_server):
     server = fault_server(*[("ok", 0.3)] * 10)
-    backend = backend_for(server, max_concurrency=3)
+    backend = backend_for(server, max_in_flight=3)
     results = backend.complete([LLMRequest.chat(f"q{i}") for i in range(10)])
     assert all(r.error is None for r in results)
     assert server.max_in_flight == 3

@@ -52,7 +52,7 @@ def server():
 
 
 def test_plain_chat_against_a_real_server(server):
-    backend = OpenAICompatibleBackend(server.base_url, None, max_concurrency=2)
+    backend = OpenAICompatibleBackend(server.base_url, None, max_in_flight=2)
     assert backend.model.endswith(".gguf")  # asked the server which model it serves
     requests = [
         LLMRequest.chat(f"Say the number {i} in words.", sampling=SamplingParams(max_tokens=12)) for i in range(3)
@@ -63,7 +63,7 @@ def test_plain_chat_against_a_real_server(server):
 
 
 def test_structured_output_falls_back_to_json_object_when_json_schema_is_rejected(server):
-    backend = OpenAICompatibleBackend(server.base_url, None, max_concurrency=2)
+    backend = OpenAICompatibleBackend(server.base_url, None, max_in_flight=2)
     client = LLMClient(backend)
     requests = [
         LLMRequest.chat(

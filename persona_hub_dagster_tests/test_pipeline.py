@@ -310,3 +310,11 @@ def test_the_trace_lineage_job_logs_and_records_the_chain(pipeline):
     metadata = output.event_specific_data.metadata
     assert metadata["chain"].value["item"]["item_id"] == item["item_id"]
     assert "source text" in metadata["lineage"].value
+
+
+def test_every_llm_stage_logs_its_progress_in_the_run(pipeline):
+    _, instance, result = pipeline
+    messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    for stage in ("text_personas", "expanded_personas", "synthetic/math", "eval/math"):
+        done = [m for m in messages if m.startswith(f"{stage} {SHARD} done:")]
+        assert done and " requests" in done[0] and "tokens/s" in done[0], stage

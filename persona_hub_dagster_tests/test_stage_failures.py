@@ -45,7 +45,7 @@ def setup(tmp_path, monkeypatch):
         yield store, instance
 
 
-def run(store, instance, server, relation: str = "read"):
+def run(store, instance, server, relation: str = "read", token_budget: int | None = None):
     storage = DeltaStorageResource(root=store.root)
     return dg.materialize(
         [text_to_persona_asset, RAW_TEXT],
@@ -55,7 +55,9 @@ def run(store, instance, server, relation: str = "read"):
         resources={
             "storage": storage,
             "io_manager": DeltaIOManager(storage=storage),
-            "llm": LLMResource(backend="openai", base_url=server.base_url, model="scripted", max_retries=1),
+            "llm": LLMResource(
+                backend="openai", base_url=server.base_url, model="scripted", max_retries=1, token_budget=token_budget
+            ),
         },
         run_config={"ops": {"text_to_persona": {"config": {"relations": [relation], "batch_size": 2}}}},
         raise_on_error=False,
@@ -89,12 +91,14 @@ def test_a_server_that_fails_every_call_leaves_the_shards_rows_alone(setup, stat
 
 def test_a_server_that_goes_away_mid_run_fails_the_step_and_the_rerun_pays_only_the_rest(setup):
     store, instance = setup
-    dying = GoesAway(answers=2)  # the first batch (2 requests) is answered, then the server is gone
+    dying = GoesAway(answers=2)  # two requests are answered, then the server is gone
     result = run(store, instance, dying)
     assert not result.success and "connection" in failure_message(result)
     assert not store.exists(tables.TEXT_PERSONAS)  # nothing written
     cached = ResponseCache(store, cache_namespace(tables.TEXT_TO_PERSONA.name, SHARD))
-    assert len(cached) == 2  # the first batch's answers, committed before the failure
+    # Every answer that arrived before the failure is committed (the window had all six requests out at once, so
+    # the dying server may answer one more than the two it was scripted for).
+    assert 2 <= len(cached) < len(TEXTS)
 
     back = FaultServer()
     again = run(store, instance, back)
@@ -120,3 +124,23 @@ def test_an_empty_upstream_does_not_empty_a_populated_partition(setup):
     assert "raw_text has no rows for shard 's'" in message and "would replace its 6 rows" in message
     assert store.row_count(tables.TEXT_PERSONAS, [SHARD]) == len(TEXTS)
     server.close()
+
+
+def test_a_token_budget_stops_the_stage_writes_what_it_has_and_says_how_to_go_on(setup):
+    """Each call costs 10 tokens (7 prompt + 3 completion); a budget of 25 stops the stage at a batch boundary."""
+    store, instance = setup
+    server = FaultServer()
+    result = run(store, instance, server, token_budget=25)
+    assert not result.success
+    message = failure_message(result)
+    assert "stopped at the run's token budget" in message and "of 25 tokens" in message
+    assert "PERSONA_HUB_LLM_TOKEN_BUDGET" in message and "replay from the cache" in message
+    written = store.row_count(tables.TEXT_PERSONAS, [SHARD])
+    assert 0 < written < len(TEXTS)  # what it had, committed
+    cached = store.row_count(tables.LLM_RESPONSES)
+    assert cached >= written
+    paid = len(server.requests)
+
+    again = run(store, instance, server)  # no budget: finishes, paying only for what was not answered
+    assert again.success and store.row_count(tables.TEXT_PERSONAS, [SHARD]) == len(TEXTS)
+    assert len(server.requests) - paid == len(TEXTS) - cached

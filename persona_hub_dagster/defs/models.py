@@ -16,8 +16,8 @@ from pydantic import Field, PrivateAttr
 from persona_hub_dagster.defs.storage import metadata_value
 from persona_hub_dagster.lib.embeddings import EMBEDDING_MODEL_ENV, Embedder, LazyEmbedder, embedding_identity
 from persona_hub_dagster.lib.llm.cache import ResponseCache, cache_namespace
-from persona_hub_dagster.lib.llm.client import Backend, LLMClient, UsageStats
-from persona_hub_dagster.lib.llm.settings import ENV, JUDGE_ENV, LLMSettings, open_backend
+from persona_hub_dagster.lib.llm.client import Backend, LLMClient, TokenBudget, UsageStats
+from persona_hub_dagster.lib.llm.settings import ENV, JUDGE_ENV, TOKEN_BUDGET_ENV, LLMSettings, open_backend
 from persona_hub_dagster.lib.storage import DeltaStore
 
 
@@ -50,7 +50,11 @@ class LLMResource(dg.ConfigurableResource):
         description="llama_cpp: reuse the KV cache of shared prompt prefixes (1.6x faster here). False: each request "
         "is bit-reproducible on its own, whatever ran before it.",
     )
-    max_concurrency: int = Field(default=8, description="Requests in flight to an HTTP backend.")
+    max_in_flight: int = Field(
+        default_factory=lambda: int(_env(ENV["max_in_flight"], "256")),
+        description="openai/vllm: requests in flight at once (a window refilled as answers arrive; it halves on "
+        "429s and grows back). Default $PERSONA_HUB_LLM_MAX_IN_FLIGHT, else 256 (vLLM's default max_num_seqs).",
+    )
     timeout_s: float = Field(default=120.0, description="Per-request timeout for HTTP backends.")
     max_retries: int = Field(default=4, description="Transport retries (429/5xx/connection) with backoff.")
     tensor_parallel_size: int = Field(default=1, description="vllm serve --tensor-parallel-size")
@@ -58,10 +62,17 @@ class LLMResource(dg.ConfigurableResource):
     gpu_memory_utilization: float = Field(default=0.90, description="vllm serve --gpu-memory-utilization")
     max_model_len: int | None = Field(default=None, description="vllm serve --max-model-len")
     max_attempts: int = Field(default=3, description="Attempts per request when a structured output is invalid.")
+    token_budget: int | None = Field(
+        default_factory=lambda: int(_env(TOKEN_BUDGET_ENV)) if _env(TOKEN_BUDGET_ENV) else None,
+        description="Tokens (prompt + completion) this run's calls to this model may spend; answers replayed from "
+        "the cache are free. A stage that reaches it stops at a batch boundary, writes what it has and fails with "
+        "what was spent. Default $PERSONA_HUB_LLM_TOKEN_BUDGET; null: no limit.",
+    )
     response_cache: bool = Field(default=True, description="Replay completions from the Delta response cache.")
 
     _stack: contextlib.ExitStack | None = PrivateAttr(default=None)
     _backend: Backend | None = PrivateAttr(default=None)
+    _budget: TokenBudget | None = PrivateAttr(default=None)
 
     def settings(self) -> LLMSettings:
         return LLMSettings(
@@ -71,7 +82,7 @@ class LLMResource(dg.ConfigurableResource):
             n_ctx=self.n_ctx,
             n_threads=self.n_threads,
             reuse_prefix=self.reuse_prefix,
-            max_concurrency=self.max_concurrency,
+            max_in_flight=self.max_in_flight,
             timeout_s=self.timeout_s,
             max_retries=self.max_retries,
             tensor_parallel_size=self.tensor_parallel_size,
@@ -84,11 +95,11 @@ class LLMResource(dg.ConfigurableResource):
     @contextlib.contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator["LLMResource"]:
         with contextlib.ExitStack() as stack:
-            self._stack = stack
+            self._stack, self._budget = stack, TokenBudget(self.token_budget)  # one budget per run
             try:
                 yield self
             finally:
-                self._stack, self._backend = None, None
+                self._stack, self._backend, self._budget = None, None, None
 
     def open(self) -> Backend:
         """The backend, opened on first use (so a step that has nothing to generate never loads a model)."""
@@ -101,7 +112,9 @@ class LLMResource(dg.ConfigurableResource):
     def client(self, store: DeltaStore, *, stage: str, shard: str, run_id: str | None = None) -> LLMClient:
         """A client whose response cache is this stage's and shard's namespace under the storage root."""
         cache = ResponseCache(store, cache_namespace(stage, shard), run_id=run_id) if self.response_cache else None
-        return LLMClient(self.open, cache=cache, max_attempts=self.max_attempts)  # opened when first asked
+        client = LLMClient(self.open, cache=cache, max_attempts=self.max_attempts)  # opened when first asked
+        client.budget = self._budget
+        return client
 
 
 class JudgeResource(LLMResource):

@@ -23,6 +23,7 @@ from persona_hub_dagster.defs.partitions import text_shards
 from persona_hub_dagster.defs.storage import commit_metadata, metadata_value, table_write_metadata
 from persona_hub_dagster.lib.generation import LLMStage, StageCall, StageResult
 from persona_hub_dagster.lib.llm.client import UsageStats
+from persona_hub_dagster.lib.llm.progress import Progress
 from persona_hub_dagster.lib.llm.settings import LLMSettings, model_identity
 from persona_hub_dagster.lib.settings import settings_from
 from persona_hub_dagster.lib.storage import DeltaStore
@@ -136,6 +137,8 @@ def llm_stage_asset(declared: LLMStage, *, group: str, kinds: Sequence[str] = ()
         store, run_id = resources.storage.store(), context.run.run_id
         model = getattr(resources, model_key) if model_key else None
         client = model.client(store, stage=declared.name, shard=shard or "", run_id=run_id) if model else None
+        if client is not None:
+            client.progress = Progress(f"{declared.name} {shard or ''}".strip(), report=context.log.info)
         _refuse_to_empty(declared, store, shard, upstream)
         call = StageCall(
             client,
@@ -147,6 +150,8 @@ def llm_stage_asset(declared: LLMStage, *, group: str, kinds: Sequence[str] = ()
             benchmarks=resources.benchmarks.load() if "benchmarks" in declared.resources else (),
         )
         result = declared.run({inputs[name]: frame for name, frame in upstream.items()}, call, config.to_settings())
+        if client is not None:
+            client.progress.finish()
         main = result.tables[declared.stage.table]
         rejects = result.tables.get(declared.stage.rejects) if declared.stage.rejects else None
         context.log.info(
@@ -158,8 +163,21 @@ def llm_stage_asset(declared: LLMStage, *, group: str, kinds: Sequence[str] = ()
             context,
             write_stage_tables(context, store, shard, declared.stage, result, usage=usage, lineage=declared.lineage),
         )
+        if client is not None and client.stopped_by_budget:
+            raise dg.Failure(_budget_message(declared, shard, client, main.height), allow_retries=False)
 
     return stage_asset
+
+
+def _budget_message(declared: LLMStage, shard: str | None, client, rows: int) -> str:
+    budget, usage = client.budget, client.usage
+    return (
+        f"{declared.name} {shard or ''} stopped at the run's token budget: the run's calls to this model spent "
+        f"{budget.spent:,} of {budget.limit:,} tokens ({usage.calls} calls in this stage, {usage.cache_hits} answers "
+        f"from the cache). It wrote the {rows} rows it has, and every answer is in the response cache. To go on, "
+        "raise the budget (the llm resource's token_budget, or PERSONA_HUB_LLM_TOKEN_BUDGET; null for none) and "
+        "materialize the shard again: the answered calls replay from the cache for free."
+    )
 
 
 def _refuse_to_empty(declared: LLMStage, store: DeltaStore, shard: str | None, upstream: dict) -> None:

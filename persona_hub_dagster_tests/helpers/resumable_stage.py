@@ -1,7 +1,8 @@
 """A stage-shaped process for the crash-resume test: N requests to the embedded model, in batches through the
 response cache, then one partition write of the results. Prints the usage as JSON when it finishes.
 
-Usage: python resumable_stage.py ROOT N BATCH_SIZE
+Usage: python resumable_stage.py ROOT N BATCH_SIZE [BASE_URL]
+(the embedded model; with BASE_URL, an OpenAI-compatible server through the streaming window)
 """
 
 import json
@@ -14,6 +15,8 @@ from persona_hub_dagster.lib.llm import LLMClient, LLMRequest, LLMSettings, Resp
 from persona_hub_dagster.lib.storage import DeltaStore
 
 root, n, batch_size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+base_url = sys.argv[4] if len(sys.argv) > 4 else None
+settings = LLMSettings(backend="openai", base_url=base_url, max_in_flight=4) if base_url else LLMSettings(n_ctx=512)
 store = DeltaStore(root=root)
 requests = [
     LLMRequest.chat(
@@ -23,7 +26,7 @@ requests = [
     )
     for i in range(n)
 ]
-with open_backend(LLMSettings(n_ctx=512)) as backend:
+with open_backend(settings) as backend:
     client = LLMClient(backend, cache=ResponseCache(store, "resume-test.s1", run_id=str(uuid.uuid4())))
     rows = []
     for responses in client.generate_batches(requests, batch_size):

@@ -18,9 +18,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from persona_hub_dagster.lib.llm.cache import ResponseCache
+from persona_hub_dagster.lib.llm.progress import Progress
 from persona_hub_dagster.lib.llm.structured import parse_structured
 from persona_hub_dagster.lib.llm.types import BackendFailure, Completion, LLMRequest, LLMResponse, request_batches
 
@@ -81,6 +82,19 @@ class UsageStats:
         }
 
 
+@dataclass
+class TokenBudget:
+    """The tokens (prompt + completion) one run's calls to one model may spend; replayed answers are free. Shared
+    by the run's clients, so that every stage of the run draws on the same budget."""
+
+    limit: int | None
+    spent: int = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.limit is not None and self.spent >= self.limit
+
+
 class LLMClient:
     def __init__(
         self, backend: Backend | Callable[[], Backend], *, cache: ResponseCache | None = None, max_attempts: int = 3
@@ -94,6 +108,9 @@ class LLMClient:
         self.cache = cache
         self.max_attempts = max_attempts
         self.usage = UsageStats()
+        self.progress: Progress | None = None  # set by the stage that runs this client
+        self.budget: TokenBudget | None = None  # set by the run: generation stops at a batch boundary when spent
+        self.stopped_by_budget = False
 
     @property
     def backend(self) -> Backend:
@@ -110,6 +127,11 @@ class LLMClient:
         return self.backend.identity
 
     def generate(self, requests: Sequence[LLMRequest]) -> list[LLMResponse]:
+        if self.progress is not None:
+            self.progress.plan(len(requests))
+        return self._generate(requests)
+
+    def _generate(self, requests: Sequence[LLMRequest]) -> list[LLMResponse]:
         results: list[LLMResponse | None] = [None] * len(requests)
         pending = list(range(len(requests)))
         for attempt in range(self.max_attempts):
@@ -132,26 +154,31 @@ class LLMClient:
         assert len(final) == len(requests)
         failed = [r for r in final if r.backend_failed]
         if failed:
-            reasons = sorted({r.error.split(":", 1)[0] for r in failed})
-            first = failed[0].error[:300].rstrip(".")
-            raise BackendFailure(
-                f"{len(failed)} of {len(final)} requests to {self.backend.name} ({self.backend.model}) failed at the "
-                f"backend after its retries ({', '.join(reasons)}); first: {first}. Nothing is written for this "
-                "step; the calls that succeeded are cached, so a re-run pays only for the rest."
-            )
-        self.usage.requests += len(final)
+            raise self._backend_failure(failed, len(final))
         for response in final:
-            if not response.ok:
-                self.usage.rejections += 1
-                reason = response.error.split(":", 1)[0]
-                self.usage.rejection_reasons[reason] = self.usage.rejection_reasons.get(reason, 0) + 1
+            self._count(response)
         return final
 
     def generate_batches(self, requests: Sequence[LLMRequest], batch_size: int) -> Iterator[list[LLMResponse]]:
-        """The responses batch by batch: each batch is one backend call and one cache commit, so a run that dies
-        loses at most the batch in flight."""
-        for batch in request_batches(requests, batch_size):
-            yield self.generate(batch)
+        """The responses batch by batch, in order.
+
+        A backend that streams (a served model: `open_stream`) gets every request through its window of in-flight
+        requests at once, with no barrier between batches: a batch is handed over as soon as its last answer is in,
+        and answers are committed to the cache every `batch_size` as they arrive, so a run that dies loses at most
+        the uncommitted answers and the calls in flight. Any other backend answers one batch per call, each batch
+        one cache commit."""
+        if self.progress is not None:
+            self.progress.plan(len(requests))
+        if self.over_budget():
+            return
+        open_stream = getattr(self.backend, "open_stream", None)
+        if open_stream is None:
+            for batch in request_batches(requests, batch_size):
+                if self.over_budget():
+                    return
+                yield self._generate(batch)
+            return
+        yield from _StreamedGeneration(self, requests, batch_size).batches(open_stream)
 
     def close(self) -> None:
         if self._backend is not None:
@@ -173,15 +200,53 @@ class LLMClient:
                     f"{self.backend.name} returned {len(answers)} completions for {len(missing)} requests"
                 )
             fresh = dict(zip(missing, answers, strict=True))
-            self.usage.calls += len(answers)
-            self.usage.prompt_tokens += sum(a.prompt_tokens for a in answers)
-            self.usage.completion_tokens += sum(a.completion_tokens for a in answers)
+            self._fresh(answers)
             if self.cache is not None:
                 self.cache.put(
                     {keys[i]: c for i, c in fresh.items()}, backend=self.backend.name, model=self.backend.model
                 )
         self.usage.cache_hits += len(keys) - len(missing)
         return [fresh[i] if i in fresh else cached[keys[i]] for i in range(len(batch))]
+
+    def over_budget(self) -> bool:
+        """The run's token budget is spent: generation stops at the next batch boundary (and says so)."""
+        if self.budget is not None and self.budget.exhausted:
+            self.stopped_by_budget = True
+        return self.stopped_by_budget
+
+    def _count(self, response: LLMResponse) -> None:
+        """A request's final response, in the usage and the progress."""
+        usage = self.usage
+        usage.requests += 1
+        if not response.ok:
+            usage.rejections += 1
+            reason = response.error.split(":", 1)[0]
+            usage.rejection_reasons[reason] = usage.rejection_reasons.get(reason, 0) + 1
+        if self.progress is not None:
+            self.progress.answered(
+                1,
+                cache_hits=usage.cache_hits,
+                completion_tokens=usage.completion_tokens,
+                fresh=max(0, usage.requests - usage.cache_hits),
+            )
+
+    def _backend_failure(self, failed: Sequence[LLMResponse], total: int) -> BackendFailure:
+        reasons = sorted({r.error.split(":", 1)[0] for r in failed})
+        first = failed[0].error[:300].rstrip(".")
+        return BackendFailure(
+            f"{len(failed)} of {total} requests to {self.backend.name} ({self.backend.model}) failed at the "
+            f"backend after its retries ({', '.join(reasons)}); first: {first}. Nothing is written for this "
+            "step; the calls that succeeded are cached, so a re-run pays only for the rest."
+        )
+
+    def _fresh(self, completions: Sequence[Completion]) -> None:
+        """Completions the backend just produced (not replayed from the cache), in the usage."""
+        self.usage.calls += len(completions)
+        prompt, completion = sum(c.prompt_tokens for c in completions), sum(c.completion_tokens for c in completions)
+        self.usage.prompt_tokens += prompt
+        self.usage.completion_tokens += completion
+        if self.budget is not None:
+            self.budget.spent += prompt + completion
 
     def _judge(self, request: LLMRequest, completion: Completion, attempts: int) -> LLMResponse:
         parsed, error = None, completion.error
@@ -207,6 +272,96 @@ class LLMClient:
             error=error,
             backend_failed=backend_failed,
         )
+
+
+class _StreamedGeneration:
+    """One `generate_batches` through a streaming backend: every request submitted at once (the backend's window
+    bounds what is in flight), retries of invalid outputs submitted as their answers arrive, answers committed to
+    the cache as they arrive, and the responses handed back batch by batch in request order.
+
+    A commit is a Delta write (tens of ms): answers are committed once at least `batch_size` are waiting and a
+    second has passed since the last commit, so at hundreds of answers a second the cache costs a few commits a
+    second, not one per batch. A run that dies loses at most about a second of answers plus those in flight."""
+
+    COMMIT_EVERY_S = 1.0
+
+    def __init__(self, client: LLMClient, requests: Sequence[LLMRequest], batch_size: int):
+        self.client = client
+        self.requests = requests
+        self.batch_size = max(1, batch_size)
+        self.final: list[LLMResponse | None] = [None] * len(requests)
+        self.attempts = [0] * len(requests)
+        self.uncommitted: dict[str, Completion] = {}
+        self.committed_at = time.monotonic()
+        self.stream: Any = None
+
+    def batches(self, open_stream: Callable[[], Any]) -> Iterator[list[LLMResponse]]:
+        client, cache = self.client, self.client.cache
+        keys = [request.cache_key(client.identity) for request in self.requests]
+        self.cached = cache.lookup(keys) if cache is not None else {}
+        bounds = [
+            (lo, min(lo + self.batch_size, len(self.requests))) for lo in range(0, len(self.requests), self.batch_size)
+        ]
+        started = time.perf_counter()
+        try:
+            with open_stream() as stream:
+                self.stream = stream
+                for index, key in enumerate(keys):
+                    self._ask(index, key)
+                for lo, hi in bounds:
+                    if client.over_budget():
+                        return  # at a batch boundary; what has arrived is committed below
+                    while any(response is None for response in self.final[lo:hi]):
+                        (index, key), completion = stream.next()
+                        self._answered(index, key, completion)
+                    yield list(self.final[lo:hi])  # type: ignore[arg-type]
+        finally:
+            self._commit()
+            if client.usage.calls:
+                client.usage.backend_seconds += time.perf_counter() - started
+
+    def _ask(self, index: int, key: str | None = None) -> None:
+        request = _attempt_request(self.requests[index], self.attempts[index])
+        key = key or request.cache_key(self.client.identity)
+        if self.attempts[index] == 0:
+            hit = self.cached.get(key)
+        else:
+            hit = self.client.cache.lookup([key]).get(key) if self.client.cache is not None else None
+        if hit is None:
+            self.stream.submit((index, key), request)
+            return
+        self.client.usage.cache_hits += 1
+        self._settle(index, hit)
+
+    def _answered(self, index: int, key: str, completion: Completion) -> None:
+        self.client._fresh([completion])
+        self.uncommitted[key] = completion
+        due = time.monotonic() - self.committed_at >= self.COMMIT_EVERY_S
+        if len(self.uncommitted) >= self.batch_size and due:
+            self._commit()
+        self._settle(index, completion)
+
+    def _settle(self, index: int, completion: Completion) -> None:
+        client = self.client
+        attempt = self.attempts[index]
+        response = client._judge(self.requests[index], completion, attempt + 1)
+        if not response.ok and attempt < client.max_attempts - 1 and _retryable(response.error):
+            self.attempts[index] += 1
+            client.usage.retries += 1
+            self._ask(index)
+            return
+        if response.backend_failed:
+            self._commit()  # what succeeded stays paid for
+            raise client._backend_failure([response], len(self.requests))
+        client._count(response)
+        self.final[index] = response
+
+    def _commit(self) -> None:
+        if self.uncommitted and self.client.cache is not None:
+            backend = self.client.backend
+            self.client.cache.put(self.uncommitted, backend=backend.name, model=backend.model)
+        self.uncommitted = {}
+        self.committed_at = time.monotonic()
 
 
 def _is_opener(backend: object) -> bool:

@@ -5,6 +5,8 @@ PERSONA_HUB_LLM_MODEL     llama_cpp: a local .gguf (default: the packaged SmolLM
                           openai/vllm: the served model name (openai: default the server's first model)
 PERSONA_HUB_LLM_BASE_URL  openai: required; vllm: an existing endpoint, or unset to start `vllm serve` here
 PERSONA_HUB_LLM_API_KEY   the key itself, read at call time, never stored in configuration
+PERSONA_HUB_LLM_MAX_IN_FLIGHT  openai/vllm: requests in flight at once (default 256; the window adapts to 429s)
+PERSONA_HUB_LLM_TOKEN_BUDGET   tokens one run's calls may spend (the `llm` resource's token_budget; default none)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ ENV = {
     "backend": "PERSONA_HUB_LLM_BACKEND",
     "model": "PERSONA_HUB_LLM_MODEL",
     "base_url": "PERSONA_HUB_LLM_BASE_URL",
+    "max_in_flight": "PERSONA_HUB_LLM_MAX_IN_FLIGHT",
 }
 # The judge of the evaluation stages: the same model unless these name another (a stronger model judging a cheaper
 # one is the usual set-up); each one set overrides the generator's.
@@ -37,6 +40,7 @@ JUDGE_ENV = {
 
 
 JUDGE_API_KEY_ENV = "PERSONA_HUB_JUDGE_API_KEY"
+TOKEN_BUDGET_ENV = "PERSONA_HUB_LLM_TOKEN_BUDGET"
 # More endpoints a run may choose, as JSON: {"name": {"base_url": "https://...", "api_key_env": "VAR"}}.
 ENDPOINTS_ENV = "PERSONA_HUB_LLM_ENDPOINTS"
 
@@ -95,7 +99,7 @@ class LLMSettings:
     n_threads: int = 1
     reuse_prefix: bool = True  # KV reuse of shared prompt prefixes; False: every request bit-reproducible alone
     # openai / vllm over HTTP
-    max_concurrency: int = 8
+    max_in_flight: int = 256  # the streaming window (vLLM's default max_num_seqs); halves on 429s, grows back
     timeout_s: float = 120.0
     max_retries: int = 4
     # vllm, when this process starts the server
@@ -110,9 +114,11 @@ class LLMSettings:
     @classmethod
     def from_env(cls, *, judge: bool = False, **overrides) -> LLMSettings:
         """The generator's settings from PERSONA_HUB_LLM_*; with `judge`, PERSONA_HUB_JUDGE_* override them."""
-        values = {name: os.environ[var] for name, var in ENV.items() if os.environ.get(var)}
+        values: dict[str, object] = {name: os.environ[var] for name, var in ENV.items() if os.environ.get(var)}
         if judge:
             values.update({name: os.environ[var] for name, var in JUDGE_ENV.items() if os.environ.get(var)})
+        if "max_in_flight" in values:
+            values["max_in_flight"] = _positive_int(ENV["max_in_flight"], str(values["max_in_flight"]))
         return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
 
     def __post_init__(self) -> None:
@@ -197,11 +203,21 @@ def _http_backend(settings: LLMSettings, base_url: str) -> OpenAICompatibleBacke
         settings.model,
         # The key bound to this endpoint by the deployment (none for a server this run started itself).
         api_key_env=credentials_for(base_url) if settings.base_url else None,
-        max_concurrency=settings.max_concurrency,
+        max_in_flight=settings.max_in_flight,
         timeout_s=settings.timeout_s,
         max_retries=settings.max_retries,
         name="vllm" if settings.backend == "vllm" else "openai",
     )
+
+
+def _positive_int(variable: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise LLMConfigError(f"{variable} must be a whole number of requests, at least 1; it is {value!r}")
+    return number
 
 
 def model_identity(settings: LLMSettings) -> str:
