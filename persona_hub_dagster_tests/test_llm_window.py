@@ -3,12 +3,9 @@ it keeps the server full across the caller's batches, hands batches back in orde
 hammering, and a killed run resumes without paying again for what it committed."""
 
 import json
-import signal
 import subprocess
 import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -18,8 +15,7 @@ from persona_hub_dagster.lib.llm.window import AdaptiveWindow
 from persona_hub_dagster.lib.storage import DeltaStore
 from persona_hub_dagster.lib.tables import LLM_RESPONSES
 from persona_hub_dagster_tests.conftest import REPO, free_port
-
-STAGE = Path(__file__).parent / "helpers" / "resumable_stage.py"
+from persona_hub_dagster_tests.test_llm_resume import STAGE, kill_once_committed
 
 
 class StubServer:
@@ -123,16 +119,7 @@ def test_a_killed_streaming_run_resumes_without_paying_again_for_what_it_committ
     root = str(tmp_path / "delta")
     store = DeltaStore(root=root)
     command = [sys.executable, str(STAGE), root, str(n), str(batch), server.base_url]
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    committed = 0
-    while committed < 2 * batch and time.monotonic() < deadline:
-        assert first.poll() is None, first.communicate()[1]
-        time.sleep(0.05)
-        committed = store.row_count(LLM_RESPONSES) if store.exists(LLM_RESPONSES) else 0
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=30)
-    committed = store.row_count(LLM_RESPONSES)
+    committed = kill_once_committed(command, store, 2 * batch, timeout=120)
     assert batch <= committed < n  # answers were committed as they arrived, before the end
     paid_before = server.stats()["requests"]
     # Lost: what arrived since the last commit (about a second's worth: 4 at a time, 50 ms each) and what was in
