@@ -207,7 +207,7 @@ def test_progress_reports_done_of_planned_cache_hits_tokens_and_an_eta():
             now[0] += 0.5
             progress.answered(1, cache_hits=10 if step >= 10 else step, completion_tokens=20 * (step + 1), fresh=step)
     assert len(lines) == 2  # at 10 s and 20 s
-    assert lines[-1].startswith("text_personas s1 so far: 40 of 100 requests (40%) planned so far, 10 from the cache")
+    assert lines[-1].startswith("text_personas s1 so far: 40 of 100 requests planned so far (40%), 10 from the cache")
     assert "tokens/s" in lines[-1] and "ETA 3" in lines[-1]  # 60 left at 39 calls per 20 s: ~31 s
     assert [s.done for s in seen] == list(range(1, 41)) and seen[-1].planned == 100
     final = progress.finish()
@@ -224,7 +224,7 @@ def test_a_client_reports_progress_per_final_response_in_both_paths():
     requests = [LLMRequest.chat(f"q{i}", json_schema=SCHEMA) for i in range(7)]
     assert sum(len(b) for b in client.generate_batches(requests, 3)) == 7
     assert client.progress.done == 7 and client.progress.planned == 7
-    assert lines[-1].startswith("stage so far: 7 of 7 requests (100%)")
+    assert lines[-1].startswith("stage so far: 7 of 7 requests planned so far (100%)")
 
 
 def test_a_token_budget_stops_generation_at_a_batch_boundary_and_keeps_the_answers(store):

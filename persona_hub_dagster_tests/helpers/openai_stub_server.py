@@ -6,7 +6,7 @@ capacity / latency, which is what the streaming window is measured against (benc
     python -m persona_hub_dagster_tests.helpers.openai_stub_server --port 8011 --latency 0.5 --capacity 256
 
 Plain asyncio HTTP/1.1 with keep-alive, so the server itself costs little CPU per request. GET /stats tells what it
-saw: requests served, the most served at once, 429s sent. A request whose last user message contains
+saw: requests served, being served now, the most served at once, 429s sent. A request whose last user message contains
 `{"answer": ...}`-style JSON is answered with that JSON; any other gets `--answer` (default: a small JSON object).
 """
 
@@ -26,7 +26,7 @@ class Stub:
         self.answer = answer
         self.slots = asyncio.Semaphore(capacity)
         self.serving = 0
-        self.stats = {"requests": 0, "max_serving": 0, "rejected": 0, "started": time.time()}
+        self.stats = {"requests": 0, "serving": 0, "max_serving": 0, "rejected": 0, "started": time.time()}
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -63,11 +63,13 @@ class Stub:
         request = json.loads(body)
         async with self.slots:
             self.serving += 1
+            self.stats["serving"] = self.serving
             self.stats["max_serving"] = max(self.stats["max_serving"], self.serving)
             try:
                 await asyncio.sleep(self.latency)
             finally:
                 self.serving -= 1
+                self.stats["serving"] = self.serving
         self.stats["requests"] += 1
         return "200 OK", completion(request, self.answer), {}
 

@@ -169,7 +169,7 @@ class LLMClient:
         one cache commit."""
         if self.progress is not None:
             self.progress.plan(len(requests))
-        if self.over_budget():
+        if self.over_budget() or not requests:
             return
         open_stream = getattr(self.backend, "open_stream", None)
         if open_stream is None:

@@ -32,10 +32,12 @@ class Snapshot:
     def line(self) -> str:
         share = f" ({100 * self.done // self.planned}%)" if self.planned else ""
         eta = f", ETA {_duration(self.eta_s)}" if self.eta_s is not None and not self.finished else ""
-        verb = "done:" if self.finished else "so far:"
+        if self.finished:
+            head = f"{self.label} done: {self.done} of {self.planned} requests{share}"
+        else:
+            head = f"{self.label} so far: {self.done} of {self.planned} requests planned so far{share}"
         return (
-            f"{self.label} {verb} {self.done} of {self.planned} requests{share}"
-            f"{'' if self.finished else ' planned so far'}, {self.cache_hits} from the cache, "
+            f"{head}, {self.cache_hits} from the cache, "
             f"{self.completion_tokens} tokens at {self.tokens_per_s:.1f} tokens/s{eta}"
         )
 
