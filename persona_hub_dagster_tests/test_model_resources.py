@@ -94,3 +94,17 @@ def test_configuration_comes_from_the_environment(monkeypatch, tmp_path):
 def test_the_llm_is_only_available_inside_a_step():
     with pytest.raises(RuntimeError, match="only available while a run's step executes"):
         LLMResource().open()
+
+
+def test_counts_from_the_environment_are_checked_with_a_clear_message(monkeypatch):
+    from persona_hub_dagster.defs.models import LLMResource
+    from persona_hub_dagster.lib.llm import LLMConfigError, LLMSettings
+
+    monkeypatch.setenv("PERSONA_HUB_LLM_MAX_IN_FLIGHT", "64")
+    monkeypatch.setenv("PERSONA_HUB_LLM_TOKEN_BUDGET", "100000")
+    resource = LLMResource()
+    assert (resource.max_in_flight, resource.token_budget) == (64, 100000)
+    assert LLMSettings.from_env().max_in_flight == 64
+    monkeypatch.setenv("PERSONA_HUB_LLM_MAX_IN_FLIGHT", "lots")
+    with pytest.raises(LLMConfigError, match="PERSONA_HUB_LLM_MAX_IN_FLIGHT must be a whole number"):
+        LLMSettings.from_env()

@@ -17,7 +17,14 @@ from persona_hub_dagster.defs.storage import metadata_value
 from persona_hub_dagster.lib.embeddings import EMBEDDING_MODEL_ENV, Embedder, LazyEmbedder, embedding_identity
 from persona_hub_dagster.lib.llm.cache import ResponseCache, cache_namespace
 from persona_hub_dagster.lib.llm.client import Backend, LLMClient, TokenBudget, UsageStats
-from persona_hub_dagster.lib.llm.settings import ENV, JUDGE_ENV, TOKEN_BUDGET_ENV, LLMSettings, open_backend
+from persona_hub_dagster.lib.llm.settings import (
+    ENV,
+    JUDGE_ENV,
+    TOKEN_BUDGET_ENV,
+    LLMSettings,
+    env_count,
+    open_backend,
+)
 from persona_hub_dagster.lib.storage import DeltaStore
 
 
@@ -51,7 +58,7 @@ class LLMResource(dg.ConfigurableResource):
         "is bit-reproducible on its own, whatever ran before it.",
     )
     max_in_flight: int = Field(
-        default_factory=lambda: int(_env(ENV["max_in_flight"], "256")),
+        default_factory=lambda: env_count(ENV["max_in_flight"], 256),
         description="openai/vllm: requests in flight at once (a window refilled as answers arrive; it halves on "
         "429s and grows back). Default $PERSONA_HUB_LLM_MAX_IN_FLIGHT, else 256 (vLLM's default max_num_seqs).",
     )
@@ -63,7 +70,7 @@ class LLMResource(dg.ConfigurableResource):
     max_model_len: int | None = Field(default=None, description="vllm serve --max-model-len")
     max_attempts: int = Field(default=3, description="Attempts per request when a structured output is invalid.")
     token_budget: int | None = Field(
-        default_factory=lambda: int(_env(TOKEN_BUDGET_ENV)) if _env(TOKEN_BUDGET_ENV) else None,
+        default_factory=lambda: env_count(TOKEN_BUDGET_ENV),
         description="Tokens (prompt + completion) this run's calls to this model may spend; answers replayed from "
         "the cache are free. A stage that reaches it stops at a batch boundary, writes what it has and fails with "
         "what was spent. Default $PERSONA_HUB_LLM_TOKEN_BUDGET; null: no limit.",

@@ -118,7 +118,7 @@ class LLMSettings:
         if judge:
             values.update({name: os.environ[var] for name, var in JUDGE_ENV.items() if os.environ.get(var)})
         if "max_in_flight" in values:
-            values["max_in_flight"] = _positive_int(ENV["max_in_flight"], str(values["max_in_flight"]))
+            values["max_in_flight"] = env_count(ENV["max_in_flight"])
         return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
 
     def __post_init__(self) -> None:
@@ -210,13 +210,17 @@ def _http_backend(settings: LLMSettings, base_url: str) -> OpenAICompatibleBacke
     )
 
 
-def _positive_int(variable: str, value: str) -> int:
+def env_count(variable: str, default: int | None = None) -> int | None:
+    """A whole number of at least 1 from the environment (`default` when unset), or a clear error naming it."""
+    value = os.environ.get(variable)
+    if not value:
+        return default
     try:
         number = int(value)
     except ValueError:
         number = 0
     if number < 1:
-        raise LLMConfigError(f"{variable} must be a whole number of requests, at least 1; it is {value!r}")
+        raise LLMConfigError(f"{variable} must be a whole number, at least 1; it is {value!r}")
     return number
 
 
