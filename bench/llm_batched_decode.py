@@ -90,6 +90,22 @@ def sampler_for(request: LLMRequest):
     return s
 
 
+def prefill(batch, tokens):
+    """Decode (sequence id, token, position) triples in chunks of n_batch, keeping no logits (prompt tokens)."""
+    for start in range(0, len(tokens), cparams.n_batch):
+        chunk = tokens[start : start + cparams.n_batch]
+        batch.reset()
+        b = batch.batch
+        for j, (seq_id, tok, pos) in enumerate(chunk):
+            b.token[j] = tok
+            b.pos[j] = pos
+            b.seq_id[j][0] = seq_id
+            b.n_seq_id[j] = 1
+            b.logits[j] = False
+        b.n_tokens = len(chunk)
+        ctx.decode(batch)
+
+
 def run_batch(reqs):
     batch = _internals.LlamaBatch(n_tokens=cparams.n_batch, embd=0, n_seq_max=B, verbose=False)
     seqs = []
@@ -113,34 +129,10 @@ def run_batch(reqs):
     first = seqs[0]["prompt"]
     while prefix < min(len(x["prompt"]) for x in seqs) - 1 and all(x["prompt"][prefix] == first[prefix] for x in seqs):
         prefix += 1
-    pending = [(seqs[0], tok, pos) for pos, tok in enumerate(first[:prefix])]
-    for start in range(0, len(pending), cparams.n_batch):
-        chunk = pending[start : start + cparams.n_batch]
-        batch.reset()
-        b = batch.batch
-        for j, (_seq, tok, pos) in enumerate(chunk):
-            b.token[j] = tok
-            b.pos[j] = pos
-            b.seq_id[j][0] = 0
-            b.n_seq_id[j] = 1
-            b.logits[j] = False
-        b.n_tokens = len(chunk)
-        ctx.decode(batch)
+    prefill(batch, [(0, tok, pos) for pos, tok in enumerate(first[:prefix])])
     for x in seqs[1:]:
         llama_cpp.llama_memory_seq_cp(mem, 0, x["id"], 0, prefix)
-    pending = [(s, tok, pos) for s in seqs for pos, tok in enumerate(s["prompt"][:-1]) if pos >= prefix]
-    for start in range(0, len(pending), cparams.n_batch):
-        chunk = pending[start : start + cparams.n_batch]
-        batch.reset()
-        b = batch.batch
-        for j, (s, tok, pos) in enumerate(chunk):
-            b.token[j] = tok
-            b.pos[j] = pos
-            b.seq_id[j][0] = s["id"]
-            b.n_seq_id[j] = 1
-            b.logits[j] = False
-        b.n_tokens = len(chunk)
-        ctx.decode(batch)
+    prefill(batch, [(s["id"], tok, pos) for s in seqs for pos, tok in enumerate(s["prompt"][:-1]) if pos >= prefix])
     batch.reset()
     b = batch.batch
     for j, s in enumerate(seqs):

@@ -8,7 +8,7 @@ from pydantic import Field
 from persona_hub_dagster.defs.models import EmbeddingsResource, JudgeResource, LLMResource
 from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
 from persona_hub_dagster.lib.evaluation.contamination import Benchmark, benchmark_from_spec, configured_benchmarks
-from persona_hub_dagster.lib.locations import default_source_location
+from persona_hub_dagster.lib.locations import PERSONAS_FOLDER_ENV, default_source_location
 from persona_hub_dagster.lib.shards import DEFAULT_PERSONAS_FOLDER
 
 
@@ -20,7 +20,7 @@ class ShardSourceResource(dg.ConfigurableResource):
         description="Default $PERSONA_HUB_SOURCE, else corpus/ in the project folder.",
     )
     personas_folder: str | None = Field(
-        default_factory=lambda: os.environ.get("PERSONA_HUB_PERSONAS_FOLDER", DEFAULT_PERSONAS_FOLDER) or None,
+        default_factory=lambda: os.environ.get(PERSONAS_FOLDER_ENV, DEFAULT_PERSONAS_FOLDER) or None,
         description="Files under this sub-folder of the location are ready-made personas (one per record, field "
         "`persona`), not text. Default $PERSONA_HUB_PERSONAS_FOLDER, else personas/; empty: no persona folder.",
     )

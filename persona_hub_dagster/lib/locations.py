@@ -12,6 +12,7 @@ from pathlib import Path
 
 STORAGE_ENV = "PERSONA_HUB_STORAGE"
 SOURCE_ENV = "PERSONA_HUB_SOURCE"
+PERSONAS_FOLDER_ENV = "PERSONA_HUB_PERSONAS_FOLDER"
 
 
 def project_dir() -> Path:

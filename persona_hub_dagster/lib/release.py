@@ -7,7 +7,8 @@ in the Hugging Face datasets layout:
     chat/{train,test}.jsonl                    {"messages": [...]} per line
     README.md                                  the dataset card (YAML header, how it was made)
 
-`load_dataset("parquet", data_files={"train": ".../data/train-*.parquet", ...})` or `load_dataset(<folder>)` read it.
+The `datasets` library reads the folder from local files (its "parquet" builder on data/*.parquet, or the folder
+itself, whose card names the configs); nothing is fetched from a hub.
 The split is a hash of the item id (the same item always lands in the same split, across re-runs and new shards).
 """
 

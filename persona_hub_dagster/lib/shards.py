@@ -340,8 +340,10 @@ def holds_given_personas(store: DeltaStore, shard: str | None) -> bool:
     without a registration, by tests and tools: those hold text)."""
     if shard is None:
         return False
-    rows = ShardRegistry(store).frame().filter(pl.col("shard") == shard)
-    return rows.height > 0 and rows["kind"][0] == "personas"
+    try:
+        return ShardRegistry(store).get(shard).given_personas
+    except UnknownShard:
+        return False
 
 
 def unregister_shard(store: DeltaStore, key: str, *, dry_run: bool = False) -> dict[str, int]:

@@ -164,8 +164,8 @@ class LLMClient:
 
         A backend that streams (a served model: `open_stream`) gets every request through its window of in-flight
         requests at once, with no barrier between batches: a batch is handed over as soon as its last answer is in,
-        and answers are committed to the cache every `batch_size` as they arrive, so a run that dies loses at most
-        the uncommitted answers and the calls in flight. Any other backend answers one batch per call, each batch
+        and answers are committed to the cache as they arrive (about once a second), so a run that dies loses at
+        most the uncommitted answers and the calls in flight. Any other backend answers one batch per call, each batch
         one cache commit."""
         if self.progress is not None:
             self.progress.plan(len(requests))
