@@ -3,6 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
+from persona_hub_dagster.defs.automation import SETTINGS
 from persona_hub_dagster.defs.partitions import unregister_shards
 from persona_hub_dagster.defs.stages import asset_key
 from persona_hub_dagster.defs.storage import DeltaStorageResource
@@ -25,6 +26,7 @@ process_text_shard = dg.define_asset_job(
     # decision to publish, made across shards (release_datasets).
     selection=dg.AssetSelection.all() - DEMONSTRATIONS - RELEASES,
     description="Every stage for one shard, end to end (what `make demo` runs for the sample shard).",
+    tags=SETTINGS.llm_run_tags,
 )
 
 release_datasets = dg.define_asset_job(

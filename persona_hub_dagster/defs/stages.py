@@ -18,6 +18,7 @@ import polars as pl
 import pydantic
 from pydantic import Field
 
+from persona_hub_dagster.defs.automation import LARGE, RUN_SIZE_TAG, follows_inputs, llm_pool
 from persona_hub_dagster.defs.models import usage_metadata
 from persona_hub_dagster.defs.partitions import text_shards
 from persona_hub_dagster.defs.storage import commit_metadata, metadata_value, table_write_metadata
@@ -37,10 +38,15 @@ def asset_key(table: Table) -> dg.AssetKey:
 
 
 @cache
+def configured_llm(judge: bool = False) -> LLMSettings:
+    """The generator's (or the judge's) settings from the environment, read once per code-location load."""
+    return LLMSettings.from_env(judge=judge)
+
+
+@cache
 def configured_model(judge: bool = False) -> str:
-    """The model identity from the environment (the generator's, or the judge's), resolved once per code-location
-    load (every stage asks)."""
-    return model_identity(LLMSettings.from_env(judge=judge))
+    """The configured model's identity (every stage's code version names it)."""
+    return model_identity(configured_llm(judge))
 
 
 def stage_specs(
@@ -50,9 +56,11 @@ def stage_specs(
     group: str,
     code_version: str,
     kinds: Sequence[str] = (),
+    automation_condition: dg.AutomationCondition | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> list[dg.AssetSpec]:
-    """The specs of one stage's tables (main table first): all with the same upstream, group, storage kinds and code
-    version, since one step writes them together. `kinds` go on the main table only."""
+    """The specs of one stage's tables (main table first): all with the same upstream, group, storage kinds, code
+    version, automation condition and tags, since one step writes them together. `kinds` go on the main table only."""
     return [
         dg.AssetSpec(
             asset_key(table),
@@ -61,6 +69,8 @@ def stage_specs(
             group_name=group,
             kinds=set(STORAGE_KINDS | set(kinds if index == 0 else ())),
             code_version=code_version,
+            automation_condition=automation_condition,
+            tags=tags,
         )
         for index, table in enumerate(stage.tables)
     ]
@@ -109,13 +119,17 @@ def settings_config(settings_type: type, name: str, base: type[SettingsConfig] =
 MODEL_RESOURCES = ("llm", "judge")
 
 
-def llm_stage_asset(declared: LLMStage, *, group: str, kinds: Sequence[str] = ()) -> dg.AssetsDefinition:
-    """The multi-asset of an LLM stage, from its declaration alone."""
+def llm_stage_asset(
+    declared: LLMStage, *, group: str, kinds: Sequence[str] = (), automated: bool = True
+) -> dg.AssetsDefinition:
+    """The multi-asset of an LLM stage, from its declaration alone. `automated`: it follows the tables it reads
+    (defs/automation.py); otherwise a schedule or a person runs it."""
     inputs = {_input_name(t): t for t in declared.reads}
     config_type = settings_config(
         declared.settings, "".join(part.title() for part in declared.op.split("_")) + "Config", base=StageConfig
     )
     model_key = next((key for key in declared.resources if key in MODEL_RESOURCES), None)
+    judge = model_key == "judge"
 
     @dg.multi_asset(
         name=declared.op,
@@ -123,9 +137,12 @@ def llm_stage_asset(declared: LLMStage, *, group: str, kinds: Sequence[str] = ()
             declared.stage,
             deps=[*declared.reads, *declared.uses],
             group=group,
-            code_version=declared.code_version(declared.settings(), configured_model(judge=model_key == "judge")),
+            code_version=declared.code_version(declared.settings(), configured_model(judge=judge)),
             kinds=kinds,
+            automation_condition=follows_inputs([asset_key(t) for t in declared.reads]) if automated else None,
+            tags={RUN_SIZE_TAG: LARGE},
         ),
+        pool=llm_pool(configured_llm(judge)) if model_key else None,
         ins={name: dg.AssetIn(asset_key(table)) for name, table in inputs.items()},
         partitions_def=text_shards if declared.stage.partitioned else None,
         required_resource_keys={"storage", *declared.resources},

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from persona_hub_dagster.defs.automation import summarizes_inputs
 from persona_hub_dagster.defs.models import EmbeddingsResource
 from persona_hub_dagster.defs.stages import asset_key
 from persona_hub_dagster.defs.storage import DeltaStorageResource, commit_metadata, metadata_value, table_write_metadata
@@ -17,6 +18,7 @@ from persona_hub_dagster.lib.evaluation.registry import EVALUATIONS
     group_name="evaluation",
     kinds={"deltalake", "polars", "html"},
     code_version="report-v1",
+    automation_condition=summarizes_inputs(),
 )
 def eval_report(context: dg.AssetExecutionContext, storage: DeltaStorageResource, embeddings: EmbeddingsResource):
     store = storage.store()

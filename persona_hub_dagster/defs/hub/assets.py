@@ -4,6 +4,7 @@ against every hub shard registered before it (MinHash, then embeddings, after qu
 import dagster as dg
 import polars as pl
 
+from persona_hub_dagster.defs.automation import HUB_POOL, hub_condition
 from persona_hub_dagster.defs.models import EmbeddingsResource
 from persona_hub_dagster.defs.partitions import text_shards
 from persona_hub_dagster.defs.stages import asset_key, reported, settings_config, stage_specs
@@ -21,7 +22,6 @@ from persona_hub_dagster.lib.embeddings import EMBEDDING_MODEL_ENV, embedding_id
 from persona_hub_dagster.lib.shards import ShardRegistry
 
 PERSONA_HUB, PERSONA_HUB_DECISIONS = asset_key(tables.PERSONA_HUB), asset_key(tables.PERSONA_HUB_DECISIONS)
-HUB_POOL = "persona_hub"
 
 
 HubConfig = settings_config(HubSettings, "HubConfig")
@@ -44,6 +44,7 @@ def default_fingerprint() -> str:
         group="hub",
         code_version=f"dedup-{default_fingerprint()}",
         kinds=["faiss"],
+        automation_condition=hub_condition(asset_key(tables.TEXT_PERSONAS), asset_key(tables.EXPANDED_PERSONAS)),
     ),
     partitions_def=text_shards,
     # A range of shards is one run, processed in registration order; hub runs never overlap (pool limit 1), so a

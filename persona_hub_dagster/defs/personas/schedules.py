@@ -1,8 +1,9 @@
 """The nightly Persona-to-Persona run: at 02:00, expand the shards whose text personas are new or changed since
-their last expansion, and refresh everything downstream of them (hub, synthesis, evaluation)."""
+their last expansion. What depends on the expansion (hub, synthesis, evaluation) follows by automation."""
 
 import dagster as dg
 
+from persona_hub_dagster.defs.automation import EXPANSION_ENV, SETTINGS
 from persona_hub_dagster.defs.partitions import text_shards
 from persona_hub_dagster.defs.stages import asset_key
 from persona_hub_dagster.lib import tables
@@ -11,8 +12,9 @@ TEXT_PERSONAS, EXPANDED_PERSONAS = asset_key(tables.TEXT_PERSONAS), asset_key(ta
 
 expand_personas_nightly = dg.define_asset_job(
     "expand_personas_nightly",
-    selection=dg.AssetSelection.assets(*map(asset_key, tables.PERSONA_TO_PERSONA.tables)).downstream(),
-    description="Persona-to-Persona for one shard, then everything that depends on it (hub, synthesis, evaluation).",
+    selection=dg.AssetSelection.assets(*map(asset_key, tables.PERSONA_TO_PERSONA.tables)),
+    description="Persona-to-Persona for one shard; the hub and everything after it follow by automation.",
+    tags=SETTINGS.llm_run_tags,
 )
 
 
@@ -42,6 +44,8 @@ def shards_to_expand(instance: dg.DagsterInstance) -> dict[str, int]:
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
 def nightly_persona_expansion(context: dg.ScheduleEvaluationContext):
+    if SETTINGS.expansion == "off":
+        return dg.SkipReason(f"Persona-to-Persona is off ({EXPANSION_ENV}=off).")
     due = shards_to_expand(context.instance)
     if not due:
         return dg.SkipReason("No shard has text personas newer than its expanded personas.")

@@ -5,6 +5,7 @@ import hashlib
 
 import dagster as dg
 
+from persona_hub_dagster.defs.automation import SETTINGS
 from persona_hub_dagster.defs.jobs import land_text_shard
 from persona_hub_dagster.defs.partitions import text_shards
 from persona_hub_dagster.defs.resources import ShardSourceResource
@@ -20,7 +21,7 @@ def listing_digest(files: list[ShardFile]) -> str:
 @dg.sensor(
     name="text_shard_sensor",
     job=land_text_shard,
-    minimum_interval_seconds=60,
+    minimum_interval_seconds=SETTINGS.tick_seconds,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "Watches the source location ($PERSONA_HUB_SOURCE, default corpus/) for .jsonl/.parquet/.csv/.txt files "
