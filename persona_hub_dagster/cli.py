@@ -19,6 +19,7 @@ from pathlib import Path
 from persona_hub_dagster.lib import filesystems
 from persona_hub_dagster.lib.lineage import print_traced_example
 from persona_hub_dagster.lib.locations import normalize_location, project_dir
+from persona_hub_dagster.lib.settings import read_stage_settings
 from persona_hub_dagster.lib.shards import (
     DEFAULT_PERSONA_COLUMN,
     KINDS,
@@ -40,35 +41,15 @@ EXAMPLE_PERSONA = (
     "A harbour pilot in Rotterdam who guides container ships through fog, trains apprentices and keeps a logbook of "
     "every near miss."
 )
-# Demo-sized settings: every stage and every task runs, on a sample of the shard, each prompting mode at least once,
-# so the embedded CPU model finishes in minutes. (The asset defaults are the full method: four relations per text,
-# six hops, 200 personas per task, ...)
-DEMO_DEMONSTRATIONS_CONFIG = {"derive_demonstration_personas": {"config": {"tasks": ["instructions", "npc"]}}}
-DEMO_OPS_CONFIG = {
-    "text_to_persona": {"config": {"max_texts": 24, "relations_per_text": 1, "max_tokens": 64}},
-    "persona_to_persona": {"config": {"hops": 2, "fan_out": 2, "max_calls": 20, "max_tokens": 160}},
-    "synthesize_math": {"config": {"personas": 8}},
-    "synthesize_reasoning": {"config": {"personas": 2, "prompting": "few_shot", "shots": 2}},
-    "synthesize_instructions": {"config": {"personas": 4, "prompting": "persona_few_shot"}},
-    "synthesize_conversations": {"config": {"personas": 2, "turns": 2, "max_tokens": 200}},
-    "synthesize_knowledge": {"config": {"personas": 2, "prompting": "few_shot", "shots": 1}},
-    "synthesize_npc": {"config": {"personas": 2, "prompting": "persona_few_shot", "shots": 1}},
-    "synthesize_tools": {"config": {"personas": 2}},
-    "evaluate_math": {
-        "config": {
-            "reasoning_solutions": 2,
-            "program_solutions": 1,
-            "min_agreement": 2,
-            "reasoning_max_tokens": 256,
-            "program_max_tokens": 192,
-        }
-    },
-    "evaluate_reasoning": {"config": {"solutions": 2, "min_agreement": 1, "max_tokens": 192}},
-    **{
-        f"evaluate_{task}": {"config": {"max_tokens": 96}}
-        for task in ("instructions", "conversations", "knowledge", "npc")
-    },
-}
+# Demo-sized settings (every stage and task, on a sample, in minutes on the embedded model): the file a deployment can
+# also name in PERSONA_HUB_STAGE_SETTINGS.
+DEMO_SETTINGS = resources.files("persona_hub_dagster") / "data" / "demo_settings.yaml"
+
+
+def _demo_ops_config(*ops: str, exclude: tuple[str, ...] = ()) -> dict:
+    settings = read_stage_settings(str(DEMO_SETTINGS))
+    chosen = ops or [op for op in settings if op not in exclude]
+    return {op: {"config": settings[op]} for op in chosen}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -348,8 +329,11 @@ def cmd_demo(_args) -> int:
     _register(shard, replace=True)
     started = time.perf_counter()
     # persona_few_shot shows each demonstration's derived persona: derive them first (once; cached afterwards).
-    status = _run_job(DEMONSTRATIONS_JOB, ops_config=None if _args.full else DEMO_DEMONSTRATIONS_CONFIG)
-    status = status or _materialize([SAMPLE_SHARD], DEFAULT_JOB, ops_config=None if _args.full else DEMO_OPS_CONFIG)
+    demonstrations = "derive_demonstration_personas"
+    status = _run_job(DEMONSTRATIONS_JOB, ops_config=None if _args.full else _demo_ops_config(demonstrations))
+    status = status or _materialize(
+        [SAMPLE_SHARD], DEFAULT_JOB, ops_config=None if _args.full else _demo_ops_config(exclude=(demonstrations,))
+    )
     print(f"  ({time.perf_counter() - started:.0f} s)")
     _print_tables(SAMPLE_SHARD)
     if status == 0:

@@ -1,6 +1,8 @@
 """Declarative automation, tick by tick and in-process: what the automation sensors request as a shard's tables land
 (the same conditions the daemon evaluates; test_production_topology.py watches a real daemon do it)."""
 
+import os
+
 import dagster as dg
 import pytest
 
@@ -9,6 +11,7 @@ from persona_hub_dagster.defs import automation
 from persona_hub_dagster.defs.automation import AutomationSettings, follows_inputs, hub_condition
 from persona_hub_dagster.defs.partitions import text_shards
 from persona_hub_dagster.lib.synthesis.tasks import TASKS
+from persona_hub_dagster_tests.conftest import REPO
 
 SHARD = "s1"
 
@@ -216,3 +219,39 @@ def test_llm_stages_share_a_pool_and_ask_for_larger_runs():
     jobs = defs.get_repository_def()
     assert jobs.get_job("process_text_shard").tags == automation.SETTINGS.llm_run_tags
     assert jobs.get_job("expand_personas_nightly").tags == automation.SETTINGS.llm_run_tags
+
+
+def test_a_deployment_sizes_automated_runs_with_a_stage_settings_file(tmp_path):
+    """Automated runs carry no run config: PERSONA_HUB_STAGE_SETTINGS sets the defaults (and the code versions)."""
+    import subprocess
+    import sys
+
+    from persona_hub_dagster.lib.personas.text_to_persona import TextToPersonaSettings
+    from persona_hub_dagster.lib.settings import StageSettingsError, deployment_defaults, read_stage_settings
+
+    shipped = read_stage_settings(str(REPO / "persona_hub_dagster" / "data" / "demo_settings.yaml"))
+    settings = deployment_defaults(TextToPersonaSettings, "text_to_persona", shipped)
+    assert (settings.max_texts, settings.relations_per_text) == (24, 1)
+    with pytest.raises(StageSettingsError, match="text_to_persona has no setting max_text;"):
+        deployment_defaults(TextToPersonaSettings, "text_to_persona", {"text_to_persona": {"max_text": 2}})
+
+    def load(settings_file: str) -> subprocess.CompletedProcess:
+        script = (
+            "from persona_hub_dagster.definitions import defs\n"
+            "spec = defs.get_assets_def('text_personas').specs_by_key\n"
+            "print(next(iter(spec.values())).code_version)\n"
+            "job = defs.resolve_job_def('process_text_shard')\n"
+            "print(job.run_config_schema.config_type.fields['ops'].config_type.fields['text_to_persona']"
+            ".config_type.fields['config'].config_type.fields['max_texts'].default_value)\n"
+        )
+        env = {**os.environ, "PERSONA_HUB_STAGE_SETTINGS": settings_file}
+        return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+
+    (tmp_path / "small.yaml").write_text("text_to_persona:\n  config: {max_texts: 2, max_tokens: 40}\n")
+    (tmp_path / "typo.yaml").write_text("text_to_personas: {max_texts: 2}\n")
+    default, small, typo = load(""), load(str(tmp_path / "small.yaml")), load(str(tmp_path / "typo.yaml"))
+    assert default.returncode == small.returncode == 0, default.stderr + small.stderr
+    (default_version, default_max), (small_version, small_max) = default.stdout.split(), small.stdout.split()
+    assert (small_max, default_max) == ("2", str(TextToPersonaSettings().max_texts))
+    assert small_version != default_version, "the file's values enter the code version (the UI marks it stale)"
+    assert typo.returncode != 0 and "names text_to_personas, which no stage is" in typo.stderr

@@ -26,7 +26,13 @@ from persona_hub_dagster.lib.generation import LLMStage, StageCall, StageResult
 from persona_hub_dagster.lib.llm.client import UsageStats
 from persona_hub_dagster.lib.llm.progress import Progress
 from persona_hub_dagster.lib.llm.settings import LLMSettings, model_identity
-from persona_hub_dagster.lib.settings import settings_from
+from persona_hub_dagster.lib.settings import (
+    STAGE_SETTINGS_ENV,
+    StageSettingsError,
+    deployment_defaults,
+    deployment_overrides,
+    settings_from,
+)
 from persona_hub_dagster.lib.storage import DeltaStore
 from persona_hub_dagster.lib.tables import Stage, Table
 
@@ -101,10 +107,40 @@ class StageConfig(SettingsConfig):
         return ("batch_size",)
 
 
-def settings_config(settings_type: type, name: str, base: type[SettingsConfig] = SettingsConfig) -> type:
-    """Run config with one field per setting: the type, default and doc of the settings dataclass's fields."""
+@cache
+def stage_overrides() -> dict[str, dict[str, Any]]:
+    """The deployment's stage settings file (PERSONA_HUB_STAGE_SETTINGS), read once per code-location load."""
+    return deployment_overrides()
+
+
+_CONFIGURABLE_OPS: set[str] = set()
+
+
+def stage_defaults(settings_type: type, op: str | None) -> Any:
+    """A stage's default settings in this deployment: the dataclass's, with the settings file's values for `op`."""
+    if op is None:
+        return settings_type()
+    _CONFIGURABLE_OPS.add(op)
+    return deployment_defaults(settings_type, op, stage_overrides())
+
+
+def check_stage_overrides() -> None:
+    """After the code location loads: a settings file naming an op that does not exist is a typo, not a no-op."""
+    unknown = sorted(set(stage_overrides()) - _CONFIGURABLE_OPS)
+    if unknown:
+        raise StageSettingsError(
+            f"{STAGE_SETTINGS_ENV} names {', '.join(unknown)}, which no stage is; the stages are "
+            f"{', '.join(sorted(_CONFIGURABLE_OPS))}"
+        )
+
+
+def settings_config(
+    settings_type: type, name: str, base: type[SettingsConfig] = SettingsConfig, *, op: str | None = None
+) -> type:
+    """Run config with one field per setting: the type, default and doc of the settings dataclass's fields (the
+    defaults as the deployment's settings file sets them for `op`)."""
     hints = typing.get_type_hints(settings_type)
-    defaults = settings_type()
+    defaults = stage_defaults(settings_type, op)
     fields: dict[str, Any] = {}
     for setting in dataclasses.fields(settings_type):
         annotation, default = hints[setting.name], getattr(defaults, setting.name)
@@ -126,7 +162,10 @@ def llm_stage_asset(
     (defs/automation.py); otherwise a schedule or a person runs it."""
     inputs = {_input_name(t): t for t in declared.reads}
     config_type = settings_config(
-        declared.settings, "".join(part.title() for part in declared.op.split("_")) + "Config", base=StageConfig
+        declared.settings,
+        "".join(part.title() for part in declared.op.split("_")) + "Config",
+        base=StageConfig,
+        op=declared.op,
     )
     model_key = next((key for key in declared.resources if key in MODEL_RESOURCES), None)
     judge = model_key == "judge"
@@ -137,7 +176,9 @@ def llm_stage_asset(
             declared.stage,
             deps=[*declared.reads, *declared.uses],
             group=group,
-            code_version=declared.code_version(declared.settings(), configured_model(judge=judge)),
+            code_version=declared.code_version(
+                stage_defaults(declared.settings, declared.op), configured_model(judge=judge)
+            ),
             kinds=kinds,
             automation_condition=follows_inputs([asset_key(t) for t in declared.reads]) if automated else None,
             tags={RUN_SIZE_TAG: LARGE},

@@ -28,3 +28,55 @@ def settings_from(settings_type: type[T], values: Mapping[str, Any]) -> T:
         for name, value in values.items()
     }
     return dataclasses.replace(defaults, **coerced)
+
+
+# ---------------------------------------------------------------------------------------------- deployment defaults
+
+STAGE_SETTINGS_ENV = "PERSONA_HUB_STAGE_SETTINGS"
+
+
+class StageSettingsError(ValueError):
+    """The deployment's stage settings file is unreadable or names something that does not exist."""
+
+
+def deployment_overrides() -> dict[str, dict[str, Any]]:
+    """The stage settings of the file PERSONA_HUB_STAGE_SETTINGS names; {} when unset.
+
+    Runs that automation, schedules and sensors launch carry no run config: this file is how a deployment sizes
+    them. Its values become the run config's defaults and enter the code versions, so changing it marks the stages
+    it touches stale (and re-runs them only with PERSONA_HUB_RERUN_ON_CODE_CHANGE=1)."""
+    import os
+
+    path = os.environ.get(STAGE_SETTINGS_ENV)
+    return read_stage_settings(path) if path else {}
+
+
+def read_stage_settings(path: str) -> dict[str, dict[str, Any]]:
+    """`{op: {setting: value}}` from a YAML or JSON file shaped like a run config's `ops:` block (with or without
+    each op's `config:` level)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            loaded = yaml.safe_load(handle) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise StageSettingsError(f"{STAGE_SETTINGS_ENV}={path}: cannot read it ({error})") from error
+    if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
+        raise StageSettingsError(f"{STAGE_SETTINGS_ENV}={path}: expected a mapping of op name to settings")
+    return {op: dict(values.get("config", values)) for op, values in loaded.items()}
+
+
+def deployment_defaults(settings_type: type[T], op: str, overrides: Mapping[str, Mapping[str, Any]]) -> T:
+    """The settings dataclass's defaults with the deployment's overrides for `op` applied (and validated)."""
+    values = overrides.get(op, {})
+    names = {f.name for f in dataclasses.fields(settings_type)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise StageSettingsError(
+            f"{STAGE_SETTINGS_ENV}: {op} has no setting {', '.join(unknown)}; "
+            f"its settings are {', '.join(sorted(names))}"
+        )
+    try:
+        return settings_from(settings_type, values)
+    except (TypeError, ValueError) as error:
+        raise StageSettingsError(f"{STAGE_SETTINGS_ENV}: {op}: {error}") from error

@@ -7,7 +7,7 @@ import polars as pl
 from persona_hub_dagster.defs.automation import HUB_POOL, hub_condition
 from persona_hub_dagster.defs.models import EmbeddingsResource
 from persona_hub_dagster.defs.partitions import text_shards
-from persona_hub_dagster.defs.stages import asset_key, reported, settings_config, stage_specs
+from persona_hub_dagster.defs.stages import asset_key, reported, settings_config, stage_defaults, stage_specs
 from persona_hub_dagster.defs.storage import DeltaStorageResource, commit_metadata, table_write_metadata
 from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.dedup.hub import (
@@ -24,7 +24,8 @@ from persona_hub_dagster.lib.shards import ShardRegistry
 PERSONA_HUB, PERSONA_HUB_DECISIONS = asset_key(tables.PERSONA_HUB), asset_key(tables.PERSONA_HUB_DECISIONS)
 
 
-HubConfig = settings_config(HubSettings, "HubConfig")
+HUB_OP = "build_persona_hub"
+HubConfig = settings_config(HubSettings, "HubConfig", op=HUB_OP)
 
 
 def default_fingerprint() -> str:
@@ -33,11 +34,11 @@ def default_fingerprint() -> str:
     reports shards built with other settings.)"""
     import os
 
-    return HubSettings().fingerprint(embedding_identity(os.environ.get(EMBEDDING_MODEL_ENV)))
+    return stage_defaults(HubSettings, HUB_OP).fingerprint(embedding_identity(os.environ.get(EMBEDDING_MODEL_ENV)))
 
 
 @dg.multi_asset(
-    name="build_persona_hub",
+    name=HUB_OP,
     specs=stage_specs(
         tables.HUB,
         deps=tables.HUB_SOURCES,

@@ -22,7 +22,7 @@ from persona_hub_dagster.lib.shards import ShardRegistry, UnknownShard
 RAW_TEXT, RAW_TEXT_REJECTS = asset_key(tables.RAW_TEXT), asset_key(tables.RAW_TEXT_REJECTS)
 
 
-RawTextConfig = settings_config(IngestSettings, "RawTextConfig")
+RawTextConfig = settings_config(IngestSettings, "RawTextConfig", op="ingest_raw_text")
 
 
 @dg.multi_asset(
