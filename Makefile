@@ -4,6 +4,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
+CHECKOV := $(VENV)/tools/checkov/bin/checkov
 # infra/constraints.txt pins torch to the CPU build for everything that pulls it in.
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --constraint infra/constraints.txt
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
@@ -35,9 +36,15 @@ $(VENV)/.installed: pyproject.toml infra/constraints.txt | $(BIN)/python
 	$(PIP_INSTALL) --editable .
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed
+$(VENV)/.installed-dev: $(VENV)/.installed $(CHECKOV)
 	$(PIP_INSTALL) --editable ".[dev]"
 	touch $@
+
+# checkov (the static IaC scan in test_infra_cdk.py) pins versions that conflict with the project's: its own venv.
+$(CHECKOV): | $(BIN)/python
+	$(PYTHON) -m venv $(VENV)/tools/checkov
+	$(VENV)/tools/checkov/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/tools/checkov/bin/python -m pip install --quiet checkov==3.3.30
 
 # Local state only: the Dagster instance, the Delta tables, test artifacts. Keeps .venv.
 clean:

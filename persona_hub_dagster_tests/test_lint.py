@@ -6,7 +6,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RUFF = Path(sys.executable).parent / "ruff"
-PATHS = ["persona_hub_dagster", "persona_hub_dagster_tests", "bench"]
+PATHS = ["persona_hub_dagster", "persona_hub_dagster_tests", "bench", "infra/cdk"]
 
 
 def test_ruff_check():

@@ -14,14 +14,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from persona_hub_dagster.lib.storage import DeltaStore
 from persona_hub_dagster_tests.conftest import REPO, free_port
+from persona_hub_dagster_tests.helpers.topology import graphql, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -47,34 +46,6 @@ if not os.path.exists(CHROMIUM):
     pytest.skip(
         f"browser test needs Debian's chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True
     )
-
-
-def graphql(port: int, query: str, variables: dict | None = None) -> dict:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql",
-        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        body = json.loads(response.read())
-    assert "errors" not in body, body
-    return body["data"]
-
-
-def wait_until(predicate, timeout: float, what: str, process: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    last_error = None
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"dagster dev exited with {process.returncode} while waiting for {what}")
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # the server is still starting
-            last_error = exc
-        time.sleep(1)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
 
 
 def _restore_default_sigint():
@@ -148,6 +119,8 @@ def ui(tmp_path_factory, artifacts_dir):
         "DAGSTER_HOME": str(home),
         "PERSONA_HUB_STORAGE": str(storage),
         "PERSONA_HUB_SOURCE": str(source),
+        # The prepared shards stay as prepared: the tests launch what they look at (automation would build the rest).
+        "PERSONA_HUB_AUTOMATION": "0",
     }
     port = free_port()
     log = (artifacts_dir / "dagster_dev.log").open("w")
@@ -316,7 +289,7 @@ def test_lineage_from_a_synthetic_task_back_to_raw_text(ui):
     assert ("text_personas", "persona_id") in deps["persona_id"]
 
 
-def test_the_automation_page_lists_the_nightly_expansion_and_the_sensor(ui):
+def test_the_automation_page_lists_the_nightly_expansion_and_the_sensors(ui):
     page = ui.page
     sensor_ticks = """{ sensorOrError(sensorSelector: {repositoryName: "__repository__",
         repositoryLocationName: "persona_hub_dagster", sensorName: "text_shard_sensor"}) {
@@ -333,6 +306,10 @@ def test_the_automation_page_lists_the_nightly_expansion_and_the_sensor(ui):
         schedule.get_by_text("At 02:00 AM UTC").wait_for()
         assert schedule.get_by_role("checkbox").last.is_checked()  # its switch: running
         assert sensor.get_by_role("checkbox").last.is_checked()
+        for name in ("stage_automation", "automation"):  # the declarative automation's sensors, stopped here
+            automation = rows.filter(has=page.get_by_text(name, exact=True))
+            automation.get_by_role("checkbox").last.wait_for()
+            assert not automation.get_by_role("checkbox").last.is_checked()
         ui.screenshot("automation")
         schedule.get_by_text("nightly_persona_expansion", exact=True).click()
         next_tick = page.get_by_role("row").filter(has=page.get_by_text("Next tick", exact=True))
