@@ -255,3 +255,11 @@ def test_a_deployment_sizes_automated_runs_with_a_stage_settings_file(tmp_path):
     assert (small_max, default_max) == ("2", str(TextToPersonaSettings().max_texts))
     assert small_version != default_version, "the file's values enter the code version (the UI marks it stale)"
     assert typo.returncode != 0 and "names text_to_personas, which no stage is" in typo.stderr
+
+
+def test_the_nightly_expansion_skips_when_expansion_is_off(monkeypatch):
+    from persona_hub_dagster.defs.personas import schedules
+
+    monkeypatch.setattr(schedules, "SETTINGS", AutomationSettings(expansion="off"))
+    skipped = schedules.nightly_persona_expansion(dg.build_schedule_context(instance=dg.DagsterInstance.ephemeral()))
+    assert isinstance(skipped, dg.SkipReason) and "PERSONA_HUB_EXPANSION=off" in skipped.skip_message
