@@ -20,7 +20,7 @@ import pytest
 
 from persona_hub_dagster.lib.storage import DeltaStore
 from persona_hub_dagster_tests.conftest import REPO, free_port
-from persona_hub_dagster_tests.helpers.topology import graphql, wait_until
+from persona_hub_dagster_tests.helpers.topology import graphql, stop_process_group, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -155,12 +155,7 @@ def ui(tmp_path_factory, artifacts_dir):
             yield UI(port, DeltaStore(root=str(storage)), page, artifacts_dir)
             browser.close()
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+        stop_process_group(process, signal.SIGINT, grace=60)  # dagster dev stops its children on SIGINT
         log.close()
 
 

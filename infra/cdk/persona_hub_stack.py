@@ -625,21 +625,16 @@ class PersonaHubStack(Stack):
             ),
         ]
 
-    def _run_task_definition_arn(self) -> str:
+    def _ecs_arn(self, resource: str, name: str) -> str:
         return self.format_arn(
-            service="ecs",
-            resource="task-definition",
-            resource_name=f"{self.settings.run_task_family_prefix}_*",
-            arn_format=cdk.ArnFormat.SLASH_RESOURCE_NAME,
+            service="ecs", resource=resource, resource_name=name, arn_format=cdk.ArnFormat.SLASH_RESOURCE_NAME
         )
 
+    def _run_task_definition_arn(self) -> str:
+        return self._ecs_arn("task-definition", f"{self.settings.run_task_family_prefix}_*")
+
     def _cluster_tasks_arn(self) -> str:
-        return self.format_arn(
-            service="ecs",
-            resource="task",
-            resource_name=f"{self.cluster.cluster_name}/*",
-            arn_format=cdk.ArnFormat.SLASH_RESOURCE_NAME,
-        )
+        return self._ecs_arn("task", f"{self.cluster.cluster_name}/*")
 
     def _pass_role_statement(self, *roles: iam.IRole) -> iam.PolicyStatement:
         return iam.PolicyStatement(

@@ -1,12 +1,13 @@
 """The production topology as processes on 127.0.0.1: `dagster api grpc` (code server), `dagster-webserver` and
-`dagster-daemon`, each started by infra/entrypoint.sh as its container would be, on an instance configured by
-infra/dagster.yaml (Postgres storage, the queued run coordinator, pools, S3 compute logs) except the run launcher:
-runs are subprocesses of the code server here instead of ECS tasks."""
+`dagster-daemon`, each started by infra/entrypoint.sh as its container would be, on the instance of
+infra/compose/dagster.yaml: infra/dagster.yaml (Postgres storage, the queued run coordinator, pools, S3 compute logs)
+except the run launcher, so runs are subprocesses of the code server here instead of ECS tasks."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,11 +15,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-import yaml
-
 from persona_hub_dagster_tests.conftest import REPO, free_port, wait_for_port
 
 ENTRYPOINT = REPO / "infra" / "entrypoint.sh"
+# infra/dagster.yaml but for the run launcher (test_infra_compose.py holds the two files to that).
+COMPOSE_INSTANCE = REPO / "infra" / "compose" / "dagster.yaml"
 LOCATION = "persona_hub_dagster"
 
 
@@ -50,11 +51,16 @@ def wait_until(predicate, timeout: float, what: str, process: subprocess.Popen |
     raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
 
 
-def test_instance_yaml() -> dict:
-    """infra/dagster.yaml with the default run launcher (the only difference from production)."""
-    config = yaml.safe_load((REPO / "infra" / "dagster.yaml").read_text())
-    config["run_launcher"] = {"module": "dagster.core.launcher", "class": "DefaultRunLauncher"}
-    return config
+def stop_process_group(process: subprocess.Popen, first: int = signal.SIGTERM, grace: float = 30) -> None:
+    """Stop a server started with its own process group: `first`, then SIGKILL after `grace` seconds."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, first)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
 
 
 class Topology:
@@ -65,7 +71,7 @@ class Topology:
     def __init__(self, folder: Path, env: dict[str, str]):
         self.folder, self.home = folder, folder / "dagster_home"
         self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / "dagster.yaml").write_text(yaml.safe_dump(test_instance_yaml(), sort_keys=False))
+        shutil.copy(COMPOSE_INSTANCE, self.home / "dagster.yaml")
         self.code_port, self.web_port = free_port(), free_port()
         self.env = {
             **os.environ,
@@ -115,14 +121,7 @@ class Topology:
 
     def stop(self) -> None:
         for role in reversed(list(self.processes)):
-            process = self.processes[role]
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait(timeout=30)
+            stop_process_group(self.processes[role])
         self.processes.clear()
 
     def log(self, role: str) -> str:

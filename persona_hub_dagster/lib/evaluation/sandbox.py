@@ -232,7 +232,12 @@ def _bwrap() -> str:
     if bwrap is None:
         raise SandboxUnavailable(f"Running model-written programs needs bubblewrap, which is not installed. {hint}")
     probe = subprocess.run(
-        [bwrap, "--unshare-all", "--die-with-parent", *_system_mounts(), _interpreter(), "-I", "-c", "pass"],
+        # --proc as the real command mounts it: in a container without its own /proc rights (Docker's default
+        # seccomp and systempaths) the namespaces come up but a fresh /proc is refused, and every program would fail.
+        [
+            bwrap, "--unshare-all", "--die-with-parent", *_system_mounts(), "--proc", "/proc",
+            _interpreter(), "-I", "-c", "pass",
+        ],
         capture_output=True,
         text=True,
         preexec_fn=lambda: _drop_privileges(_unprivileged_user()),
