@@ -303,7 +303,7 @@ def test_the_automation_page_lists_the_nightly_expansion_and_the_sensors(ui):
         assert sensor.get_by_role("checkbox").last.is_checked()
         for name in ("stage_automation", "automation"):  # the declarative automation's sensors, stopped here
             automation = rows.filter(has=page.get_by_text(name, exact=True))
-            automation.get_by_role("checkbox").last.wait_for()
+            automation.get_by_text(name, exact=True).wait_for()
             assert not automation.get_by_role("checkbox").last.is_checked()
         ui.screenshot("automation")
         schedule.get_by_text("nightly_persona_expansion", exact=True).click()
