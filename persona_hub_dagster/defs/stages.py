@@ -23,6 +23,7 @@ from persona_hub_dagster.defs.models import usage_metadata
 from persona_hub_dagster.defs.partitions import text_shards
 from persona_hub_dagster.defs.storage import commit_metadata, metadata_value, table_write_metadata
 from persona_hub_dagster.lib.generation import LLMStage, StageCall, StageResult
+from persona_hub_dagster.lib.ids import content_id
 from persona_hub_dagster.lib.llm.client import UsageStats
 from persona_hub_dagster.lib.llm.progress import Progress
 from persona_hub_dagster.lib.llm.settings import LLMSettings, model_identity
@@ -124,6 +125,13 @@ def stage_defaults(settings_type: type, op: str | None) -> Any:
     return deployment_defaults(settings_type, op, stage_overrides())
 
 
+def overrides_version(op: str) -> str:
+    """A suffix for the code version when the settings file sets anything for `op` (whichever settings the stage's
+    own version covers), so that changing the file marks exactly the stages it names stale."""
+    values = stage_overrides().get(op)
+    return f"+settings-{content_id(repr(sorted(values.items())))[:8]}" if values else ""
+
+
 def check_stage_overrides() -> None:
     """After the code location loads: a settings file naming an op that does not exist is a typo, not a no-op."""
     unknown = sorted(set(stage_overrides()) - _CONFIGURABLE_OPS)
@@ -178,7 +186,8 @@ def llm_stage_asset(
             group=group,
             code_version=declared.code_version(
                 stage_defaults(declared.settings, declared.op), configured_model(judge=judge)
-            ),
+            )
+            + overrides_version(declared.op),
             kinds=kinds,
             automation_condition=follows_inputs([asset_key(t) for t in declared.reads]) if automated else None,
             tags={RUN_SIZE_TAG: LARGE},

@@ -6,7 +6,7 @@ import dagster as dg
 import polars as pl
 
 from persona_hub_dagster.defs.partitions import text_shards
-from persona_hub_dagster.defs.stages import asset_key, reported, settings_config
+from persona_hub_dagster.defs.stages import asset_key, overrides_version, reported, settings_config
 from persona_hub_dagster.defs.storage import (
     DeltaStorageResource,
     column_schema,
@@ -22,18 +22,21 @@ from persona_hub_dagster.lib.shards import ShardRegistry, UnknownShard
 RAW_TEXT, RAW_TEXT_REJECTS = asset_key(tables.RAW_TEXT), asset_key(tables.RAW_TEXT_REJECTS)
 
 
-RawTextConfig = settings_config(IngestSettings, "RawTextConfig", op="ingest_raw_text")
+INGEST_OP = "ingest_raw_text"
+RawTextConfig = settings_config(IngestSettings, "RawTextConfig", op=INGEST_OP)
+# Cleaning changes (and a settings file's values for the op) mark both tables stale.
+CODE_VERSION = f"cleaning-v{CLEANING_VERSION}" + overrides_version(INGEST_OP)
 
 
 @dg.multi_asset(
-    name="ingest_raw_text",
+    name=INGEST_OP,
     specs=[
         dg.AssetSpec(
             RAW_TEXT,
             description=tables.RAW_TEXT.description,
             group_name="ingestion",
             kinds={"deltalake", "polars"},
-            code_version=f"cleaning-v{CLEANING_VERSION}",
+            code_version=CODE_VERSION,
             metadata={"dagster/column_schema": column_schema(RAW_TEXT_SCHEMA)},
         ),
         dg.AssetSpec(
@@ -41,7 +44,7 @@ RawTextConfig = settings_config(IngestSettings, "RawTextConfig", op="ingest_raw_
             description=tables.RAW_TEXT_REJECTS.description,
             group_name="ingestion",
             kinds={"deltalake", "polars"},
-            code_version=f"cleaning-v{CLEANING_VERSION}",
+            code_version=CODE_VERSION,
             metadata={"dagster/column_schema": column_schema(REJECTS_SCHEMA)},
         ),
     ],
