@@ -39,9 +39,15 @@ case "$role" in
   daemon)
     workspace=$(write_workspace)
     dagster instance migrate
-    # "pool=limit,pool=limit": the persona_hub pool must stay at 1 (the hub deduplicates in registration order).
-    for pair in $(echo "${PERSONA_HUB_POOL_LIMITS:-persona_hub=1}" | tr ',' ' '); do
-      dagster instance concurrency set "${pair%%=*}" "${pair#*=}"
+    # "pool=limit,pool=limit". The persona_hub pool is always 1 (the hub deduplicates each shard against the
+    # finished hub of the shards before it): set whether listed or not, and any other value is refused.
+    for pair in $(echo "${PERSONA_HUB_POOL_LIMITS:-}" | tr ',' ' ') persona_hub=1; do
+      pool=${pair%%=*} limit=${pair#*=}
+      if [ "$pool" = persona_hub ] && [ "$limit" != 1 ]; then
+        echo "PERSONA_HUB_POOL_LIMITS: persona_hub must be 1, not $limit" >&2
+        exit 2
+      fi
+      dagster instance concurrency set "$pool" "$limit"
     done
     exec dagster-daemon run --workspace "$workspace" "$@"
     ;;

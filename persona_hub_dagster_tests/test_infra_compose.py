@@ -175,3 +175,20 @@ def test_gpu_service_is_optional_and_reserves_an_nvidia_gpu(compose):
     (device,) = vllm["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     assert all("profiles" not in service for name, service in compose["services"].items() if name != "vllm")
+
+
+def test_the_daemon_refuses_a_hub_pool_other_than_one(tmp_path):
+    """The hub's correctness needs its pool at 1: the daemon's entry point sets it always, and refuses another value."""
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+        "DAGSTER_HOME": str(tmp_path),  # no dagster.yaml: a throwaway SQLite instance
+        "PERSONA_HUB_POOL_LIMITS": "llm=4,persona_hub=2",
+    }
+    done = subprocess.run(
+        [str(REPO / "infra" / "entrypoint.sh"), "daemon"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2 and "persona_hub must be 1, not 2" in done.stderr, done.stderr[-2000:]

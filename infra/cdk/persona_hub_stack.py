@@ -107,8 +107,11 @@ class PersonaHubSettings:
     build_image: bool = False
     # QueuedRunCoordinator limit: runs (ECS tasks) at once.
     max_concurrent_runs: int = 8
-    # Dagster pool limits, applied by `persona-hub pools --apply` when the daemon starts.
+    # Dagster pool limits, applied by infra/entrypoint.sh when the daemon starts.
     pool_limits: str = "persona_hub=1,llm=16,gpu=4"
+    # The stage settings every automated run uses (PERSONA_HUB_STAGE_SETTINGS: a YAML/JSON file, e.g.
+    # s3://<bucket>/persona-hub/stage_settings.yaml, which the tasks may read); empty: the asset defaults.
+    stage_settings: str = ""
     # The vLLM fleet: replicas (one per GPU instance), instance type, model, image.
     vllm_replicas: int = 1
     gpu_instance_type: str = "g5.xlarge"
@@ -748,6 +751,7 @@ class PersonaHubStack(Stack):
             "PERSONA_HUB_LLM_RUN_CPU": str(s.llm_run_cpu),
             "PERSONA_HUB_LLM_RUN_MEMORY": str(s.llm_run_memory),
             "AWS_REGION": self.region,
+            **({"PERSONA_HUB_STAGE_SETTINGS": s.stage_settings} if s.stage_settings else {}),
         }
         secrets = {"DAGSTER_PG_PASSWORD": ecs.Secret.from_secrets_manager(self.db.secret, "password")}
         if self.llm_api_key is not None:

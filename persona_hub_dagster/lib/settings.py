@@ -52,14 +52,16 @@ def deployment_overrides() -> dict[str, dict[str, Any]]:
 
 
 def read_stage_settings(path: str) -> dict[str, dict[str, Any]]:
-    """`{op: {setting: value}}` from a YAML or JSON file shaped like a run config's `ops:` block (with or without
-    each op's `config:` level)."""
+    """`{op: {setting: value}}` from a YAML or JSON file (local or `s3://`) shaped like a run config's `ops:` block
+    (with or without each op's `config:` level)."""
     import yaml
 
+    from persona_hub_dagster.lib import filesystems
+
     try:
-        with open(path, encoding="utf-8") as handle:
-            loaded = yaml.safe_load(handle) or {}
-    except (OSError, yaml.YAMLError) as error:
+        with filesystems.open_binary(path) as handle:
+            loaded = yaml.safe_load(handle.read().decode("utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         raise StageSettingsError(f"{STAGE_SETTINGS_ENV}={path}: cannot read it ({error})") from error
     if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
         raise StageSettingsError(f"{STAGE_SETTINGS_ENV}={path}: expected a mapping of op name to settings")
