@@ -40,7 +40,7 @@ SAMPLE = (REPO / "persona_hub_dagster" / "data" / "sample_corpus.jsonl").read_te
 # Automated and backfilled runs carry no run config: the deployment's stage settings file sizes them.
 TINY_STAGES = {
     "text_to_persona": {"max_texts": 2, "relations_per_text": 1, "max_tokens": 48},
-    "derive_demonstration_personas": {"tasks": ["instructions", "npc"], "max_tokens": 48},
+    "derive_demonstration_personas": {"tasks": ["instructions"], "max_tokens": 48},  # the one persona_few_shot task
     **{f"synthesize_{task}": {"personas": 1} for task in ("math", "reasoning", "knowledge", "npc", "tools")},
     "synthesize_reasoning": {"personas": 1, "prompting": "few_shot", "shots": 1},
     "synthesize_instructions": {"personas": 1, "prompting": "persona_few_shot"},
