@@ -8,6 +8,7 @@ default lives in one place, and the code versions built from the defaults follow
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -45,8 +46,6 @@ def deployment_overrides() -> dict[str, dict[str, Any]]:
     Runs that automation, schedules and sensors launch carry no run config: this file is how a deployment sizes
     them. Its values become the run config's defaults and enter the code versions, so changing it marks the stages
     it touches stale (and re-runs them only with PERSONA_HUB_RERUN_ON_CODE_CHANGE=1)."""
-    import os
-
     path = os.environ.get(STAGE_SETTINGS_ENV)
     return read_stage_settings(path) if path else {}
 
