@@ -477,12 +477,26 @@ def _report(result) -> None:
     print(f"  run {result.run_id}: {'success' if result.success else 'FAILED'}")
     if not result.success:
         for event in result.all_events:
-            if event.is_step_failure:
-                failure = event.step_failure_data
-                described = failure.user_failure_data.description if failure.user_failure_data else None
-                message = described or (failure.error.message if failure.error else "failed")
-                print(f"error: {event.step_key}: {message.strip().splitlines()[0]}", file=sys.stderr)
+            if event.is_step_failure or event.is_run_failure:
+                print(f"error: {event.step_key or 'run'}: {failure_cause(event)}", file=sys.stderr)
                 break
+
+
+def failure_cause(event) -> str:
+    """A failure event's cause in one line: a dg.Failure's own description, else the first error of the chain that is
+    not Dagster's wrapper (DagsterExecutionStepExecutionError says only which op failed). That is the exception our
+    code raised, whose message says what to do (it may itself wrap a lower-level error: the trace has those)."""
+    data = event.step_failure_data if event.is_step_failure else event.event_specific_data
+    if getattr(data, "user_failure_data", None) and data.user_failure_data.description:
+        return data.user_failure_data.description.strip().splitlines()[0]
+    error = getattr(data, "error", None)
+    if error is None:
+        return event.message or "failed"
+    while error.cause is not None and error.cls_name.startswith("Dagster"):
+        error = error.cause
+    message = " ".join(error.message.split())
+    # "package.module.ClassName: text" -> "ClassName: text"
+    return message[message.find(error.cls_name) :] if error.cls_name and error.cls_name in message else message
 
 
 def _run_job(job_name: str, ops_config: dict | None = None) -> int:
@@ -600,19 +614,25 @@ def _print_report(store: DeltaStore) -> None:
     import polars as pl
 
     from persona_hub_dagster.lib import tables
-    from persona_hub_dagster.lib.evaluation.report import ALL_SHARDS, report_location
+    from persona_hub_dagster.lib.evaluation.report import ALL_SHARDS, programs_note, report_location
 
     if not store.exists(tables.EVAL_REPORT):
         return
     totals = store.read(tables.EVAL_REPORT).filter(pl.col("shard") == ALL_SHARDS)
     print("\nEvaluation (eval/report, all shards):")
-    print(f"  {'task':<14} {'items':>5} {'passed':>6}  {'near-dup':>8}  {'distinct-2':>10}  {'lift':>5}  contamination")
+    print(
+        f"  {'task':<14} {'items':>5} {'passed':>6} {'not run':>7}  {'near-dup':>8}  {'distinct-2':>10}  {'lift':>5}  "
+        "contamination"
+    )
     for row in totals.iter_rows(named=True):
         lift = "-" if row["persona_lift"] is None else f"{row['persona_lift']:.2f}"
         print(
-            f"  {row['task']:<14} {row['items']:>5} {row['pass_rate']:>6.0%}  {row['near_duplicates']:>8}  "
+            f"  {row['task']:<14} {row['items']:>5} {row['pass_rate']:>6.0%} {row['not_run']:>7}  "
+            f"{row['near_duplicates']:>8}  "
             f"{row['distinct_2']:>10.2f}  {lift:>5}  {row['contamination']}"
         )
+    if note := programs_note(totals):
+        print(f"  note: {note.replace('**', '')}")
     print(f"  HTML report: {report_location(store)}")
 
 

@@ -191,3 +191,29 @@ def test_a_run_killed_with_its_process_is_marked_failed_by_the_next_command(env,
     assert f"run {run.run_id} was left running" in result.stdout
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+
+
+def test_a_failed_step_prints_its_root_cause_not_dagsters_wrapper():
+    """The line `materialize` prints for a failure is the exception our code raised, not Dagster's wrapper
+    (DagsterExecutionStepExecutionError, whose own line names only the op)."""
+    from persona_hub_dagster.cli import failure_cause
+    from persona_hub_dagster.lib.evaluation.sandbox import SandboxUnavailable
+
+    @dg.asset
+    def evaluate_programs():
+        try:
+            raise FileNotFoundError("bwrap")
+        except FileNotFoundError as exc:
+            raise SandboxUnavailable("Running model-written programs needs bubblewrap, which is not installed.") from exc
+
+    @dg.asset
+    def refuse():
+        raise dg.Failure("eval/math has no rows for shard 's'.\nMore detail on the next line.")
+
+    for asset, expected in (
+        (evaluate_programs, "SandboxUnavailable: Running model-written programs needs bubblewrap, which is not installed."),
+        (refuse, "eval/math has no rows for shard 's'."),
+    ):
+        result = dg.materialize([asset], raise_on_error=False)
+        (event,) = [e for e in result.all_events if e.is_step_failure]
+        assert failure_cause(event) == expected

@@ -284,6 +284,8 @@ def test_fargate_services_commands_and_environment(synthesized):
         assert env["DAGSTER_MAX_CONCURRENT_RUNS"] == "8" and env["PERSONA_HUB_LLM_MODEL"] == "Qwen/Qwen2.5-7B-Instruct"
         # defs/automation.py turns these into the ecs/cpu, ecs/memory tags of LLM-stage runs.
         assert (env["PERSONA_HUB_LLM_RUN_CPU"], env["PERSONA_HUB_LLM_RUN_MEMORY"]) == ("4096", "16384")
+        # Production fails closed: an evaluation that cannot start the program sandbox fails instead of skipping.
+        assert env["PERSONA_HUB_SANDBOX"] == "bwrap"
         assert env["PERSONA_HUB_BUCKET"]["Ref"].startswith("TablesBucket") and env["AWS_REGION"] == REGION
         for key, suffix in (
             ("PERSONA_HUB_STORAGE", "/persona-hub/delta"),

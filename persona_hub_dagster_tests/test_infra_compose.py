@@ -149,6 +149,8 @@ def test_services_run_the_entrypoints_roles_in_order(compose):
         assert re.search(rf"^\s*{role}\)", entrypoint, re.MULTILINE), f"infra/entrypoint.sh has no {role} role"
     env = services["code-server"]["environment"]
     assert (env["DAGSTER_CODE_SERVER_HOST"], env["DAGSTER_CODE_SERVER_PORT"]) == ("code-server", "4000")
+    # Runs fail closed when the program sandbox cannot start (a laptop's default, auto, would evaluate without them).
+    assert env["PERSONA_HUB_SANDBOX"] == "${PERSONA_HUB_SANDBOX:-bwrap}"
     assert services["webserver"]["ports"] == ["${DAGSTER_WEBSERVER_PUBLISHED_PORT:-3000}:3000"]
     # Postgres and the bucket first; the daemon (which migrates the schema) before the webserver.
     assert services["code-server"]["depends_on"] == {

@@ -9,6 +9,7 @@ import pytest
 
 from persona_hub_dagster.lib import prompts
 from persona_hub_dagster.lib.evaluation.math_eval import MathEvalSettings, evaluate_math
+from persona_hub_dagster.lib.evaluation.sandbox import ProgramExecution
 from persona_hub_dagster.lib.generation import persona_id
 from persona_hub_dagster.lib.llm.client import LLMClient
 from persona_hub_dagster.lib.llm.types import Completion
@@ -216,6 +217,28 @@ def test_math_evaluation_agreement_and_sandboxed_programs():
     assert errors[("broken", 2)] == "timeout"
     assert errors[("broken", 0)].startswith("rejected: invalid_json")
     assert len(output.solutions) == 9 and len(output.rejects) == 1
+
+
+def test_math_evaluation_without_a_sandbox_verifies_by_reasoning_and_asks_for_no_program():
+    problems = pl.DataFrame({"item_id": ["agree", "disagree"], "persona_id": ["p", "p"], "problem": ["x", "y"]})
+    asked = []
+
+    def answer(request):
+        asked.append(request.json_schema)
+        stated = {"agree": ["3/4", "0.75"], "disagree": ["5", "6"]}[request.request_id.split(":")[0]]
+        return Completion(json.dumps({"reasoning": "steps", "answer": stated[int(request.request_id[-1])]}), "stop")
+
+    settings = MathEvalSettings(reasoning_solutions=2, program_solutions=1, min_agreement=2)
+    unavailable = ProgramExecution(None, "sandbox unavailable: bubblewrap is not installed")
+    output = evaluate_math(
+        problems, LLMClient(ScriptedBackend(answer)), settings, shard="s", run_id="r", execution=unavailable
+    )
+    assert all("program" not in json.dumps(schema) for schema in asked) and len(asked) == 4  # no program is paid for
+    rows = {row["item_id"]: row for row in output.rows}
+    assert rows["agree"]["verified"] and rows["agree"]["n_solutions"] == 2 and not rows["disagree"]["verified"]
+    assert {row["not_run"] for row in output.rows} == {"sandbox unavailable: bubblewrap is not installed"}
+    assert {row["sandbox"] for row in output.rows} == {None}
+    assert {s["kind"] for s in output.solutions} == {"reasoning"}
 
 
 def test_a_stage_killed_mid_run_resumes_from_the_response_cache(tmp_path):

@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 
 from persona_hub_dagster.defs.evaluation.assets import evaluation_assets
+from persona_hub_dagster.defs.evaluation.report import eval_report
 from persona_hub_dagster.defs.hub.assets import build_persona_hub
 from persona_hub_dagster.defs.jobs import trace_lineage_job
 from persona_hub_dagster.defs.models import EmbeddingsResource, JudgeResource, LLMResource
@@ -20,6 +21,7 @@ from persona_hub_dagster.defs.stages import asset_key
 from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
 from persona_hub_dagster.defs.synthesis.assets import demonstrations_asset, synthesis_assets
 from persona_hub_dagster.lib import filesystems, tables
+from persona_hub_dagster.lib.evaluation import sandbox
 from persona_hub_dagster.lib.lineage import format_trace, trace_any, trace_item, trace_persona
 from persona_hub_dagster.lib.shards import ShardRegistry, shard_file
 from persona_hub_dagster.lib.storage import DeltaStore
@@ -75,14 +77,16 @@ STAGES = [
 ]
 
 
-def run_shard(store: DeltaStore, instance: dg.DagsterInstance):
-    """Every stage for the shard, as `process_text_shard` runs them, on this test's storage root."""
+def run_shard(store: DeltaStore, instance: dg.DagsterInstance, *, ops: dict = TINY, selection=None, shard=SHARD):
+    """Every stage for the shard, as `process_text_shard` runs them, on this test's storage root (or the `selection`
+    of them, configured by `ops`; `shard` None for unpartitioned assets)."""
     storage = DeltaStorageResource(root=store.root)
     return dg.materialize(
-        STAGES,
-        partition_key=SHARD,
+        [*STAGES, eval_report] if selection else STAGES,
+        selection=selection,
+        partition_key=shard,
         instance=instance,
-        run_config={"ops": TINY},
+        run_config={"ops": ops},
         resources={
             "storage": storage,
             "io_manager": DeltaIOManager(storage=storage),
@@ -318,3 +322,42 @@ def test_every_llm_stage_logs_its_progress_in_the_run(pipeline):
     for stage in ("text_personas", "expanded_personas", "synthetic/math", "eval/math"):
         done = [m for m in messages if m.startswith(f"{stage} {SHARD} done:")]
         assert done and " requests" in done[0] and "tokens/s" in done[0], stage
+
+
+def test_without_a_sandbox_the_evaluations_go_on_and_say_why(pipeline, monkeypatch):
+    """README's first command on a machine without bubblewrap (the default mode, auto): eval/math and eval/tools run
+    no program, every evaluation and the report still materialize, and rows, the warning check and the report say
+    why. (Last in this module: it leaves the shard's evaluations in that state.)"""
+    store, instance, _ = pipeline
+
+    def no_bubblewrap():
+        raise sandbox.SandboxUnavailable("bubblewrap is not installed here", cause="bubblewrap is not installed")
+
+    monkeypatch.setattr(sandbox, "_bwrap", no_bubblewrap)
+    monkeypatch.delenv(sandbox.SANDBOX_ENV, raising=False)
+    evaluations = [spec.key for assets in evaluation_assets for spec in assets.specs]
+    ops = {op: config for op, config in TINY.items() if op.startswith("evaluate_")}
+    result = run_shard(store, instance, ops=ops, selection=evaluations)
+    assert result.success
+    reason = "sandbox unavailable: bubblewrap is not installed"
+    math = store.read(tables.EVAL_MATH)
+    assert math.height and set(math["not_run"]) == {reason} and math["sandbox"].is_null().all()
+    assert (math["n_solutions"] == TINY["evaluate_math"]["config"]["reasoning_solutions"]).all()
+    solutions = store.read(tables.EVAL_MATH_SOLUTIONS)
+    assert set(solutions["kind"]) == {"reasoning"}  # no program was asked for, none ran
+    tools = store.read(["eval", "tools"])
+    statically_fine = tools.filter(pl.col("static"))
+    assert statically_fine["passed"].is_null().all() and set(statically_fine["not_run"]) <= {reason}
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not checks["programs_ran"].passed and checks["programs_ran"].severity == dg.AssetCheckSeverity.WARN
+    assert reason in materialization(result, EVAL_MATH)["programs_not_run_reason"].value
+
+    report = run_shard(store, instance, ops={}, selection=[asset_key(tables.EVAL_REPORT)], shard=None)
+    assert report.success
+    totals = store.read(tables.EVAL_REPORT).filter(pl.col("shard") == "(all)")
+    by_task = {row["task"]: row for row in totals.iter_rows(named=True)}
+    assert by_task["math"]["programs_not_run"] == math.height and by_task["math"]["not_run"] == 0
+    assert by_task["tools"]["not_run"] == statically_fine.height
+    assert reason in by_task["math"]["not_run_reason"]
+    note = materialization(report, asset_key(tables.EVAL_REPORT))["programs_not_run"].value
+    assert "apt-get install bubblewrap" in note and "PERSONA_HUB_SANDBOX=weak" in note

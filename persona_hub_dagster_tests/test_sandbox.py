@@ -1,12 +1,20 @@
 """The sandbox that runs model-written programs: results come back, and each limit holds."""
 
+import shutil
 import socket
 import threading
 from pathlib import Path
 
 import pytest
 
-from persona_hub_dagster.lib.evaluation.sandbox import SandboxLimits, run_python
+from persona_hub_dagster.lib.evaluation import sandbox
+from persona_hub_dagster.lib.evaluation.sandbox import (
+    ProgramExecution,
+    SandboxLimits,
+    SandboxUnavailable,
+    program_execution,
+    run_python,
+)
 
 
 def test_a_program_prints_its_answer():
@@ -96,3 +104,42 @@ def _no_stray_files():
     before = set(Path("/tmp").glob("persona-hub-sandbox-*"))
     yield
     assert set(Path("/tmp").glob("persona-hub-sandbox-*")) <= before
+
+
+@pytest.fixture
+def no_bubblewrap(monkeypatch):
+    """A machine without bubblewrap, as a fresh laptop is."""
+    which = shutil.which
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name, *args, **kw: None if name == "bwrap" else which(name, *args, **kw))
+    sandbox._bwrap.cache_clear()
+    yield
+    sandbox._bwrap.cache_clear()
+
+
+def test_without_bubblewrap_each_mode_does_what_it_says(no_bubblewrap, monkeypatch):
+    monkeypatch.delenv(sandbox.SANDBOX_ENV, raising=False)
+    # auto, the default: programs are not run, and the reason is short enough for a row.
+    assert program_execution() == ProgramExecution(None, "sandbox unavailable: bubblewrap is not installed")
+    monkeypatch.setenv(sandbox.SANDBOX_ENV, "auto")
+    assert not program_execution().runs
+    with pytest.raises(SandboxUnavailable, match="needs bubblewrap"):
+        run_python("print(1)\n")  # nothing runs outside the boundary unless a person chose weak
+    # bwrap fails closed, with what to do.
+    monkeypatch.setenv(sandbox.SANDBOX_ENV, "bwrap")
+    with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap.*PERSONA_HUB_SANDBOX=weak"):
+        program_execution()
+    monkeypatch.setenv(sandbox.SANDBOX_ENV, "weak")
+    assert program_execution() == ProgramExecution("weak", None)
+    assert run_python("print(1)\n").stdout.strip() == "1"
+    monkeypatch.setenv(sandbox.SANDBOX_ENV, "off")
+    assert program_execution().not_run == "programs are off (PERSONA_HUB_SANDBOX=off)"
+    with pytest.raises(SandboxUnavailable):
+        run_python("print(1)\n")
+    monkeypatch.setenv(sandbox.SANDBOX_ENV, "bwarp")
+    with pytest.raises(SandboxUnavailable, match="must be one of auto, bwrap, weak, off"):
+        program_execution()
+
+
+def test_off_never_runs_a_program_even_where_the_sandbox_works(monkeypatch):
+    monkeypatch.setenv(sandbox.SANDBOX_ENV, "off")
+    assert program_execution() == ProgramExecution(None, "programs are off (PERSONA_HUB_SANDBOX=off)")

@@ -112,6 +112,9 @@ class PersonaHubSettings:
     # The stage settings every automated run uses (PERSONA_HUB_STAGE_SETTINGS: a YAML/JSON file, e.g.
     # s3://<bucket>/persona-hub/stage_settings.yaml, which the tasks may read); empty: the asset defaults.
     stage_settings: str = ""
+    # How runs treat model-written programs (PERSONA_HUB_SANDBOX): "bwrap" fails closed (eval/math and eval/tools fail
+    # where the sandbox cannot start, as on Fargate); "auto" evaluates them without running programs and says so.
+    sandbox: str = "bwrap"
     # The vLLM fleet: replicas (one per GPU instance), instance type, model, image.
     vllm_replicas: int = 1
     gpu_instance_type: str = "g5.xlarge"
@@ -161,6 +164,8 @@ class PersonaHubSettings:
         if self.public_webserver and not (self.certificate_arn and self.webserver_allowed_cidr):
             # Dagster's open-source webserver has no login: never on the internet over HTTP or to everyone unasked.
             raise ValueError("public_webserver=true needs certificate_arn and webserver_allowed_cidr")
+        if self.sandbox not in ("bwrap", "auto", "weak", "off"):
+            raise ValueError(f"sandbox must be bwrap, auto, weak or off (PERSONA_HUB_SANDBOX), got {self.sandbox!r}")
         if self.log_retention_days not in RETENTION:
             raise ValueError(f"log_retention_days must be one of {sorted(RETENTION)}, got {self.log_retention_days}")
 
@@ -750,6 +755,7 @@ class PersonaHubStack(Stack):
             "PERSONA_HUB_POOL_LIMITS": s.pool_limits,
             "PERSONA_HUB_LLM_RUN_CPU": str(s.llm_run_cpu),
             "PERSONA_HUB_LLM_RUN_MEMORY": str(s.llm_run_memory),
+            "PERSONA_HUB_SANDBOX": s.sandbox,
             "AWS_REGION": self.region,
             **({"PERSONA_HUB_STAGE_SETTINGS": s.stage_settings} if s.stage_settings else {}),
         }

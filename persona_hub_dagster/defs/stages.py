@@ -196,6 +196,10 @@ def llm_stage_asset(
         ins={name: dg.AssetIn(asset_key(table)) for name, table in inputs.items()},
         partitions_def=text_shards if declared.stage.partitioned else None,
         required_resource_keys={"storage", *declared.resources},
+        check_specs=[
+            dg.AssetCheckSpec(warning.name, asset=asset_key(declared.stage.table), description=warning.description)
+            for warning in declared.warnings
+        ],
         can_subset=True,  # a selection may name some of the stage's tables; it writes them all (`reported`)
     )
     def stage_asset(context: dg.AssetExecutionContext, config: config_type, **upstream: pl.LazyFrame):  # type: ignore[valid-type]
@@ -230,10 +234,27 @@ def llm_stage_asset(
             context,
             write_stage_tables(context, store, shard, declared.stage, result, usage=usage, lineage=declared.lineage),
         )
+        yield from _warnings(context, declared, result)
         if client is not None and client.stopped_by_budget:
             raise dg.Failure(_budget_message(declared, shard, client, main.height), allow_retries=False)
 
     return stage_asset
+
+
+def _warnings(context: dg.AssetExecutionContext, declared: LLMStage, result: StageResult) -> Iterator:
+    """The stage's warning checks on its main table, from the result's metadata (those the run selected)."""
+    for warning in declared.warnings:
+        key = dg.AssetCheckKey(asset_key(declared.stage.table), warning.name)
+        if key not in context.selected_asset_check_keys:
+            continue
+        problem = warning.problem(result.metadata)
+        yield dg.AssetCheckResult(
+            asset_key=key.asset_key,
+            check_name=warning.name,
+            passed=problem is None,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=problem,
+        )
 
 
 def _budget_message(declared: LLMStage, shard: str | None, client, rows: int) -> str:

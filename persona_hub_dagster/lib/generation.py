@@ -74,6 +74,16 @@ class StageResult:
 
 
 @dataclass(frozen=True)
+class StageWarning:
+    """Something about a stage's result a person should see without failing the step (the UI shows it as a warning
+    check on the stage's main table): `problem(metadata)` says what, from the result's metadata, or None."""
+
+    name: str
+    description: str
+    problem: Callable[[Mapping[str, Any]], str | None]
+
+
+@dataclass(frozen=True)
 class LLMStage:
     stage: Stage  # the catalog entry: the tables it writes, main table first
     op: str  # the step's name (run config `ops: {<op>: {config: ...}}`)
@@ -86,6 +96,7 @@ class LLMStage:
     uses: tuple[Table, ...] = ()  # also upstream, read by `run` itself when its settings need them
     resources: tuple[str, ...] = ("llm",)  # llm | judge (the model it calls, if any), embeddings, benchmarks
     lineage: Mapping[str, tuple[tuple[Table, str], ...]] = field(default_factory=dict)  # main table's column deps
+    warnings: tuple[StageWarning, ...] = ()  # checked on every result
 
     @property
     def name(self) -> str:

@@ -11,7 +11,8 @@ import polars as pl
 
 from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.evaluation.properties import PROPERTY_COLUMNS, set_properties
-from persona_hub_dagster.lib.generation import StageCall, rate, same_columns
+from persona_hub_dagster.lib.evaluation.sandbox import ENABLE_HINT
+from persona_hub_dagster.lib.generation import StageCall, StageWarning, rate, same_columns
 from persona_hub_dagster.lib.synthesis.steps import SynthesisTask
 
 KEY_COLUMNS = {"item_id": pl.String, "persona_id": pl.String, "shard": pl.String, "passed": pl.Boolean}
@@ -55,7 +56,9 @@ def finish(
     seed: int = 0,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """`checks`: item_id, passed and the evaluation's own columns, one row per item. Returns the eval table's rows
-    (in eval_schema order) and the metadata for its materialization."""
+    (in eval_schema order) and the metadata for its materialization. An item the evaluation gives a null `passed`
+    (eval/tools where programs cannot run: neither passed nor failed) keeps it and stays out of the pass rate and the
+    failures; an item without a row in `checks` did not pass."""
     texts = [task.item_text(row) for row in items.iter_rows(named=True)]
     properties = set_properties(
         items["item_id"].to_list(),
@@ -69,21 +72,44 @@ def finish(
     own = [c for c in checks.columns if c not in ("item_id", "passed")]
     frame = (
         items.select("item_id", "persona_id", pl.lit(call.shard, dtype=pl.String).alias("shard"))
-        .join(checks, on="item_id", how="left")
+        .join(checks.with_columns(_checked=pl.lit(True)), on="item_id", how="left")
         .join(properties.per_item, on="item_id", how="left")
         .with_columns(
-            pl.col("passed").fill_null(False),
+            pl.when(pl.col("_checked")).then(pl.col("passed")).otherwise(False).alias("passed"),
             *[pl.lit(value, dtype=pl.String).alias(name) for name, value in stamp.items()],
         )
         .select(*KEY_COLUMNS, *own, *PROPERTY_COLUMNS, *STAMP_COLUMNS)
     )
-    passed = int(frame["passed"].sum()) if frame.height else 0
+    evaluated = frame.filter(pl.col("passed").is_not_null())
+    passed = int(evaluated["passed"].sum()) if evaluated.height else 0
     metadata = {
         "items": frame.height,
         "passed": passed,
-        "pass_rate": rate(passed, frame.height),
-        "failures_by_check": {c: int((~frame[c].fill_null(False)).sum()) for c in check_columns},
+        "pass_rate": rate(passed, evaluated.height),
+        "not_run": frame.height - evaluated.height,
+        "failures_by_check": {c: int((~evaluated[c].fill_null(False)).sum()) for c in check_columns},
         "near_duplicates": int(frame["duplicate_of"].is_not_null().sum()),
         **{k: v for k, v in properties.metrics.items() if k != "items"},
     }
+    if "not_run" in frame.columns:  # evaluations that run model-written programs
+        metadata["programs_not_run"] = int(frame["not_run"].is_not_null().sum())
+        if metadata["programs_not_run"]:
+            metadata["programs_not_run_reason"] = "; ".join(frame["not_run"].drop_nulls().unique().sort())
     return frame, metadata
+
+
+def _programs_not_run(metadata: Mapping[str, Any]) -> str | None:
+    if not metadata.get("programs_not_run"):
+        return None
+    return (
+        f"{metadata['programs_not_run']} of {metadata['items']} items were evaluated without running their programs "
+        f"({metadata['programs_not_run_reason']}). To run them: {ENABLE_HINT}."
+    )
+
+
+PROGRAMS_RAN = StageWarning(
+    "programs_ran",
+    "Warns when model-written programs were not run for some items of the shard (no usable sandbox here, or "
+    "PERSONA_HUB_SANDBOX=off): eval/math verified them with reasoning solutions only, eval/tools marked them not run.",
+    _programs_not_run,
+)

@@ -6,6 +6,9 @@ programs whose printed result is the answer, run in the sandbox. Final answers a
 grouped by equivalence; `agreement` is the size of the largest group, and a problem is verified when it reaches
 `min_agreement`. Every solution is kept with its answer or what went wrong, and invalid model outputs are kept as
 rejections, so a problem's verdict can always be traced to its solutions.
+
+Where programs cannot run (no usable sandbox and PERSONA_HUB_SANDBOX=auto, or `off`), no program is asked for: the
+problem is verified by its reasoning solutions alone, and every row says so (`not_run`).
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ import polars as pl
 
 from persona_hub_dagster.lib import prompts, tables
 from persona_hub_dagster.lib.evaluation import answers
-from persona_hub_dagster.lib.evaluation.common import eval_lineage, finish, shard_items
-from persona_hub_dagster.lib.evaluation.sandbox import SandboxLimits, run_python
+from persona_hub_dagster.lib.evaluation.common import PROGRAMS_RAN, eval_lineage, finish, shard_items
+from persona_hub_dagster.lib.evaluation.sandbox import ProgramExecution, SandboxLimits, program_execution, run_python
 from persona_hub_dagster.lib.generation import (
     LLMStage,
     Planned,
@@ -120,12 +123,16 @@ def prompt_version() -> str:
     return f"{prompts.load(REASONING_TEMPLATE).version},{prompts.load(PROGRAM_TEMPLATE).version}"
 
 
-def plan(problems: pl.DataFrame, settings: MathEvalSettings) -> tuple[list[Planned], list[Planned]]:
+def plan(
+    problems: pl.DataFrame, settings: MathEvalSettings, *, with_programs: bool = True
+) -> tuple[list[Planned], list[Planned]]:
+    """The solver requests: `reasoning_solutions` per problem, then `program_solutions` unless programs cannot run."""
     reasoning_prompt, program_prompt = prompts.load(REASONING_TEMPLATE), prompts.load(PROGRAM_TEMPLATE)
     reasoning, programs = [], []
+    asked = settings.n_solutions if with_programs else settings.reasoning_solutions
     for item_id, problem in problems.select("item_id", "problem").iter_rows():
         shown = prompts.delimited("problem", problem)
-        for index in range(settings.n_solutions):
+        for index in range(asked):
             is_program = index >= settings.reasoning_solutions
             base = settings.program_sampling if is_program else settings.reasoning_sampling
             sampling = replace(base, seed=None if base.seed is None else base.seed + index)
@@ -157,15 +164,20 @@ def evaluate_math(
     shard: str,
     run_id: str,
     batch_size: int = 32,
+    execution: ProgramExecution | None = None,
 ) -> MathEvalOutput:
-    """`problems`: the shard's synthetic/math rows (item_id, persona_id, problem)."""
+    """`problems`: the shard's synthetic/math rows (item_id, persona_id, problem). `execution`: whether programs run
+    here (decided by the sandbox mode when not given)."""
+    execution = execution or program_execution()
     run = StageRun(tables.MATH_EVALUATION.name, shard, run_id, client.backend.model, prompt_version())
-    reasoning, programs = plan(problems, settings)
+    reasoning, programs = plan(problems, settings, with_programs=execution.runs)
+    n_solutions = settings.n_solutions if execution.runs else settings.reasoning_solutions
     solved = StageOutput()
     solved.extend(run_requests(client, reasoning, _parse_reasoning, run, batch_size=batch_size))
     written = run_requests(client, programs, _parse_program, run, batch_size=batch_size)
     solved.rejects.extend(written.rejects)
     solved.rows.extend(_execute(written.rows, settings))
+    asked_programs = settings.program_solutions > 0
 
     solutions: dict[tuple[str, int], dict[str, Any]] = {}
     normalized: dict[tuple[str, int], answers.Answer] = {}
@@ -188,19 +200,21 @@ def evaluate_math(
     unanswered = answers.normalize(None)
     rows = []
     for item_id, persona, problem in problems.select("item_id", "persona_id", "problem").iter_rows():
-        mine = [normalized.get((item_id, i), unanswered) for i in range(settings.n_solutions)]
+        mine = [normalized.get((item_id, i), unanswered) for i in range(n_solutions)]
         agreement, majority = answers.agreement(mine)
         rows.append(
             {
                 "item_id": item_id,
                 "persona_id": persona,
                 "problem": problem,
-                "n_solutions": settings.n_solutions,
+                "n_solutions": n_solutions,
                 "n_answered": sum(1 for a in mine if not a.empty),
                 "agreement": agreement,
                 "answer": majority.text if majority is not None else None,
                 "answers": [a.text for a in mine],
                 "verified": agreement >= settings.min_agreement,
+                "sandbox": execution.boundary if asked_programs else None,
+                "not_run": execution.not_run if asked_programs else None,
                 **run.stamp(),
             }
         )
@@ -233,6 +247,8 @@ CHECKS = {
     "answer": pl.String,  # that group's answer (normalized), null when nothing was answered
     "answers": pl.List(pl.String),  # every solution's normalized answer ("" when it had none), in solution order
     "verified": pl.Boolean,  # agreement >= min_agreement: the shard's verified set
+    "sandbox": pl.String,  # what the program solutions ran behind: bwrap | weak (null: none ran)
+    "not_run": pl.String,  # why the program solutions were not asked for and run (null: they were)
 }
 
 
@@ -262,7 +278,7 @@ def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: 
         {
             **metadata,
             "agreement_rate": metadata["pass_rate"],
-            "rejection_rate": rate(len(output.rejects), settings.n_solutions * rows.height),
+            "rejection_rate": rate(len(output.rejects), int(rows["n_solutions"].sum()) if rows.height else 0),
             "program_failure_rate": rate(programs["error"].is_not_null().sum(), programs.height),
             "token_cost": usage.prompt_tokens + usage.completion_tokens,
         },
@@ -280,4 +296,5 @@ STAGE = LLMStage(
     uses=(tables.PERSONA_HUB,),
     resources=("llm", "embeddings", "benchmarks"),
     lineage=eval_lineage(TASKS["math"]),
+    warnings=(PROGRAMS_RAN,),
 )

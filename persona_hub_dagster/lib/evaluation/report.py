@@ -24,6 +24,7 @@ import polars as pl
 
 from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.evaluation import diversity
+from persona_hub_dagster.lib.evaluation.sandbox import ENABLE_HINT
 from persona_hub_dagster.lib.storage import DeltaStore
 from persona_hub_dagster.lib.synthesis.tasks import TASKS
 
@@ -33,7 +34,10 @@ REPORT_SCHEMA = {
     "shard": pl.String,  # a shard, or "(all)" for the task's totals
     "items": pl.Int64,
     "passed": pl.Int64,
-    "pass_rate": pl.Float64,
+    "pass_rate": pl.Float64,  # of the items evaluated (not those whose programs were not run)
+    "not_run": pl.Int64,  # items whose programs were not run here (no usable sandbox): neither passed nor failed
+    "programs_not_run": pl.Int64,  # items evaluated without their program solutions (eval/math, same cause)
+    "not_run_reason": pl.String,  # why (e.g. "sandbox unavailable: bubblewrap is not installed")
     "failures": pl.String,  # JSON: items failing each check
     "near_duplicates": pl.Int64,  # items flagged duplicate_of (a release drops them)
     "minhash_duplicates": pl.Int64,
@@ -97,7 +101,10 @@ def build(store: DeltaStore, *, embedder=None, run_id: str = "", sample: int = 1
 def _metrics(task: str, shard: str, evals: pl.DataFrame) -> dict[str, Any]:
     n = evals.height
     checks = [c for c in _check_columns(evals)]
-    failures = {c: int((~evals[c].fill_null(False)).sum()) for c in checks}
+    evaluated = evals.filter(pl.col("passed").is_not_null())
+    failures = {c: int((~evaluated[c].fill_null(False)).sum()) for c in checks}
+    reasons = evals["not_run"].drop_nulls().unique().sort().to_list() if "not_run" in evals.columns else []
+    without_programs = int(evaluated["not_run"].is_not_null().sum()) if "not_run" in evals.columns else 0
     texts = evals["text"].fill_null("").to_list()
     own, other = evals["persona_similarity"], evals["other_persona_similarity"]
     checked = evals["contaminated"].is_not_null().any()
@@ -107,8 +114,11 @@ def _metrics(task: str, shard: str, evals: pl.DataFrame) -> dict[str, Any]:
         "task": task,
         "shard": shard,
         "items": n,
-        "passed": int(evals["passed"].sum()),
-        "pass_rate": round(float(evals["passed"].mean()), 4) if n else 0.0,
+        "passed": int(evaluated["passed"].sum()),
+        "pass_rate": round(float(evaluated["passed"].mean()), 4) if evaluated.height else 0.0,
+        "not_run": n - evaluated.height,
+        "programs_not_run": without_programs,
+        "not_run_reason": "; ".join(reasons) or None,
         "failures": json.dumps(failures, sort_keys=True),
         "near_duplicates": int(evals["duplicate_of"].is_not_null().sum()),
         "minhash_duplicates": int((evals["duplicate_by"] == "minhash").sum()),
@@ -235,6 +245,7 @@ SUMMARY_COLUMNS = (
     "task",
     "items",
     "pass_rate",
+    "not_run",
     "near_duplicates",
     "distinct_2",
     "persona_lift",
@@ -257,10 +268,29 @@ def markdown(report: Report, *, images: bool = True) -> str:
     ]
     for row in totals.iter_rows(named=True):
         lines.append("| " + " | ".join(_cell(row[c]) for c in SUMMARY_COLUMNS) + " |")
+    lines += ["", note] if (note := programs_note(totals)) else []
     if images:
         for title, png in report.charts.items():
             lines += ["", f"**{title}**", "", f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})"]
     return "\n".join(lines)
+
+
+def programs_note(totals: pl.DataFrame) -> str | None:
+    """What was evaluated without running model-written programs, why, and how to turn execution on."""
+    affected = totals.filter(pl.col("not_run_reason").is_not_null())
+    if affected.is_empty():
+        return None
+    parts = []
+    for row in affected.iter_rows(named=True):
+        if row["not_run"]:
+            parts.append(f"eval/{row['task']}: {row['not_run']} items not run (neither passed nor failed)")
+        if row["programs_not_run"]:
+            parts.append(f"eval/{row['task']}: {row['programs_not_run']} items verified without program solutions")
+    reasons = sorted({r for reason in affected["not_run_reason"].to_list() for r in reason.split("; ")})
+    return (
+        f"**Model-written programs were not run** ({'; '.join(reasons)}): {', '.join(parts)}. To run them: "
+        f"{ENABLE_HINT}."
+    )
 
 
 def html(report: Report) -> str:
@@ -281,13 +311,15 @@ def html(report: Report) -> str:
     )
     shown = report.table.drop("reported_at", "run_id")
     generated = report.table["reported_at"].max() if report.table.height else None
+    note = programs_note(report.totals())
+    note = f"<p>{html_escape.escape(note.replace('**', ''))}</p>" if note else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>persona-hub evaluation report</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;font-size:13px;
 margin-bottom:2em}}th,td{{border:1px solid #ccc;padding:4px 8px;text-align:left}}th{{background:#f3f3f3}}
 figure{{display:inline-block;margin:0 2em 2em 0}}</style></head>
 <body><h1>Evaluation report</h1><p>Generated {generated}. Per task across all shards, then per task and shard.</p>
-<h2>Per task</h2>{table_html(report.totals().select(SUMMARY_COLUMNS))}
+<h2>Per task</h2>{table_html(report.totals().select(SUMMARY_COLUMNS))}{note}
 <h2>Charts</h2>{figures}
 <h2>By task and shard</h2>{table_html(shown)}
 </body></html>
@@ -314,4 +346,5 @@ def metadata_summary(report: Report) -> Mapping[str, Any]:
         "items": int(totals["items"].sum()) if totals.height else 0,
         "pass_rate_by_task": dict(zip(totals["task"].to_list(), totals["pass_rate"].to_list(), strict=True)),
         "contamination": "checked" if (totals["contamination"] == "checked").any() else "not checked",
+        "programs_not_run": programs_note(totals) or "none",
     }

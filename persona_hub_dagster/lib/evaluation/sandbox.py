@@ -14,10 +14,16 @@ The boundary is bubblewrap (`bwrap`, Flatpak's sandbox; Debian's `bubblewrap` pa
 Inside, the audit hook of the runner (PEP 578) still refuses sockets, subprocesses, ctypes and writes outside the
 working directory: a second layer, which a program could tamper with, but only inside the boundary.
 
-Where bwrap is missing or cannot create namespaces (some laptops, some containers), evaluating programs refuses to run
-with a clear message, unless PERSONA_HUB_SANDBOX=weak opts into the weaker mode: the runner's audit hook and limits
-in a plain child process (plus an empty network namespace where `unshare --net` works). That mode stops accidents,
-not a determined program.
+Where bwrap is missing or cannot create namespaces (some laptops, some containers), what happens is the mode's
+(PERSONA_HUB_SANDBOX, decided once per evaluation step by `program_execution()`):
+- `auto` (the default): programs are not run, and the evaluation goes on without them and says why on every row
+  (eval/math verifies with its reasoning solutions; eval/tools marks items "not run", neither passed nor failed).
+  A fresh laptop's `make demo` works; nothing runs outside the boundary.
+- `bwrap`: fail closed: a step that would run programs fails with what to install. Deployments that must execute
+  programs set it (the production image and the CDK stack do).
+- `weak`: a person's opt-in to the weaker mode: the runner's audit hook and limits in a plain child process (plus an
+  empty network namespace where `unshare --net` works). It stops accidents, not a determined program.
+- `off`: never run programs (the evaluations go on as in `auto`).
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-SANDBOX_ENV = "PERSONA_HUB_SANDBOX"  # bwrap (default) | weak
+SANDBOX_ENV = "PERSONA_HUB_SANDBOX"
+SANDBOX_MODES = ("auto", "bwrap", "weak", "off")  # see the module's docstring; auto is the default
 SANDBOX_UIDS = (2_000_000, 3_000_000)  # as root: a uid from this range per program, owned by no account
 WORKDIR = "/work"  # where the program runs inside the boundary
 OUTPUT_LIMIT = 64 * 1024  # characters of stdout/stderr kept
@@ -83,7 +90,57 @@ exec(code, {"__name__": "__main__", "__builtins__": builtins})
 
 
 class SandboxUnavailable(RuntimeError):
-    """The operating-system sandbox cannot run here (and the weaker mode was not chosen)."""
+    """The operating-system sandbox cannot run here (and the weaker mode was not chosen). `cause` is the short why
+    ("bubblewrap is not installed"), for rows and summaries; the message adds what to do."""
+
+    def __init__(self, message: str, cause: str | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause or message
+
+
+ENABLE_HINT = (
+    "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap) and allow unprivileged user namespaces, or set "
+    f"{SANDBOX_ENV}=weak to accept the weaker in-process sandbox (see README: Security)"
+)
+
+
+def sandbox_mode() -> str:
+    mode = os.environ.get(SANDBOX_ENV) or "auto"
+    if mode not in SANDBOX_MODES:
+        raise SandboxUnavailable(
+            f"{SANDBOX_ENV} must be one of {', '.join(SANDBOX_MODES)} (default auto), not {mode!r}",
+            cause=f"{SANDBOX_ENV}={mode!r} is not a mode",
+        )
+    return mode
+
+
+@dataclass(frozen=True)
+class ProgramExecution:
+    """Whether this evaluation step runs model-written programs, and behind what."""
+
+    boundary: str | None  # bwrap | weak; None when programs are not run
+    not_run: str | None  # why they are not run ("sandbox unavailable: bubblewrap is not installed"); None when they are
+
+    @property
+    def runs(self) -> bool:
+        return self.boundary is not None
+
+
+def program_execution() -> ProgramExecution:
+    """Decided once per step, before any program is asked for: `auto` falls back to not running programs, `bwrap`
+    raises SandboxUnavailable (fail closed), `weak` runs them in the weaker mode, `off` never runs them."""
+    mode = sandbox_mode()
+    if mode == "off":
+        return ProgramExecution(None, f"programs are off ({SANDBOX_ENV}=off)")
+    if mode == "weak":
+        return ProgramExecution("weak", None)
+    try:
+        _bwrap()
+    except SandboxUnavailable as exc:
+        if mode == "bwrap":
+            raise
+        return ProgramExecution(None, f"sandbox unavailable: {exc.cause}")
+    return ProgramExecution("bwrap", None)
 
 
 @dataclass(frozen=True)
@@ -123,10 +180,13 @@ class SandboxResult:
 
 
 def run_python(source: str, limits: SandboxLimits | None = None) -> SandboxResult:
+    """Run `source` behind the boundary the mode allows: bubblewrap (auto and bwrap; SandboxUnavailable when it cannot
+    run here: callers decide with `program_execution()` first) or, opted into, the weaker mode."""
     limits = limits or SandboxLimits()
-    mode = os.environ.get(SANDBOX_ENV, "bwrap")
-    if mode not in ("bwrap", "weak"):
-        raise SandboxUnavailable(f"{SANDBOX_ENV} must be bwrap (default) or weak, not {mode!r}")
+    mode = sandbox_mode()
+    if mode == "off":
+        raise SandboxUnavailable(f"Programs are off ({SANDBOX_ENV}=off).", cause=f"{SANDBOX_ENV}=off")
+    mode = "weak" if mode == "weak" else "bwrap"
     with tempfile.TemporaryDirectory(prefix="persona-hub-sandbox-") as workdir:
         work = Path(workdir)
         (work / "program.py").write_text(source, encoding="utf-8")
@@ -224,13 +284,12 @@ def _system_mounts() -> list[str]:
 def _bwrap() -> str:
     """bwrap, checked once to really create its namespaces here."""
     bwrap = shutil.which("bwrap")
-    hint = (
-        f"Install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap) on the machine that evaluates programs, or "
-        f"set {SANDBOX_ENV}=weak to accept the weaker in-process sandbox (not a boundary against a determined "
-        "program; see README: Security)."
-    )
+    hint = f"To run them: {ENABLE_HINT}."
     if bwrap is None:
-        raise SandboxUnavailable(f"Running model-written programs needs bubblewrap, which is not installed. {hint}")
+        raise SandboxUnavailable(
+            f"Running model-written programs needs bubblewrap, which is not installed. {hint}",
+            cause="bubblewrap is not installed",
+        )
     probe = subprocess.run(
         # --proc as the real command mounts it: in a container without its own /proc rights (Docker's default
         # seccomp and systempaths) the namespaces come up but a fresh /proc is refused, and every program would fail.
@@ -246,7 +305,8 @@ def _bwrap() -> str:
     if probe.returncode != 0:
         raise SandboxUnavailable(
             f"bubblewrap cannot create its namespaces here ({probe.stderr.strip()[:200]}): unprivileged user "
-            f"namespaces may be disabled (sysctl kernel.unprivileged_userns_clone / user.max_user_namespaces). {hint}"
+            f"namespaces may be disabled (sysctl kernel.unprivileged_userns_clone / user.max_user_namespaces). {hint}",
+            cause="bubblewrap cannot create its namespaces here",
         )
     return bwrap
 
@@ -261,7 +321,8 @@ def _interpreter() -> str:
             return candidate
     raise SandboxUnavailable(
         f"No Python interpreter that an unprivileged user can run for the sandbox ({', '.join(candidates)}); "
-        "install the system's python3 (apt-get install python3-minimal)."
+        "install the system's python3 (apt-get install python3-minimal).",
+        cause="no Python interpreter the sandbox's user can run",
     )
 
 
@@ -309,7 +370,7 @@ def _apply_limits(limits: SandboxLimits, drop_to: int | None) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
     resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if drop_to is not None or os.environ.get(SANDBOX_ENV, "bwrap") == "bwrap":
+    if drop_to is not None or os.environ.get(SANDBOX_ENV) != "weak":
         uid = drop_to if drop_to is not None else os.getuid()
         allowed = _processes_of(uid) + limits.processes + 2  # + bwrap and its namespace init
         resource.setrlimit(resource.RLIMIT_NPROC, (allowed, allowed))

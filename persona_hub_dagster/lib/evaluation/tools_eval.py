@@ -6,6 +6,9 @@ executes the module (`imports`), finds the function (`has_function`) with the de
 (`signature_matches`), calls it with the spec's example arguments within the time limit (`returns`), and
 serializes the value as JSON (`json_serializable`). `failed_check` names the first check that failed and `error`
 says how.
+
+Where programs cannot run (no usable sandbox and PERSONA_HUB_SANDBOX=auto, or `off`), a tool that passes the static
+checks is *not run*: `not_run` says why, the execution checks and `passed` are null (neither passed nor failed).
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from typing import Any
 import polars as pl
 
 from persona_hub_dagster.lib import tables
-from persona_hub_dagster.lib.evaluation.common import eval_lineage, finish, shard_items
-from persona_hub_dagster.lib.evaluation.sandbox import SandboxLimits, run_python
+from persona_hub_dagster.lib.evaluation.common import PROGRAMS_RAN, eval_lineage, finish, shard_items
+from persona_hub_dagster.lib.evaluation.sandbox import ProgramExecution, SandboxLimits, program_execution, run_python
 from persona_hub_dagster.lib.generation import LLMStage, StageCall, StageResult, frame
 from persona_hub_dagster.lib.settings import setting
 from persona_hub_dagster.lib.synthesis.tasks import TASKS
@@ -33,6 +36,8 @@ CHECKS = {
     "error": pl.String,
     "result": pl.String,  # the call's value, as JSON (cut at 2,000 characters)
     "execution_seconds": pl.Float64,
+    "sandbox": pl.String,  # what the tool ran behind: bwrap | weak (null: it did not run)
+    "not_run": pl.String,  # why a tool that passed the static checks was not run (null: it ran, or failed them)
 }
 HARNESS_VERSION = "tool-harness.v1"
 # Runs in the sandbox: markers on stdout say how far the tool got.
@@ -71,15 +76,22 @@ class ToolsEvalSettings:
         return SandboxLimits(timeout_s=self.timeout_s, cpu_s=max(1, int(self.timeout_s)), memory_mb=self.memory_mb)
 
 
-def check_tool(row: Mapping[str, Any], limits: SandboxLimits) -> dict[str, Any]:
-    """Every check of one tool row (name, parameters, example_arguments, code)."""
+def check_tool(
+    row: Mapping[str, Any], limits: SandboxLimits, execution: ProgramExecution | None = None
+) -> dict[str, Any]:
+    """Every check of one tool row (name, parameters, example_arguments, code). `execution`: whether programs run
+    here (decided by the sandbox mode when not given)."""
+    execution = execution or program_execution()
     declared = list(json.loads(row["parameters"]).get("properties") or {})
     result: dict[str, Any] = {name: False for name in CHECK_ORDER}
-    result.update(failed_check=None, error=None, result=None, execution_seconds=None)
+    result.update(failed_check=None, error=None, result=None, execution_seconds=None, sandbox=None, not_run=None)
     problem = check_tool_code(row["code"], row["name"], declared)
     if problem:
         return {**result, "failed_check": "static", "error": problem}
     result["static"] = True
+    if not execution.runs:
+        return {**result, **{name: None for name in CHECK_ORDER[1:]}, "not_run": execution.not_run}
+    result["sandbox"] = execution.boundary
     harness = HARNESS.format(
         source=row["code"], name=row["name"], declared=declared, arguments=row["example_arguments"]
     )
@@ -120,12 +132,16 @@ def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: 
     task = TASKS["tools"]
     items = shard_items(inputs, call, task)
     rows = items.to_dicts()
+    execution = program_execution()
     with ThreadPoolExecutor(max_workers=settings.parallel or None) as pool:
-        results = list(pool.map(lambda row: check_tool(row, settings.limits), rows))
+        results = list(pool.map(lambda row: check_tool(row, settings.limits, execution), rows))
     checks = frame(
         [{"item_id": row["item_id"], **result} for row, result in zip(rows, results, strict=True)],
         {"item_id": pl.String, **CHECKS},
-    ).with_columns(passed=pl.all_horizontal(*CHECK_ORDER) if rows else pl.lit(False))
+    ).with_columns(
+        # A tool that was not run has neither passed nor failed.
+        passed=pl.when(pl.col("not_run").is_null()).then(pl.all_horizontal(*CHECK_ORDER)) if rows else pl.lit(False)
+    )
     stamp = {"model": "", "prompt_version": HARNESS_VERSION, "run_id": call.run_id}
     evaluated, metadata = finish(task, items, checks, call, check_columns=list(CHECK_ORDER), stamp=stamp)
     failed = evaluated["failed_check"].drop_nulls().value_counts()
@@ -145,4 +161,5 @@ STAGE = LLMStage(
     uses=(tables.PERSONA_HUB,),
     resources=("embeddings", "benchmarks"),
     lineage=eval_lineage(TASKS["tools"]),
+    warnings=(PROGRAMS_RAN,),
 )
