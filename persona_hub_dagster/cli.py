@@ -544,20 +544,37 @@ def _materialize(shards: list[str], job_name: str, ops_config: dict | None = Non
 
 @contextlib.contextmanager
 def _progress_bars():
-    """A progress bar on stderr for each LLM stage of a job running in this process: requests answered of those
-    planned so far, cache hits, tokens/s (fed by lib/llm/progress.py, which also logs the same in the run's log)."""
+    """In a terminal, a progress bar on stderr for each LLM stage of a job running in this process: requests answered
+    of those planned so far, cache hits, answers/s and tokens/s from the backend, and an ETA once a few answers have
+    arrived (fed by lib/llm/progress.py, which also logs the same in the run's log). Log lines are written through
+    tqdm (defs/loggers.py), so they never land on a bar's line. Elsewhere (CI, a log file) there are no bars: the
+    periodic log line remains."""
+    if not sys.stderr.isatty():
+        yield
+        return
     from tqdm import tqdm
 
-    from persona_hub_dagster.lib.llm.progress import subscribe
+    from persona_hub_dagster.lib.llm.progress import duration, subscribe
 
     bars: dict[str, tqdm] = {}
+    # tqdm's own rate and remaining time would count cached answers and the first answer's instant; ours do not.
+    layout = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
 
     def show(snapshot) -> None:
         bar = bars.get(snapshot.label)
         if bar is None:
-            bar = bars[snapshot.label] = tqdm(desc=snapshot.label, unit="req", file=sys.stderr, dynamic_ncols=True)
+            bar = bars[snapshot.label] = tqdm(
+                desc=snapshot.label, unit="req", file=sys.stderr, dynamic_ncols=True, bar_format=layout
+            )
         bar.total, bar.n = snapshot.planned, snapshot.done
-        bar.set_postfix(cached=snapshot.cache_hits, tokens_s=f"{snapshot.tokens_per_s:.1f}", refresh=False)
+        eta = {} if snapshot.eta_s is None or snapshot.finished else {"eta": duration(snapshot.eta_s)}
+        bar.set_postfix(
+            cached=snapshot.cache_hits,
+            answers_s=f"{snapshot.answers_per_s:.2f}",
+            tokens_s=f"{snapshot.tokens_per_s:.1f}",
+            **eta,
+            refresh=False,
+        )
         bar.refresh()
         if snapshot.finished:
             bar.close()

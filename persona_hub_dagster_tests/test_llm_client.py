@@ -214,6 +214,25 @@ def test_progress_reports_done_of_planned_cache_hits_tokens_and_an_eta():
     assert final.finished and lines[-1].startswith("text_personas s1 done: 40 of 100 requests")
 
 
+def test_no_eta_until_a_few_answers_came_from_the_backend_and_the_rate_counts_only_those():
+    from persona_hub_dagster.lib.llm.progress import ETA_AFTER, Progress
+
+    now = [0.0]
+    progress = Progress("stage", clock=lambda: now[0])
+    progress.plan(3620)
+    now[0] += 0.0001  # the first answer at once: a rate of ~10,000/s would promise the stage in a second
+    progress.answered(1, cache_hits=0, completion_tokens=60, fresh=1)
+    first = progress.snapshot()
+    assert first.eta_s is None and "ETA" not in first.line()
+    now[0] = 10.0
+    progress.answered(ETA_AFTER - 1, cache_hits=0, completion_tokens=60 * ETA_AFTER, fresh=ETA_AFTER)
+    steady = progress.snapshot()
+    assert steady.answers_per_s == ETA_AFTER / 10.0 and "0.50 answers/s" in steady.line()
+    assert steady.eta_s == (3620 - ETA_AFTER) / steady.answers_per_s and "ETA 2h00m" in steady.line()
+    progress.answered(100, cache_hits=100, completion_tokens=60 * ETA_AFTER, fresh=ETA_AFTER)  # cached: free
+    assert progress.snapshot().answers_per_s == steady.answers_per_s
+
+
 def test_a_client_reports_progress_per_final_response_in_both_paths():
     from persona_hub_dagster.lib.llm.progress import Progress
 

@@ -5,6 +5,7 @@ import logging
 import sys
 
 import dagster as dg
+from tqdm import tqdm
 
 
 class ConciseFormatter(logging.Formatter):
@@ -23,6 +24,17 @@ class ConciseFormatter(logging.Formatter):
         return "\n".join(kept) + ("" if len(kept) == len(lines) else "  [--verbose: the full trace]")
 
 
+class BarAwareHandler(logging.StreamHandler):
+    """Writes each line through tqdm, which lifts the CLI's progress bars off the terminal for it and draws them again
+    below: a log line and a bar never share a line. Without bars it is an ordinary write."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
+
+
 @dg.logger(
     config_schema={
         "log_level": dg.Field(str, default_value="INFO", is_required=False),
@@ -32,7 +44,7 @@ class ConciseFormatter(logging.Formatter):
 )
 def concise_console(init_context: dg.InitLoggerContext) -> logging.Logger:
     logger = logging.Logger("dagster", level=init_context.logger_config["log_level"].upper())
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BarAwareHandler(sys.stderr)
     handler.setFormatter(ConciseFormatter(init_context.logger_config["verbose"]))
     logger.addHandler(handler)
     return logger

@@ -3,7 +3,8 @@ and an ETA, reported as a log line at an interval (the run's log in the UI) and 
 draws a progress bar from it).
 
 Stages plan their requests in rounds (Persona-to-Persona hop by hop, a task step by step), so the total grows as
-they go: the line says "of N planned so far".
+they go: the line says "of N planned so far". Rates count answers that cost a call (cached ones come back at once),
+and there is no ETA until ETA_AFTER of them have arrived: the first answer's rate says nothing about the rest.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 # Called with every snapshot, from the thread the stage runs in (see `subscribe`).
 Listener = Callable[["Snapshot"], None]
 _LISTENERS: list[Listener] = []
+ETA_AFTER = 5  # answers from the backend before an ETA is shown
 
 
 @dataclass(frozen=True)
@@ -26,18 +28,19 @@ class Snapshot:
     cache_hits: int
     completion_tokens: int
     tokens_per_s: float
-    eta_s: float | None
+    eta_s: float | None  # None until ETA_AFTER answers came from the backend
     finished: bool = False
+    answers_per_s: float = 0.0  # answers from the backend (not the cache) per second
 
     def line(self) -> str:
         share = f" ({100 * self.done // self.planned}%)" if self.planned else ""
-        eta = f", ETA {_duration(self.eta_s)}" if self.eta_s is not None and not self.finished else ""
+        eta = f", ETA {duration(self.eta_s)}" if self.eta_s is not None and not self.finished else ""
         if self.finished:
             head = f"{self.label} done: {self.done} of {self.planned} requests{share}"
         else:
             head = f"{self.label} so far: {self.done} of {self.planned} requests planned so far{share}"
         return (
-            f"{head}, {self.cache_hits} from the cache, "
+            f"{head}, {self.cache_hits} from the cache, {self.answers_per_s:.2f} answers/s, "
             f"{self.completion_tokens} tokens at {self.tokens_per_s:.1f} tokens/s{eta}"
         )
 
@@ -106,7 +109,12 @@ class Progress:
         # The rate of answers that cost a call: cached ones come back at once and say nothing about the rest.
         remaining = self.planned - self.done
         rate = self._fresh_done / elapsed
-        eta = remaining / rate if rate > 0 and remaining > 0 else (0.0 if remaining <= 0 else None)
+        if remaining <= 0:
+            eta = 0.0
+        elif self._fresh_done >= ETA_AFTER:
+            eta = remaining / rate
+        else:
+            eta = None
         return Snapshot(
             self.label,
             self.done,
@@ -116,6 +124,7 @@ class Progress:
             self._tokens / elapsed,
             eta,
             finished,
+            rate,
         )
 
     def _notify(self, snapshot: Snapshot) -> None:
@@ -123,7 +132,7 @@ class Progress:
             listener(snapshot)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds < 60:
         return f"{seconds}s"
