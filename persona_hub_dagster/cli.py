@@ -602,7 +602,9 @@ def _print_tables(shard: str) -> None:
 
 
 def _print_task_examples(store: DeltaStore, shard: str, width: int = 110) -> None:
-    """One item per synthesis task (or, when the model produced none, why its outputs were rejected)."""
+    """One item per synthesis task (or, when the model produced none, why its outputs were rejected and what would
+    help)."""
+    from persona_hub_dagster.lib.generation import empty_table_explanation
     from persona_hub_dagster.lib.synthesis.tasks import TASKS
 
     print(f"\nOne example per synthesis task (shard {shard!r}):")
@@ -615,8 +617,8 @@ def _print_task_examples(store: DeltaStore, shard: str, width: int = 110) -> Non
         rejected = rejects.height if rejects is not None else 0
         counts = f"{store.row_count(stage.table, [shard])} items, {rejected} rejected"
         if rows.is_empty():
-            reasons = sorted({r.split(":")[0] for r in rejects["reason"]}) if rejected else []
-            print(f"  {stage.name:<24} ({counts}) no item accepted; reasons: {', '.join(reasons) or '-'}")
+            why = empty_table_explanation(rejects["reason"].to_list() if rejected else [])
+            print(f"  {stage.name:<24} ({counts}) no item: {why}")
             continue
         row = rows.row(0, named=True)
         fields = {name: row[name] for name in task.columns}

@@ -150,3 +150,13 @@ def test_a_token_budget_stops_the_stage_writes_what_it_has_and_says_how_to_go_on
     again = run(store, instance, server)  # no budget: finishes, paying only for what was not answered
     assert again.success and store.row_count(tables.TEXT_PERSONAS, [SHARD]) == len(TEXTS)
     assert len(server.requests) - paid == len(TEXTS) - cached
+
+
+def test_an_empty_table_explains_itself_with_its_top_reject_reasons_and_what_would_help():
+    from persona_hub_dagster.lib.generation import empty_table_explanation
+
+    reasons = ["too_short: 80 words (at least 150)"] * 5 + ["truncated: cut at max_tokens"] * 2 + ["invalid_json: x"]
+    why = empty_table_explanation(reasons, top=2)
+    assert why.startswith("every output was rejected: too_short ×5 (try few_shot or persona_few_shot prompting")
+    assert "truncated ×2 (try raise the stage's max_tokens" in why and why.endswith("and 1 other reason")
+    assert "nothing was asked" in empty_table_explanation([])

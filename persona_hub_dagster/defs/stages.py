@@ -22,7 +22,7 @@ from persona_hub_dagster.defs.automation import LARGE, RUN_SIZE_TAG, follows_inp
 from persona_hub_dagster.defs.models import usage_metadata
 from persona_hub_dagster.defs.partitions import text_shards
 from persona_hub_dagster.defs.storage import commit_metadata, metadata_value, table_write_metadata
-from persona_hub_dagster.lib.generation import LLMStage, StageCall, StageResult
+from persona_hub_dagster.lib.generation import LLMStage, StageCall, StageResult, empty_table_explanation
 from persona_hub_dagster.lib.ids import content_id
 from persona_hub_dagster.lib.llm.client import UsageStats
 from persona_hub_dagster.lib.llm.progress import Progress
@@ -225,6 +225,8 @@ def llm_stage_asset(
             client.progress.finish()
         main = result.tables[declared.stage.table]
         rejects = result.tables.get(declared.stage.rejects) if declared.stage.rejects else None
+        if main.is_empty() and rejects is not None:
+            result.metadata["empty_because"] = empty_table_explanation(rejects["reason"].to_list())
         context.log.info(
             f"{declared.name} {shard or ''}: {main.height} rows"
             + (f", {rejects.height} rejected" if rejects is not None else "")

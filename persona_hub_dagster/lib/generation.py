@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -209,6 +210,35 @@ def reject_row(run: StageRun, item: Planned, raw_output: str | None, reason: str
         "run_id": run.run_id,
         "rejected_at": datetime.now(UTC),
     }
+
+
+# For a table left empty by its rejects: what to change, by reject reason (the part before the colon).
+_STRONGER_MODEL = "a stronger model (PERSONA_HUB_LLM_MODEL, or a served one: PERSONA_HUB_LLM_BASE_URL)"
+REJECT_ADVICE = {
+    "truncated": "raise the stage's max_tokens: the answers were cut off",
+    "context_overflow": "fewer shots or zero_shot prompting, or a model with a longer context",
+    "invalid_json": f"{_STRONGER_MODEL}: small models often break the answer's JSON",
+    "schema_mismatch": f"{_STRONGER_MODEL}: the answers did not have the required fields",
+    "placeholder_echo": f"few_shot prompting (examples instead of a format), or {_STRONGER_MODEL}",
+    "too_short": f"few_shot or persona_few_shot prompting with more shots, or {_STRONGER_MODEL}",
+    "meta_talk": _STRONGER_MODEL,
+    "states_answer": _STRONGER_MODEL,
+    "contains_solution": _STRONGER_MODEL,
+}
+
+
+def empty_table_explanation(reasons: Sequence[str], *, top: int = 3) -> str:
+    """Why a stage wrote no rows, from its rejects' reasons: the most frequent ones with counts, and what would help."""
+    if not reasons:
+        return "no rows and no rejects: nothing was asked (an empty input, or settings that sample nothing)"
+    counts = Counter(reason.split(":", 1)[0] for reason in reasons)
+    parts = []
+    for reason, count in counts.most_common(top):
+        advice = REJECT_ADVICE.get(reason, _STRONGER_MODEL)
+        parts.append(f"{reason} ×{count} (try {advice})")
+    more = len(counts) - top
+    tail = f"; and {more} other reason{'s' if more > 1 else ''}" if more > 0 else ""
+    return f"every output was rejected: {'; '.join(parts)}{tail}"
 
 
 def request_keys(reject: Mapping[str, Any]) -> dict[str, Any]:
