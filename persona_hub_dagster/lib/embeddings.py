@@ -9,6 +9,14 @@ storage root (`<root>/_models/model2vec/...`), ~70x faster to encode. Its simila
 thresholds are per model: `Embedder.duplicate_threshold` is the cosine at which this model calls two texts
 duplicates (MiniLM: 0.9, the paper's setting; model2vec: calibrated against MiniLM, see bench/RESULTS.md).
 
+A model embeds only what it can read (`Embedder.unreadable`): the default MiniLM was trained on English, its vocabulary
+has no Thai, Arabic or Devanagari letters (they all become [UNK], so any two Thai personas embed alike, cosine 1.0)
+and only single CJK characters it never learned to combine (two unrelated Chinese personas: cosine 0.7). So MiniLM
+and its model2vec distillation read Latin-script text only (READ_SCRIPTS); every model is also checked for text that
+its tokenizer maps mostly to unknown tokens. Semantic dedup skips the rest (lib/dedup/hub.py) and says why. No
+multilingual sentence embedder on PyPI both ships its weights in the package and runs on this project's Python
+and dependencies without a model download (checked 2026-12: see bench/RESULTS.md, hub_multilingual).
+
 Nothing here downloads: HF_HUB_OFFLINE is set before sentence-transformers is imported, and a model that is not a
 local directory fails at once with what to do instead.
 """
@@ -37,6 +45,66 @@ DEFAULT_MODEL_ALIASES = {None, "", DEFAULT_MODEL, f"sentence-transformers/{DEFAU
 # (bench/embedding_thresholds.py); recalibrate on real personas when the hub is built.
 DUPLICATE_THRESHOLDS = {"sentence-transformers": 0.90, "model2vec": 0.89}
 STATIC_PCA_DIMS = 256
+# The scripts a model's embeddings mean something for, by model name; a model not listed is trusted with every script
+# and checked by its tokenizer's unknown tokens only.
+READ_SCRIPTS = {DEFAULT_MODEL: ("Latin",)}
+# A text is read by a model when at least this share of its letters is in a script the model reads, and at most
+# MAX_UNKNOWN_SHARE of its tokens are the tokenizer's unknown token.
+MIN_READ_SCRIPT_SHARE = 0.8
+MAX_UNKNOWN_SHARE = 0.2
+# Scripts named in a skip reason (the text's most common script among these).
+NAMED_SCRIPTS = (
+    "Latin",
+    "Han",
+    "Hiragana",
+    "Katakana",
+    "Hangul",
+    "Thai",
+    "Lao",
+    "Khmer",
+    "Myanmar",
+    "Arabic",
+    "Hebrew",
+    "Devanagari",
+    "Bengali",
+    "Tamil",
+    "Telugu",
+    "Gujarati",
+    "Gurmukhi",
+    "Kannada",
+    "Malayalam",
+    "Sinhala",
+    "Cyrillic",
+    "Greek",
+    "Armenian",
+    "Georgian",
+    "Ethiopic",
+    "Tibetan",
+)
+
+
+def script_unreadable(model_name: str, texts: Sequence[str]) -> list[str | None]:
+    """Per text: why `model_name` cannot read it by its script ("Thai script; all-MiniLM-L6-v2 reads Latin"), or
+    None. Known without loading the model."""
+    read = READ_SCRIPTS.get(model_name)
+    if read is None or not len(texts):
+        return [None] * len(texts)
+    import polars as pl
+
+    column = pl.Series("text", list(texts), dtype=pl.String).fill_null("")
+    counts = pl.DataFrame(
+        {script: column.str.count_matches(rf"\p{{{script}}}") for script in NAMED_SCRIPTS}
+        | {"letters": column.str.count_matches(r"\p{L}")}
+    )
+    read_letters = counts.select(pl.sum_horizontal(*read)).to_series().to_list()
+    dominant = counts.select(pl.concat_list(NAMED_SCRIPTS).list.arg_max()).to_series().to_list()
+    reasons: list[str | None] = []
+    for letters, in_read, top in zip(counts["letters"].to_list(), read_letters, dominant, strict=True):
+        if letters == 0 or in_read >= MIN_READ_SCRIPT_SHARE * letters:
+            reasons.append(None)
+        else:
+            reasons.append(f"{NAMED_SCRIPTS[top]} script; {model_name} reads {', '.join(read)}")
+    return reasons
 
 
 class EmbeddingModelNotFound(FileNotFoundError):
@@ -116,6 +184,16 @@ class Embedder:
     def duplicate_threshold(self) -> float:
         return DUPLICATE_THRESHOLDS[self.family]
 
+    def unreadable(self, texts: Sequence[str]) -> list[str | None]:
+        """Per text: why this model cannot read it (its embedding would carry no meaning), or None."""
+        reasons = script_unreadable(self.model_name, texts)
+        rest = [i for i, why in enumerate(reasons) if why is None]
+        tokenizer = self._static.tokenizer if self.fast else self._transformer.tokenizer
+        for i, share in zip(rest, unknown_token_shares(tokenizer, [texts[i] for i in rest]), strict=True):
+            if share > MAX_UNKNOWN_SHARE:
+                reasons[i] = f"{share:.0%} unknown tokens for {self.model_name}"
+        return reasons
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, self.dimension), dtype=np.float32)
@@ -145,9 +223,34 @@ class LazyEmbedder:
         self._embedder: Embedder | None = None
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
+        return self._loaded().encode(texts)
+
+    def unreadable(self, texts: Sequence[str]) -> list[str | None]:
+        # The script check needs no model: a shard with nothing readable never loads it.
+        by_script = script_unreadable(self.identity.split(":")[1], texts)
+        if all(why is not None for why in by_script):
+            return by_script
+        return self._loaded().unreadable(texts)
+
+    def _loaded(self) -> Embedder:
         if self._embedder is None:
             self._embedder = self._load()
-        return self._embedder.encode(texts)
+        return self._embedder
+
+
+def unknown_token_shares(tokenizer, texts: Sequence[str]) -> list[float]:
+    """Per text: the share of its tokens that are the tokenizer's unknown token (a Hugging Face `transformers`
+    tokenizer, or a `tokenizers.Tokenizer` as model2vec has)."""
+    if not len(texts):
+        return []
+    if hasattr(tokenizer, "unk_token_id"):  # transformers
+        unknown = tokenizer.unk_token_id
+        ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    else:  # tokenizers
+        model = tokenizer.model
+        unknown = tokenizer.token_to_id(getattr(model, "unk_token", None) or "[UNK]")
+        ids = [e.ids for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+    return [sum(t == unknown for t in row) / len(row) if row else 0.0 for row in ids]
 
 
 def load_static_model(model_dir: Path, cache_root: str | None):

@@ -2,13 +2,16 @@
 the shard itself and against every hub shard registered before it, with the reason and the persona it duplicates.
 
 Passes, in this order:
-1. Quality filters (filters.py): a rejected persona can never become the representative that makes a good one a
-   duplicate.
+1. Quality filters (filters.py): a leftover prompt frame is stripped first (the hub keeps the stripped text, the
+   decisions table the original and `quality_edit`); a rejected persona can never become the representative that
+   makes a good one a duplicate.
 2. MinHash (minhash.py): against earlier shards first (their kept personas' LSH band keys are in Delta, so earlier
    shards are not recomputed; a band collision is verified by exact Jaccard against the earlier persona's text), then
    within the shard (keep-first).
 3. Embeddings (semantic.py): against earlier shards' kept embeddings (stored in Delta next to the hub), then within
    the shard (keep-first). The embedding model is part of the settings; vectors of another model are recomputed.
+   Only personas the model can read take part (`embedder.unreadable`, e.g. Thai for an English-only model); the
+   others keep their MinHash verdict and their decision says `semantic_check = "skipped (<why>)"`.
 
 Earlier shards never lose personas: a shard only ever drops its own candidates.
 """
@@ -27,7 +30,7 @@ import polars as pl
 
 from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.dedup import minhash
-from persona_hub_dagster.lib.dedup.filters import quality_filter
+from persona_hub_dagster.lib.dedup.filters import quality_filter, strip_prompt_frame
 from persona_hub_dagster.lib.dedup.semantic import semantic_keep_first
 from persona_hub_dagster.lib.settings import setting
 from persona_hub_dagster.lib.storage import DeltaStore
@@ -61,7 +64,8 @@ class HubSettings:
 
     def fingerprint(self, embedding_identity: str | None) -> str:
         """Changes with anything that changes which personas are kept."""
-        payload = json.dumps({**asdict(self), "embedding": embedding_identity, "version": 1}, sort_keys=True)
+        # version 2: quality rules by evidence, script-aware units, no semantic decision on unreadable text.
+        payload = json.dumps({**asdict(self), "embedding": embedding_identity, "version": 2}, sort_keys=True)
         return hashlib.blake2b(payload.encode(), digest_size=8).hexdigest()
 
 
@@ -71,6 +75,10 @@ class EmbedderLike(Protocol):
     identity: str
 
     def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def unreadable(self, texts: Sequence[str]) -> list[str | None]:
+        """Per text: why the model cannot read it (its embedding must decide nothing), or None."""
+        ...
 
 
 @dataclass
@@ -138,11 +146,22 @@ class Decisions:
     duplicate_of: list[str | None]
     duplicate_shard: list[str | None]
     similarity: np.ndarray
+    quality_edit: list[str | None]  # what the quality pass changed in a persona it kept (e.g. "prompt_frame")
+    semantic_check: list[str | None]  # "skipped (<why>)" when the embedder could not read the persona
 
     @classmethod
     def start(cls, ids: list[str]) -> Decisions:
         n = len(ids)
-        return cls(ids, np.ones(n, dtype=bool), [None] * n, [None] * n, [None] * n, np.full(n, np.nan, np.float32))
+        return cls(
+            ids,
+            np.ones(n, dtype=bool),
+            [None] * n,
+            [None] * n,
+            [None] * n,
+            np.full(n, np.nan, np.float32),
+            [None] * n,
+            [None] * n,
+        )
 
     def drop(
         self, i: int, reason: str, of: str | None = None, of_shard: str | None = None, score: float | None = None
@@ -154,9 +173,14 @@ class Decisions:
 
     def counts(self) -> dict[str, int]:
         counts = {"candidates": len(self.ids), "kept": int(self.alive.sum())}
-        for reason in self.reason:
-            if reason is not None:
-                counts[reason] = counts.get(reason, 0) + 1
+        notes = (
+            self.reason,
+            [f"quality_edit:{e}" for e in self.quality_edit if e],
+            [f"semantic_check:{c}" for c in self.semantic_check if c],
+        )
+        for note in (n for column in notes for n in column):
+            if note is not None:
+                counts[note] = counts.get(note, 0) + 1
         return counts
 
 
@@ -174,16 +198,25 @@ def dedup_shard(
     texts = candidates["persona"].fill_null("").to_list()
     decisions = Decisions.start(candidates["persona_id"].to_list())
     if settings.quality_filter:
-        quality_pass(texts, decisions)
+        texts = quality_pass(texts, decisions)
     keys = minhash_pass(store, shard, prefix, texts, decisions, settings)
     vectors = semantic_pass(store, shard, prefix, texts, decisions, settings, embedder)
-    return shard_result(shard, prefix, candidates, decisions, keys, vectors, settings, embedder, run_id)
+    return shard_result(shard, prefix, candidates, texts, decisions, keys, vectors, settings, embedder, run_id)
 
 
-def quality_pass(texts: list[str], decisions: Decisions) -> None:
-    for i, reason in enumerate(quality_filter(texts)):
+def quality_pass(texts: list[str], decisions: Decisions) -> list[str]:
+    """Strips leftover prompt frames, then rejects by the quality rules; returns the texts the later passes and the
+    hub use (the decisions table keeps the originals)."""
+    cleaned = []
+    for i, text in enumerate(texts):
+        stripped = strip_prompt_frame(text)
+        if stripped != text:
+            decisions.quality_edit[i] = "prompt_frame"
+        cleaned.append(stripped)
+    for i, reason in enumerate(quality_filter(cleaned)):
         if reason is not None:
             decisions.drop(i, f"quality:{reason}")
+    return cleaned
 
 
 def minhash_pass(
@@ -226,10 +259,18 @@ def semantic_pass(
     settings: HubSettings,
     embedder: EmbedderLike | None,
 ) -> np.ndarray:
-    """Embedding near-duplicates (keep-first): against earlier shards' kept personas, then within the shard.
-    Returns the kept candidates' vectors, in candidate order."""
+    """Embedding near-duplicates (keep-first) among the personas the embedder can read: against earlier shards' kept
+    personas, then within the shard. Returns the vectors of the kept candidates that were embedded, in candidate
+    order (one per persona with `semantic_check` None)."""
     live = np.flatnonzero(decisions.alive)
     if settings.semantic_threshold is None or embedder is None or not len(live):
+        return np.zeros((0, 0), dtype=np.float32)
+    why_unreadable = embedder.unreadable([texts[i] for i in live])
+    for i, why in zip(live.tolist(), why_unreadable, strict=True):
+        if why is not None:
+            decisions.semantic_check[i] = f"skipped ({why})"
+    live = live[[why is None for why in why_unreadable]]
+    if not len(live):
         return np.zeros((0, 0), dtype=np.float32)
     vectors = embedder.encode([texts[i] for i in live])
     prior_ids, prior_shards, prior_vectors = _prior_embeddings(store, prefix, embedder)
@@ -248,6 +289,7 @@ def shard_result(
     shard: str,
     prefix: Sequence[str],
     candidates: pl.DataFrame,
+    texts: Sequence[str],
     decisions: Decisions,
     keys: np.ndarray,
     vectors: np.ndarray,
@@ -255,7 +297,8 @@ def shard_result(
     embedder: EmbedderLike | None,
     run_id: str,
 ) -> ShardResult:
-    """The tables of the shard: hub, decisions, the kept personas' band keys and vectors, the run record."""
+    """The tables of the shard: hub (with the personas as the passes saw them, `texts`), decisions (with the
+    candidates' original personas), the kept personas' band keys and vectors, the run record."""
     n = candidates.height
     kept = np.flatnonzero(decisions.alive)
     fingerprint = settings.fingerprint(embedder.identity if embedder is not None else None)
@@ -270,16 +313,26 @@ def shard_result(
         duplicate_of=pl.Series(decisions.duplicate_of, dtype=pl.String),
         duplicate_of_shard=pl.Series(decisions.duplicate_shard, dtype=pl.String),
         similarity=pl.Series(decisions.similarity, dtype=pl.Float32).fill_nan(None),
+        quality_edit=pl.Series(decisions.quality_edit, dtype=pl.String),
+        semantic_check=pl.Series(decisions.semantic_check, dtype=pl.String),
         hub_config=pl.lit(fingerprint),
         decided_at=pl.lit(now),
         run_id=pl.lit(run_id),
     )
     hub = (
-        candidates.with_columns(position=positions)
+        candidates.with_columns(
+            # The stripped text where the quality pass edited the persona; otherwise the candidate's own (nulls too).
+            persona=pl.coalesce(
+                pl.Series(values=[t if e else None for t, e in zip(texts, decisions.quality_edit, strict=True)]),
+                pl.col("persona"),
+            ),
+            position=positions,
+        )
         .filter(pl.Series(decisions.alive))
         .with_columns(hub_config=pl.lit(fingerprint), run_id=pl.lit(run_id))
     )
     kept_ids = [decisions.ids[i] for i in kept]
+    embedded_ids = [decisions.ids[i] for i in kept if decisions.semantic_check[i] is None]
     bands = keys.shape[1]
     band_frame = pl.DataFrame(
         {
@@ -293,7 +346,7 @@ def shard_result(
     embedding_frame = pl.DataFrame(
         {
             "shard": [shard] * len(vectors),
-            "persona_id": kept_ids if len(vectors) else [],
+            "persona_id": embedded_ids if len(vectors) else [],
             "model": [embedder.identity] * len(vectors) if len(vectors) else [],
             "vector": vectors.tolist() if len(vectors) else [],
         },
@@ -384,6 +437,9 @@ def _prior_embeddings(store, prefix, embedder) -> tuple[list[str], list[str], np
             .select("persona_id", "persona")
             .collect()
         )
+        # The same mask as the shard's own semantic pass: a vector this model cannot read decides nothing.
+        readable = [why is None for why in embedder.unreadable(texts["persona"].to_list())]
+        texts = texts.filter(pl.Series(readable, dtype=pl.Boolean))
         recomputed = embedder.encode(texts["persona"].to_list())
         current = pl.concat(
             [

@@ -1,10 +1,12 @@
-"""Near-duplicate detection by MinHash over word n-grams (Persona Hub: 1-grams, 128 permutations, Jaccard 0.9),
+"""Near-duplicate detection by MinHash over n-grams of units (Persona Hub: 1-grams, 128 permutations, Jaccard 0.9),
 vectorized over whole batches and verified exactly.
 
 Pipeline (each step measured in bench/dedup.py):
-1. Tokens: lower-cased `\\w+` words (word n-grams for ngram > 1), as a set per text, tokenized by polars in
-   chunks. Each distinct token is hashed once for the batch (SHA-1, 32 bits, then the MurmurHash3 finalizer);
-   texts become sorted arrays of token ids (CSR), never Python sets of strings.
+1. Tokens: lower-cased units that fit the script (scripts.py: words of space-separated scripts, Han characters, letter
+   pairs of kana and Thai; n-grams of units for ngram > 1), as a set per text, tokenized by polars in chunks. A
+   regex word would be a whole Chinese sentence: one changed character would make it a different token. Each
+   distinct token is hashed once for the batch (SHA-1, 32 bits, then the MurmurHash3 finalizer); texts become sorted
+   arrays of token ids (CSR), never Python sets of strings.
 2. Signatures: datasketch 2.x's default `affine32` scheme (h -> a*h + b mod 2^32, parameters from
    numpy.random.RandomState(seed)), so datasketch's MinHash gives bit-identical signatures and is the test oracle.
    Computed permutation by permutation over all token occurrences of a chunk of texts with one `minimum.reduceat`
@@ -34,7 +36,8 @@ import polars as pl
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-TOKEN_PATTERN = r"\w+"
+from persona_hub_dagster.lib.dedup.scripts import unit_frame
+
 MAX_HASH = np.uint32(0xFFFFFFFF)
 # A bucket with more members than this (degenerate: e.g. thousands of near-identical two-word personas) is verified
 # as each member against its first BUCKET_PAIR_CAP members, which bounds the work; clusters still join transitively.
@@ -46,10 +49,7 @@ SIGNATURE_CHUNK = 4_000  # texts per signature pass: their token hashes (~0.5 MB
 
 def tokenize(text: str, ngram: int = 1) -> frozenset[str]:
     """The token set of one text, exactly as the batch path computes it (for tests and small inputs)."""
-    words = pl.select(pl.lit(text).str.to_lowercase().str.extract_all(TOKEN_PATTERN)).item().to_list()
-    if ngram <= 1:
-        return frozenset(words)
-    return frozenset(" ".join(words[i : i + ngram]) for i in range(len(words) - ngram + 1))
+    return frozenset(_doc_tokens([text], ngram)["tok"].to_list())
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +105,7 @@ def tokenize_batch(texts: Sequence[str], ngram: int = 1) -> TokenizedBatch:
     categories = pl.Categories.random()
     token_type = pl.Categorical(categories)
     # polars frees a namespace's categories (and restarts its codes) once no column uses them: this one-row column
-    # keeps them alive across chunks. Its "" token never occurs in text (tokens are \w+ runs).
+    # keeps them alive across chunks. Its "" token never occurs in text (units are never empty).
     keeper = pl.Series([""], dtype=pl.String).cast(token_type)
     id_parts, length_parts = [], []
     for start in range(0, len(texts), TOKENIZE_CHUNK):
@@ -131,16 +131,16 @@ def tokenize_batch(texts: Sequence[str], ngram: int = 1) -> TokenizedBatch:
 
 
 def _doc_tokens(texts: list[str], ngram: int) -> pl.DataFrame:
-    frame = pl.DataFrame({"text": texts}, schema={"text": pl.String}).with_row_index("doc")
-    words = frame.select("doc", tok=pl.col("text").str.to_lowercase().str.extract_all(TOKEN_PATTERN))
+    units = unit_frame(texts)
     if ngram > 1:
+        per_doc = units.group_by("doc", maintain_order=True).agg("tok")
         grams = [
             (doc, " ".join(ws[i : i + ngram]))
-            for doc, ws in zip(words["doc"].to_list(), words["tok"].to_list(), strict=True)
-            for i in range(len(ws or []) - ngram + 1)
+            for doc, ws in zip(per_doc["doc"].to_list(), per_doc["tok"].to_list(), strict=True)
+            for i in range(len(ws) - ngram + 1)
         ]
         return pl.DataFrame(grams, schema={"doc": pl.UInt32, "tok": pl.String}, orient="row")
-    return words.explode("tok").drop_nulls("tok")
+    return units
 
 
 def signatures(batch: TokenizedBatch, num_perm: int = 128, seed: int = 1) -> np.ndarray:
