@@ -1,5 +1,7 @@
-"""MinHash dedup: datasketch-identical signatures, band choice, exact verification, contract, recall."""
+"""MinHash dedup: datasketch-identical signatures, band choice, exact verification, contract, recall, and units that
+fit the script (issue 20: a Chinese sentence was one or two regex "words": no edit of it was ever a near-duplicate)."""
 
+import csv
 import itertools
 import random
 import sys
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 from datasketch import MinHash
 
+from persona_hub_dagster.lib.dedup import scripts
 from persona_hub_dagster.lib.dedup.minhash import (
     choose_bands,
     cluster_tokenized,
@@ -35,6 +38,11 @@ PERSONA = (
 )
 
 
+CHINESE = "一位对自动驾驶颇有见解的经济学者，关注城市交通政策"
+THAI = "นักพัฒนาเว็บไซต์อิสระที่หลงใหลในการออกแบบหน้าเว็บให้เข้าถึงได้สำหรับผู้พิการทางสายตา"
+JAPANESE = "東京のIT企業に勤めるソフトウェアエンジニアで、オープンソースに貢献している。"
+
+
 def jaccard(a: str, b: str) -> float:
     x, y = tokenize(a), tokenize(b)
     return len(x & y) / len(x | y) if x | y else 1.0
@@ -43,6 +51,7 @@ def jaccard(a: str, b: str) -> float:
 @pytest.mark.parametrize("seed", [1, 7])
 def test_signatures_are_identical_to_datasketch(seed):
     texts = [PERSONA, "Ünïcode wörds, émigré café — naïve résumé", "", "one", "x " * 500, "A B a b 123 _x"]
+    texts += [CHINESE, THAI, JAPANESE, "用Python做数据分析的大学生", "एक सेवानिवृत्त शिक्षिका जो गाँव के बच्चों को"]
     sigs = signatures(tokenize_batch(texts), num_perm=64, seed=seed)
     for text, sig in zip(texts, sigs, strict=True):
         reference = MinHash(num_perm=64, seed=seed)
@@ -136,3 +145,35 @@ def test_recall_and_precision_against_exact_jaccard():
     # Precision: every dropped text really is >= 0.9 similar to its representative.
     dropped = np.flatnonzero(~kept)
     assert (exact_jaccard(batch, batch, np.stack((rep[dropped], dropped), axis=1)) >= 0.9).all()
+
+
+def test_units_fit_the_script():
+    assert scripts.units("A 30-year-old film critic") == ["a", "30", "year", "old", "film", "critic"]
+    assert scripts.units("用Python做数据分析") == ["用", "python", "做", "数", "据", "分", "析"]
+    assert scripts.units("นักพัฒนา") == ["นั", "ัก", "กพ", "พั", "ัฒ", "ฒน", "นา"]  # letter pairs
+    assert scripts.units("東京のソフト") == ["東", "京", "のソ", "ソフ", "フト"]  # kanji alone, kana in pairs
+    assert scripts.units("हिंदी में") == ["हिंदी", "में"]  # vowel signs stay in their word
+    assert len(tokenize(CHINESE)) > 20  # was 2 "words"
+
+
+@pytest.mark.parametrize(
+    ("text", "copy"),
+    [
+        (CHINESE, "一位对自动驾驶颇有见解的经济学家，关注城市交通政策"),  # one character changed
+        (CHINESE, "一位对自动驾驶颇有见解的经济学者。关注城市交通政策！"),  # punctuation changed
+        (THAI, THAI.replace("อิสระ", "อิสรา")),
+        (JAPANESE, JAPANESE.replace("東京", "東亰")),
+        (JAPANESE, JAPANESE.replace("、", " ").replace("。", "")),
+    ],
+)
+def test_an_edit_of_a_character_or_of_punctuation_is_a_near_duplicate_in_scripts_without_spaces(text, copy):
+    assert text != copy and jaccard(text, copy) >= 0.9
+    assert minhash_dedup([text, copy]) == [0, 0]
+
+
+def test_distinct_personas_of_every_script_are_never_merged():
+    with (Path(__file__).parent / "data" / "multilingual_personas.tsv").open(encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if r["kind"] == "persona"]
+    assert {r["lang"] for r in rows} == {"en", "zh", "ja", "th", "de", "es", "ar", "hi"}
+    representative = minhash_dedup([r["text"] for r in rows])
+    assert representative == list(range(len(rows)))

@@ -86,3 +86,27 @@ def test_input_is_validated():
     with pytest.raises(ValueError, match="2-d"):
         semantic_dedup(np.zeros(5, dtype=np.float32))
     assert semantic_dedup(np.zeros((0, 8), dtype=np.float32)) == []
+
+
+def test_the_hub_never_merges_what_the_embedder_cannot_read():
+    """Issue 20: two different Thai personas came out of MiniLM at cosine 0.99999988 and one was dropped. Now the
+    semantic pass skips them, says why in the decision, and still deduplicates what MiniLM reads."""
+    from persona_hub_dagster.lib.dedup.hub import Decisions, HubSettings, semantic_pass
+    from persona_hub_dagster.lib.embeddings import Embedder
+
+    texts = [
+        "นักพัฒนาเว็บไซต์อิสระที่หลงใหลในการออกแบบหน้าเว็บให้เข้าถึงได้สำหรับผู้พิการทางสายตา",
+        "นักออกแบบไอคอนสำหรับแอปพลิเคชันมือถือที่ชอบสะสมของเล่นไม้โบราณ",
+        "一位对自动驾驶颇有见解的经济学者，关注城市交通政策",
+        "一位热爱古典音乐的儿科医生，业余时间在社区合唱团担任指挥。",
+        "A marine biologist tagging whale sharks off the coast of Mozambique.",
+        "A marine biologist who tags whale sharks along the Mozambique coast.",
+    ]
+    decisions = Decisions.start([f"p{i}" for i in range(len(texts))])
+    vectors = semantic_pass(None, "s1", [], texts, decisions, HubSettings(semantic_threshold=0.5), Embedder())
+    assert decisions.reason == [None] * 5 + ["semantic"] and decisions.duplicate_of[5] == "p4"
+    assert decisions.semantic_check == ["skipped (Thai script; all-MiniLM-L6-v2 reads Latin)"] * 2 + [
+        "skipped (Han script; all-MiniLM-L6-v2 reads Latin)"
+    ] * 2 + [None, None]
+    assert vectors.shape == (1, 384)  # only the kept persona that was embedded goes to the index
+    assert decisions.counts()["semantic_check:skipped (Thai script; all-MiniLM-L6-v2 reads Latin)"] == 2

@@ -10,11 +10,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from persona_hub_dagster.lib.embeddings import Embedder, EmbeddingModelNotFound, resolve_model_dir
+from persona_hub_dagster.lib.embeddings import (
+    Embedder,
+    EmbeddingModelNotFound,
+    LazyEmbedder,
+    embedding_identity,
+    resolve_model_dir,
+)
 
 NURSE = "A pediatric nurse who works night shifts and worries about staffing."
 NURSE_AGAIN = "A nurse on the children's ward, working nights, concerned about understaffing."
 SAILOR = "A retired sailor who collects stamps from former colonies."
+# Two different Thai personas (a web developer; an icon designer): MiniLM has no Thai letters, both become [UNK]s.
+THAI_DEVELOPER = "นักพัฒนาเว็บไซต์อิสระที่หลงใหลในการออกแบบหน้าเว็บให้เข้าถึงได้สำหรับผู้พิการทางสายตา"
+THAI_DESIGNER = "นักออกแบบไอคอนสำหรับแอปพลิเคชันมือถือที่ชอบสะสมของเล่นไม้โบราณ"
+CHINESE = "一位对自动驾驶颇有见解的经济学者，关注城市交通政策"
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +52,43 @@ def test_vectors_are_normalized_and_meaningful(minilm):
     assert minilm.encode([]).shape == (0, 384)
 
 
+def test_minilm_does_not_read_thai_or_chinese_and_says_so(minilm):
+    vectors = minilm.encode([THAI_DEVELOPER, THAI_DESIGNER])
+    assert cosine(vectors, 0, 1) > 0.999  # why it must not decide: any two Thai personas look identical to it
+    reasons = minilm.unreadable(
+        [THAI_DEVELOPER, CHINESE, "用Python做数据分析的大学生", NURSE, "Una enfermera de noche."]
+    )
+    assert reasons == [
+        "Thai script; all-MiniLM-L6-v2 reads Latin",
+        "Han script; all-MiniLM-L6-v2 reads Latin",
+        "Han script; all-MiniLM-L6-v2 reads Latin",
+        None,
+        None,
+    ]
+    # A Latin-script persona that names a place in its own script is still read.
+    assert minilm.unreadable(["A translator who brought 红楼梦 into Portuguese over twelve years."]) == [None]
+
+
+def test_a_lazy_embedder_decides_by_script_without_loading_the_model():
+    def load():
+        raise AssertionError("loaded the model to check scripts")
+
+    lazy = LazyEmbedder(embedding_identity(None), load)
+    assert lazy.unreadable([THAI_DEVELOPER, CHINESE]) == [
+        "Thai script; all-MiniLM-L6-v2 reads Latin",
+        "Han script; all-MiniLM-L6-v2 reads Latin",
+    ]
+
+
+def test_a_model_of_unknown_scripts_is_judged_by_its_unknown_tokens(tmp_path):
+    copy = tmp_path / "my-minilm"
+    shutil.copytree(resolve_model_dir(None), copy)
+    local = Embedder(str(copy))  # not in READ_SCRIPTS: every script, unless its tokenizer does not know the letters
+    reasons = local.unreadable([THAI_DEVELOPER, CHINESE, NURSE])
+    assert reasons[:2] == ["100% unknown tokens for my-minilm", "72% unknown tokens for my-minilm"]
+    assert reasons[2] is None
+
+
 def test_a_model_that_would_need_a_download_fails_at_once():
     started = time.monotonic()
     with pytest.raises(EmbeddingModelNotFound, match="no downloads at run time"):
@@ -66,6 +113,7 @@ def test_fast_mode_is_distilled_once_and_cached_under_the_storage_root(tmp_path)
     vectors = fast.encode([NURSE, NURSE_AGAIN, SAILOR])
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert cosine(vectors, 0, 1) > cosine(vectors, 0, 2)
+    assert fast.unreadable([THAI_DEVELOPER, NURSE]) == ["Thai script; all-MiniLM-L6-v2 reads Latin", None]
 
     with no_distillation():  # from the cache: no second distillation
         again = Embedder(fast=True, static_cache_root=str(root))

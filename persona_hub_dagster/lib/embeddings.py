@@ -49,9 +49,10 @@ STATIC_PCA_DIMS = 256
 # and checked by its tokenizer's unknown tokens only.
 READ_SCRIPTS = {DEFAULT_MODEL: ("Latin",)}
 # A text is read by a model when at least this share of its letters is in a script the model reads, and at most
-# MAX_UNKNOWN_SHARE of its tokens are the tokenizer's unknown token.
+# MAX_UNKNOWN_SHARE of its tokens are the tokenizer's unknown token (MiniLM: 100% of a Thai persona's tokens, 72% of
+# a Chinese one's, 23% of an English sentence that quotes a Chinese title).
 MIN_READ_SCRIPT_SHARE = 0.8
-MAX_UNKNOWN_SHARE = 0.2
+MAX_UNKNOWN_SHARE = 0.5
 # Scripts named in a skip reason (the text's most common script among these).
 NAMED_SCRIPTS = (
     "Latin",
