@@ -112,6 +112,9 @@ HUB = Stage((PERSONA_HUB, PERSONA_HUB_DECISIONS))
 HUB_MINHASH_BANDS = Table(("_index", "persona_hub", "minhash_bands"))
 HUB_EMBEDDINGS = Table(("_index", "persona_hub", "embeddings"))
 HUB_RUNS = Table(("_index", "persona_hub", "runs"))
+# Not a Delta table: the folder of the persistent cross-shard index (RocksDB + an inverted file of vectors), derived
+# from the two tables above and persona_hub, appended per shard (lib/dedup/index.py).
+HUB_INDEX_PATH = ("_index", "persona_hub", "lookup")
 # Where persona_hub's candidates come from, in the order keep-first follows.
 HUB_SOURCES = (TEXT_PERSONAS, EXPANDED_PERSONAS)
 

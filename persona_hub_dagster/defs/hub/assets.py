@@ -2,7 +2,6 @@
 against every hub shard registered before it (MinHash, then embeddings, after quality filters)."""
 
 import dagster as dg
-import polars as pl
 
 from persona_hub_dagster.defs.automation import HUB_POOL, hub_condition
 from persona_hub_dagster.defs.models import EmbeddingsResource
@@ -11,11 +10,11 @@ from persona_hub_dagster.defs.stages import asset_key, reported, settings_config
 from persona_hub_dagster.defs.storage import DeltaStorageResource, commit_metadata, table_write_metadata
 from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.dedup.hub import (
-    RUNS_SCHEMA,
     HubSettings,
-    dedup_shard,
+    build_shard,
+    catch_up_index,
     hub_lineage,
-    load_candidates,
+    open_index,
     prefix_shards,
 )
 from persona_hub_dagster.lib.embeddings import EMBEDDING_MODEL_ENV, embedding_identity
@@ -64,32 +63,18 @@ def build_persona_hub(
     settings = config.to_settings()
     embedder = embeddings.lazy_embedder(store) if settings.semantic_threshold is not None else None
     run_id = context.run.run_id
-    provenance = commit_metadata(run_id, PERSONA_HUB)
     per_shard, writes = {}, {}
-    for shard in shards:
-        candidates = load_candidates(store, shard)
-        expected, present = prefix_shards(store, registry, shard)
-        if len(present) < len(expected):
-            context.log.warning(
-                f"Shard {shard!r} is deduplicated against an incomplete prefix: "
-                f"{sorted(set(expected) - set(present))} registered earlier have no hub yet."
-            )
-        result = dedup_shard(
-            store, shard, candidates, prefix=present, settings=settings, embedder=embedder, run_id=run_id
-        )
-        run = pl.DataFrame([{**result.run, "prefix_expected": expected}], schema=RUNS_SCHEMA)
-        for table, frame in (
-            (tables.PERSONA_HUB, result.hub),
-            (tables.PERSONA_HUB_DECISIONS, result.decisions),
-            (tables.HUB_MINHASH_BANDS, result.bands),
-            (tables.HUB_EMBEDDINGS, result.embeddings),
-            (tables.HUB_RUNS, run),
-        ):
-            writes[table] = store.write_partitions(table, frame, partitions=[shard], commit_metadata=provenance)
-        per_shard[shard] = result.counts
-        context.log.info(f"persona_hub {shard}: {result.counts}")
+    with open_index(store) as index:
+        caught_up = catch_up_index(index, store, settings, embedder)
+        if caught_up["added"] or caught_up["removed"]:
+            context.log.info(f"hub index caught up with the tables: {caught_up}")
+        for shard in shards:
+            per_shard[shard] = _build_shard(context, store, index, registry, shard, settings, embedder, run_id, writes)
+        index_stats = index.stats()
+        published = index.publish()
 
     totals: dict[str, int] = {}
+
     for counts in per_shard.values():
         for key, value in counts.items():
             totals[key] = totals.get(key, 0) + value
@@ -104,6 +89,7 @@ def build_persona_hub(
         ),
         "hub_config": dg.MetadataValue.text(settings.fingerprint(embedder.identity if embedder else None)),
         "shards_in_order": dg.MetadataValue.json(shards),
+        "hub_index": dg.MetadataValue.json({**index_stats, "published": published}),
     }
     if len(per_shard) > 1:
         summary["per_shard"] = dg.MetadataValue.json(per_shard)
@@ -122,3 +108,26 @@ def build_persona_hub(
         },
     )
     yield from reported(context, [hub, decisions])
+
+
+def _build_shard(context, store, index, registry, shard, settings, embedder, run_id, writes) -> dict[str, int]:
+    expected, present = prefix_shards(store, registry, shard)
+    if len(present) < len(expected):
+        context.log.warning(
+            f"Shard {shard!r} is deduplicated against an incomplete prefix: "
+            f"{sorted(set(expected) - set(present))} registered earlier have no hub yet."
+        )
+    result, written = build_shard(
+        store,
+        index,
+        shard,
+        prefix=present,
+        prefix_expected=expected,
+        settings=settings,
+        embedder=embedder,
+        run_id=run_id,
+        commit_metadata=commit_metadata(run_id, PERSONA_HUB),
+    )
+    writes.update(written)
+    context.log.info(f"persona_hub {shard}: {result.counts}")
+    return result.counts

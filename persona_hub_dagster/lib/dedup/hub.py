@@ -5,11 +5,12 @@ Passes, in this order:
 1. Quality filters (filters.py): a leftover prompt frame is stripped first (the hub keeps the stripped text, the
    decisions table the original and `quality_edit`); a rejected persona can never become the representative that
    makes a good one a duplicate.
-2. MinHash (minhash.py): against earlier shards first (their kept personas' LSH band keys are in Delta, so earlier
-   shards are not recomputed; a band collision is verified by exact Jaccard against the earlier persona's text), then
-   within the shard (keep-first).
-3. Embeddings (semantic.py): against earlier shards' kept embeddings (stored in Delta next to the hub), then within
-   the shard (keep-first). The embedding model is part of the settings; vectors of another model are recomputed.
+2. MinHash (minhash.py): against earlier shards first (their kept personas' LSH band keys are probed in the hub
+   index, index.py, so earlier shards are neither recomputed nor read whole; a band collision is verified by exact
+   Jaccard against the earlier persona's text, fetched from the index), then within the shard (keep-first).
+3. Embeddings (semantic.py): against earlier shards' kept embeddings (the index's inverted file, every similarity
+   exact), then within the shard (keep-first). The embedding model is part of the settings; when it changes, the
+   index is rebuilt from the hub's texts (`catch_up_index`).
    Only personas the model can read take part (`embedder.unreadable`, e.g. Thai for an English-only model); the
    others keep their MinHash verdict and their decision says `semantic_check = "skipped (<why>)"`.
 
@@ -31,6 +32,7 @@ import polars as pl
 from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.dedup import minhash
 from persona_hub_dagster.lib.dedup.filters import quality_filter, strip_prompt_frame
+from persona_hub_dagster.lib.dedup.index import HubIndex, ShardEntries
 from persona_hub_dagster.lib.dedup.semantic import semantic_keep_first
 from persona_hub_dagster.lib.settings import setting
 from persona_hub_dagster.lib.storage import DeltaStore
@@ -88,6 +90,7 @@ class ShardResult:
     bands: pl.DataFrame
     embeddings: pl.DataFrame
     run: dict
+    index_entries: ShardEntries
     counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -184,8 +187,27 @@ class Decisions:
         return counts
 
 
+class PriorShards(Protocol):
+    """The kept personas of earlier shards, as the passes ask about them: IndexedPrior in the hub; tests hold it
+    against a reference that reads the whole tables, as the hub did before the index."""
+
+    def minhash_matches(
+        self, prefix: Sequence[str], texts: list[str], keys: np.ndarray, settings: HubSettings
+    ) -> dict[int, tuple[str, str, float]]:
+        """Per row of texts/keys with a verified near-duplicate among the prefix's kept personas: the earliest such
+        persona (registration order, then hub position), its shard, and the exact Jaccard."""
+        ...
+
+    def semantic_matches(
+        self, prefix: Sequence[str], vectors: np.ndarray, threshold: float
+    ) -> dict[int, tuple[str, str, float]]:
+        """Per row of vectors with a kept prefix vector at cosine >= threshold: the earliest one, its shard, the
+        cosine."""
+        ...
+
+
 def dedup_shard(
-    store: DeltaStore,
+    prior: PriorShards,
     shard: str,
     candidates: pl.DataFrame,
     *,
@@ -199,8 +221,8 @@ def dedup_shard(
     decisions = Decisions.start(candidates["persona_id"].to_list())
     if settings.quality_filter:
         texts = quality_pass(texts, decisions)
-    keys = minhash_pass(store, shard, prefix, texts, decisions, settings)
-    vectors = semantic_pass(store, shard, prefix, texts, decisions, settings, embedder)
+    keys = minhash_pass(prior, shard, prefix, texts, decisions, settings)
+    vectors = semantic_pass(prior, shard, prefix, texts, decisions, settings, embedder)
     return shard_result(shard, prefix, candidates, texts, decisions, keys, vectors, settings, embedder, run_id)
 
 
@@ -220,7 +242,7 @@ def quality_pass(texts: list[str], decisions: Decisions) -> list[str]:
 
 
 def minhash_pass(
-    store: DeltaStore, shard: str, prefix: Sequence[str], texts: list[str], decisions: Decisions, settings: HubSettings
+    prior: PriorShards, shard: str, prefix: Sequence[str], texts: list[str], decisions: Decisions, settings: HubSettings
 ) -> np.ndarray:
     """Near-duplicates by MinHash, verified by exact Jaccard: against earlier shards first, then within the shard
     (keep-first). Returns every candidate's LSH band keys (the kept ones go to the index)."""
@@ -228,10 +250,11 @@ def minhash_pass(
     sigs = minhash.signatures(batch, settings.num_perm, settings.seed)
     bands, rows = minhash.choose_bands(settings.minhash_threshold, settings.num_perm, settings.min_recall)
     keys = minhash.band_keys(sigs, bands, rows)
-    for i, (prior_id, prior_shard, score) in _minhash_against_prefix(
-        store, prefix, texts, keys, decisions.alive, settings
-    ).items():
-        decisions.drop(i, "minhash", prior_id, prior_shard, score)
+    live = np.flatnonzero(decisions.alive)
+    if prefix and len(live):
+        matches = prior.minhash_matches(prefix, [texts[i] for i in live], keys[live], settings)
+        for row, (prior_id, prior_shard, score) in matches.items():
+            decisions.drop(int(live[row]), "minhash", prior_id, prior_shard, score)
     live = np.flatnonzero(decisions.alive)
     sub = batch.subset(live)
     within = minhash.cluster_tokenized(
@@ -251,7 +274,7 @@ def minhash_pass(
 
 
 def semantic_pass(
-    store: DeltaStore,
+    prior: PriorShards,
     shard: str,
     prefix: Sequence[str],
     texts: list[str],
@@ -273,16 +296,17 @@ def semantic_pass(
     if not len(live):
         return np.zeros((0, 0), dtype=np.float32)
     vectors = embedder.encode([texts[i] for i in live])
-    prior_ids, prior_shards, prior_vectors = _prior_embeddings(store, prefix, embedder)
-    result = semantic_keep_first(vectors, threshold=settings.semantic_threshold, prior=prior_vectors)
+    # Earlier shards first: a persona with a kept match there is dropped for it and represents nothing here (the
+    # same decisions as one keep-first pass over the earlier shards' vectors followed by this shard's).
+    earlier = prior.semantic_matches(prefix, vectors, settings.semantic_threshold) if prefix else {}
+    for row, (of, of_shard, score) in earlier.items():
+        decisions.drop(int(live[row]), "semantic", of, of_shard, score)
+    rest = np.array([row for row in range(len(live)) if row not in earlier], dtype=np.int64)
+    result = semantic_keep_first(vectors[rest], threshold=settings.semantic_threshold)
     for local in np.flatnonzero(~result.kept).tolist():
-        if result.prior_match[local] >= 0:
-            k = int(result.prior_match[local])
-            of, of_shard = prior_ids[k], prior_shards[k]
-        else:
-            of, of_shard = decisions.ids[live[result.representative[local]]], shard
-        decisions.drop(int(live[local]), "semantic", of, of_shard, float(result.similarity[local]))
-    return vectors[result.kept]
+        of = decisions.ids[live[rest[result.representative[local]]]]
+        decisions.drop(int(live[rest[local]]), "semantic", of, shard, float(result.similarity[local]))
+    return vectors[rest[result.kept]]
 
 
 def shard_result(
@@ -331,13 +355,13 @@ def shard_result(
         .filter(pl.Series(decisions.alive))
         .with_columns(hub_config=pl.lit(fingerprint), run_id=pl.lit(run_id))
     )
-    kept_ids = [decisions.ids[i] for i in kept]
-    embedded_ids = [decisions.ids[i] for i in kept if decisions.semantic_check[i] is None]
+    kept_ids = pl.Series(decisions.ids, dtype=pl.String).gather(kept)
+    embedded = kept[[decisions.semantic_check[i] is None for i in kept.tolist()]] if len(vectors) else kept[:0]
     bands = keys.shape[1]
     band_frame = pl.DataFrame(
         {
-            "shard": [shard] * (len(kept) * bands),
-            "persona_id": np.repeat(np.array(kept_ids, dtype=object), bands).tolist() if len(kept) else [],
+            "shard": pl.repeat(shard, len(kept) * bands, eager=True),
+            "persona_id": kept_ids.gather(np.repeat(np.arange(len(kept)), bands)),
             "band": np.tile(np.arange(bands, dtype=np.int16), len(kept)),
             "key": keys[kept].reshape(-1).view(np.int64) if len(kept) else np.zeros(0, dtype=np.int64),
         },
@@ -345,10 +369,11 @@ def shard_result(
     )
     embedding_frame = pl.DataFrame(
         {
-            "shard": [shard] * len(vectors),
-            "persona_id": embedded_ids if len(vectors) else [],
-            "model": [embedder.identity] * len(vectors) if len(vectors) else [],
-            "vector": vectors.tolist() if len(vectors) else [],
+            "shard": pl.repeat(shard, len(embedded), eager=True),
+            "persona_id": pl.Series(decisions.ids, dtype=pl.String).gather(embedded),
+            "model": pl.repeat(embedder.identity if embedder else "", len(embedded), eager=True),
+            # From the flat float32 buffer (no Python floats: 11 KB per vector that way, measured).
+            "vector": _vector_series(vectors),
         },
         schema={"shard": pl.String, "persona_id": pl.String, "model": pl.String, "vector": pl.List(pl.Float32)},
     )
@@ -361,103 +386,196 @@ def shard_result(
         "candidates": n,
         "kept": len(kept),
     }
-    return ShardResult(hub, decision_frame, band_frame, embedding_frame, run, decisions.counts())
+    kept_texts = [texts[i] for i in kept.tolist()]
+    entries = ShardEntries(
+        shard,
+        run_id,
+        kept,
+        kept_ids.to_list(),
+        kept_texts,
+        keys[kept],
+        embedded,
+        vectors if len(embedded) else np.zeros((0, 0), dtype=np.float32),
+        embedder.identity if embedder is not None and len(embedded) else None,
+    )
+    return ShardResult(hub, decision_frame, band_frame, embedding_frame, run, entries, decisions.counts())
 
 
-def _minhash_against_prefix(store, prefix, texts, keys, alive, settings) -> dict[int, tuple[str, str, float]]:
-    """For each live candidate with a verified near-duplicate among earlier shards' kept personas: the earliest
-    such persona (registration order, then hub position), its shard, and the exact Jaccard."""
-    if not prefix or not store.exists(tables.HUB_MINHASH_BANDS) or not alive.any():
-        return {}
-    live = np.flatnonzero(alive)
-    n_bands = keys.shape[1]
-    probe = pl.DataFrame(
-        {
-            "candidate": np.repeat(live, n_bands),
-            "band": np.tile(np.arange(n_bands, dtype=np.int16), len(live)),
-            "key": keys[live].reshape(-1).view(np.int64),
+def _vector_series(vectors: np.ndarray) -> pl.Series:
+    import pyarrow as pa
+
+    dim = vectors.shape[1] if vectors.ndim == 2 else 0
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+    offsets = pa.array(np.arange(0, len(vectors) * dim + 1, max(dim, 1), dtype=np.int32)[: len(vectors) + 1])
+    return pl.Series(pa.ListArray.from_arrays(offsets, flat), dtype=pl.List(pl.Float32))
+
+
+def index_layout(settings: HubSettings) -> dict:
+    """How band keys are made: the index's entries are comparable only with keys made the same way."""
+    bands, rows = minhash.choose_bands(settings.minhash_threshold, settings.num_perm, settings.min_recall)
+    return {"num_perm": settings.num_perm, "seed": settings.seed, "ngram": settings.ngram, "bands": bands, "rows": rows}
+
+
+def band_keys_of(texts: Sequence[str], settings: HubSettings) -> np.ndarray:
+    layout = index_layout(settings)
+    sigs = minhash.signatures(minhash.tokenize_batch(texts, settings.ngram), settings.num_perm, settings.seed)
+    return minhash.band_keys(sigs, layout["bands"], layout["rows"])
+
+
+class IndexedPrior:
+    """PriorShards on the hub index: probes by key, fetches only the matched personas' texts."""
+
+    def __init__(self, index: HubIndex):
+        self.index = index
+
+    def _ranks(self, prefix: Sequence[str]) -> dict[int, int]:
+        missing = self.index.missing(prefix)
+        if missing:
+            raise LookupError(f"the hub index lacks the earlier shards {missing}: catch_up_index first")
+        return self.index.ranks(prefix)
+
+    def minhash_matches(self, prefix, texts, keys, settings) -> dict[int, tuple[str, str, float]]:
+        hits = self.index.band_hits(keys, self._ranks(prefix))  # (row, shard id, position)
+        if not len(hits):
+            return {}
+        earlier, which = np.unique(hits[:, 1:], axis=0, return_inverse=True)
+        earlier_ids, earlier_texts = self.index.personas(earlier[:, 0], earlier[:, 1])
+        rows = np.unique(hits[:, 0])
+        batch = minhash.tokenize_batch([texts[r] for r in rows.tolist()] + earlier_texts, settings.ngram)
+        pairs = np.stack((np.searchsorted(rows, hits[:, 0]), len(rows) + which.reshape(-1)), axis=1)
+        scores = minhash.exact_jaccard(batch, batch, pairs)
+        verified = scores >= settings.minhash_threshold
+        hit, of, scores = hits[verified], which.reshape(-1)[verified], scores[verified]
+        if not len(hit):
+            return {}
+        ranks = self.index.ranks(prefix)
+        order_key = np.array([ranks[s] for s in hit[:, 1].tolist()], dtype=np.int64) << 32 | hit[:, 2]
+        by_row = np.lexsort((order_key, hit[:, 0]))  # per candidate row, its earliest verified persona first
+        first = by_row[np.concatenate(([True], hit[by_row, 0][1:] != hit[by_row, 0][:-1]))]
+        shard_of = {e.sid: s for s, e in self.index.manifest.shards.items()}
+        return {
+            int(hit[k, 0]): (earlier_ids[of[k]], shard_of[int(hit[k, 1])], float(scores[k])) for k in first.tolist()
         }
-    )
-    hits = (
-        store.scan(tables.HUB_MINHASH_BANDS, list(prefix))
-        .join(probe.lazy(), on=["band", "key"], how="inner")
-        .select("candidate", "persona_id", "shard")
-        .unique()
-        .collect()
-    )
-    if hits.is_empty():
-        return {}
-    earlier = (
-        store.scan(tables.PERSONA_HUB, list(prefix))
-        .join(hits.select("persona_id").unique().lazy(), on="persona_id", how="semi")
-        .select("persona_id", "persona", "shard", "position")
-        .collect()
-    )
-    rank = {s: r for r, s in enumerate(prefix)}
-    earlier = earlier.with_columns(order=pl.col("shard").replace_strict(rank, return_dtype=pl.Int64))
-    row_of = {pid: r for r, pid in enumerate(earlier["persona_id"].to_list())}
-    candidate_texts = [texts[i] for i in live]
-    batch = minhash.tokenize_batch(candidate_texts + earlier["persona"].fill_null("").to_list(), settings.ngram)
-    local_of = {int(c): k for k, c in enumerate(live.tolist())}
-    pair_rows = [
-        (local_of[c], len(live) + row_of[p])
-        for c, p in zip(hits["candidate"], hits["persona_id"], strict=True)
-        if p in row_of
-    ]
-    pairs = np.array(pair_rows, dtype=np.int64).reshape(-1, 2)
-    jaccard = minhash.exact_jaccard(batch, batch, pairs)
-    orders = earlier["order"].to_list()
-    positions = earlier["position"].to_list()
-    best: dict[int, tuple[tuple[int, int], str, str, float]] = {}
-    for (local, other), score in zip(pairs.tolist(), jaccard.tolist(), strict=True):
-        if score < settings.minhash_threshold:
-            continue
-        row = other - len(live)
-        key = (orders[row], positions[row])
-        candidate = int(live[local])
-        if candidate not in best or key < best[candidate][0]:
-            best[candidate] = (key, earlier["persona_id"][row], earlier["shard"][row], score)
-    return {c: (pid, s, score) for c, (_, pid, s, score) in best.items()}
+
+    def semantic_matches(self, prefix, vectors, threshold) -> dict[int, tuple[str, str, float]]:
+        found = self.index.vector_matches(vectors, self._ranks(prefix), threshold)
+        return {
+            row: (found.persona_id[row], found.shard[row], float(found.similarity[row]))
+            for row in range(len(vectors))
+            if found.persona_id[row] is not None
+        }
 
 
-def _prior_embeddings(store, prefix, embedder) -> tuple[list[str], list[str], np.ndarray]:
-    """Kept embeddings of the earlier shards, in registration order; vectors of another model are recomputed from
-    the hub's texts (not stored: the next run of those shards replaces them)."""
-    if not prefix or not store.exists(tables.HUB_EMBEDDINGS):
-        return [], [], None
-    stored = store.scan(tables.HUB_EMBEDDINGS, list(prefix)).collect()
-    rank = {s: r for r, s in enumerate(prefix)}
-    stored = stored.with_columns(order=pl.col("shard").replace_strict(rank, return_dtype=pl.Int64))
-    current = stored.filter(pl.col("model") == embedder.identity)
-    other = stored.filter(pl.col("model") != embedder.identity)
-    if other.height:
-        texts = (
-            store.scan(tables.PERSONA_HUB, list(prefix))
-            .join(other.select("persona_id").lazy(), on="persona_id", how="semi")
-            .select("persona_id", "persona")
+def catch_up_index(
+    index: HubIndex, store: DeltaStore, settings: HubSettings, embedder: EmbedderLike | None
+) -> dict[str, list[str]]:
+    """Make the index hold exactly the hub's shards as its tables have them: shards whose hub run changed or that
+    left the hub (re-run elsewhere, unregistered) are removed, hub shards it lacks are added from their tables. A hub
+    built before the index is indexed here on first use; other band settings or another embedding model rebuild it.
+    Each shard is read on its own, so memory stays that of one shard."""
+    layout = index_layout(settings)
+    model = embedder.identity if embedder is not None and settings.semantic_threshold is not None else None
+    if not index.compatible(layout, model):
+        index.clear()
+    present = store.partitions(tables.PERSONA_HUB)
+    runs = (
+        dict(store.scan(tables.HUB_RUNS).select("shard", "run_id").collect().iter_rows())
+        if store.exists(tables.HUB_RUNS)
+        else {}
+    )
+    removed = [s for s, entry in list(index.manifest.shards.items()) if s not in present or entry.run_id != runs.get(s)]
+    for shard in removed:
+        index.remove(shard)
+    added = [s for s in present if s not in index.manifest.shards]
+    for shard in added:
+        index.add(entries_from_tables(store, shard, runs.get(shard, ""), settings, embedder if model else None), layout)
+    return {"removed": removed, "added": added}
+
+
+def entries_from_tables(
+    store: DeltaStore, shard: str, run_id: str, settings: HubSettings, embedder: EmbedderLike | None
+) -> ShardEntries:
+    """A hub shard's index entries from its tables: band keys recomputed from the kept texts; the stored vectors of
+    the current model, the others re-embedded (as the hub did for every run before the index)."""
+    hub = store.scan(tables.PERSONA_HUB, [shard]).select("persona_id", "persona", "position").collect().sort("position")
+    texts = hub["persona"].fill_null("").to_list()
+    positions = hub["position"].to_numpy().astype(np.int64)
+    vectors, vector_positions = np.zeros((0, 0), dtype=np.float32), positions[:0]
+    if embedder is not None and store.exists(tables.HUB_EMBEDDINGS):
+        stored = (
+            store.scan(tables.HUB_EMBEDDINGS, [shard])
+            .select("persona_id", "model", "vector")
             .collect()
+            .join(hub.select("persona_id", "persona", "position"), on="persona_id")
+            .sort("position")
         )
-        # The same mask as the shard's own semantic pass: a vector this model cannot read decides nothing.
-        readable = [why is None for why in embedder.unreadable(texts["persona"].to_list())]
-        texts = texts.filter(pl.Series(readable, dtype=pl.Boolean))
-        recomputed = embedder.encode(texts["persona"].to_list())
-        current = pl.concat(
-            [
-                current,
-                other.select("shard", "persona_id", "order")
-                .join(
-                    texts.with_columns(vector=pl.Series(recomputed.tolist(), dtype=pl.List(pl.Float32))),
-                    on="persona_id",
-                )
-                .with_columns(model=pl.lit(embedder.identity))
-                .select(current.columns),
-            ]
-        )
-    current = current.sort("order")
-    if current.is_empty():
-        return [], [], None
-    return (
-        current["persona_id"].to_list(),
-        current["shard"].to_list(),
-        np.asarray(current["vector"].to_list(), dtype=np.float32),
+        current = stored.filter(pl.col("model") == embedder.identity)
+        other = stored.filter(pl.col("model") != embedder.identity)
+        readable = [why is None for why in embedder.unreadable(other["persona"].to_list())]
+        other = other.filter(pl.Series(readable, dtype=pl.Boolean))
+        parts = [(current["position"].to_numpy(), _vector_array(current["vector"]))]
+        if other.height:
+            parts.append((other["position"].to_numpy(), embedder.encode(other["persona"].to_list())))
+        vector_positions = np.concatenate([p for p, _ in parts]).astype(np.int64)
+        vectors = np.concatenate([v for _, v in parts if len(v)]) if any(len(v) for _, v in parts) else vectors
+        order = np.argsort(vector_positions, kind="stable")
+        vector_positions, vectors = vector_positions[order], vectors[order] if len(vectors) else vectors
+    return ShardEntries(
+        shard,
+        run_id,
+        positions,
+        hub["persona_id"].to_list(),
+        texts,
+        band_keys_of(texts, settings),
+        vector_positions,
+        vectors,
+        embedder.identity if embedder is not None and len(vectors) else None,
     )
+
+
+def _vector_array(series: pl.Series) -> np.ndarray:
+    """A list column of equal-length vectors as one (n, dim) float32 array, from its flat buffer."""
+    if series.len() == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    flat = series.explode().to_numpy().astype(np.float32, copy=False)
+    return flat.reshape(series.len(), -1)
+
+
+def open_index(store: DeltaStore, cache_dir: str | None = None) -> HubIndex:
+    """The hub index that lives with the store's tables."""
+    return HubIndex.for_location(store.table_uri(tables.HUB_INDEX_PATH), cache_dir)
+
+
+def build_shard(
+    store: DeltaStore,
+    index: HubIndex,
+    shard: str,
+    *,
+    prefix: Sequence[str],
+    prefix_expected: Sequence[str],
+    settings: HubSettings,
+    embedder: EmbedderLike | None,
+    run_id: str,
+    commit_metadata: dict[str, str] | None = None,
+) -> tuple[ShardResult, dict]:
+    """One shard of the hub: out of the index (a re-run replaces its entries), through the passes against the
+    earlier shards, its tables written (each partition atomically), then into the index. The index follows the
+    tables, so a crash in between is repaired by the next run's `catch_up_index`. Returns the result and the writes
+    by table."""
+    index.remove(shard)
+    candidates = load_candidates(store, shard)
+    result = dedup_shard(
+        IndexedPrior(index), shard, candidates, prefix=prefix, settings=settings, embedder=embedder, run_id=run_id
+    )
+    run = pl.DataFrame([{**result.run, "prefix_expected": list(prefix_expected)}], schema=RUNS_SCHEMA)
+    writes = {}
+    for table, frame in (
+        (tables.PERSONA_HUB, result.hub),
+        (tables.PERSONA_HUB_DECISIONS, result.decisions),
+        (tables.HUB_MINHASH_BANDS, result.bands),
+        (tables.HUB_EMBEDDINGS, result.embeddings),
+        (tables.HUB_RUNS, run),
+    ):
+        writes[table] = store.write_partitions(table, frame, partitions=[shard], commit_metadata=commit_metadata)
+    index.add(result.index_entries, index_layout(settings))
+    return result, writes

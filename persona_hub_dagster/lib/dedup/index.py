@@ -1,0 +1,638 @@
+"""The hub's persistent cross-shard index: what a new shard is compared with, read by probe and appended per shard,
+so that a hub step's memory and time depend on its shard, not on how many personas the hub holds.
+
+Two parts, in one folder that lives with the tables (`<root>/_index/persona_hub/lookup`):
+
+- Band keys and the kept personas, in RocksDB (rocksdict). `b` + band (2 bytes) + band key (8 bytes) -> every kept
+  persona holding that key, as packed (shard id, position) pairs; `p` + shard id + position -> the persona's id and
+  text (what exact-Jaccard verification and the decision record need). A shard's probes are one sorted multi_get;
+  RocksDB's bloom filters answer the probes that hit nothing (almost all of them) from memory, and its block cache
+  is fixed, so a lookup's memory does not grow with the hub. A key's pairs are rewritten when a shard adds to it or
+  leaves it (read-modify-write of the keys that shard holds, no merge operator needed).
+- Vectors, in an inverted file of our own built on FAISS's k-means: centroids trained once the index holds
+  TRAIN_AT vectors and again only when it has grown RETRAIN_GROWTH-fold (the one time segments are rewritten:
+  amortized, each vector is re-filed about once); until then one list, i.e. exact search. Each shard adds one
+  segment: its kept vectors sorted by list, as raw float32, with the list offsets and hub positions beside it. A
+  query batch reads the probed shards' segments in bounded list ranges (RANGE_BYTES) and compares its queries with
+  every vector of their probed lists in float32 (BLAS), so every reported similarity is exact; only the choice of
+  lists (nprobe of nlist) is approximate. FAISS's own OnDiskInvertedLists was the alternative: it cannot drop one
+  shard's vectors without rewriting the lists, and its per-query scan is slower than list-at-a-time matrix products
+  (semantic.py).
+
+Keep-first over shards: every entry carries its shard's id; a lookup names the shards it may match (the shards
+registered before the one being deduplicated) with their rank, and the earliest match wins by (rank, position),
+as the hub's decisions require.
+
+Consistency: `manifest.json` is the commit point. A shard is added by writing its entries, then the manifest; it is
+removed from the manifest first, then its entries are deleted. Lookups only honour shards in the manifest, so a
+crash in between leaves entries nobody reads (dropped the next time their keys are rewritten). `catch_up` compares
+the manifest with the hub's tables (which run of each shard is in the hub) and adds, replaces or removes shards
+until they agree: the upgrade path for hubs built before the index, and how re-runs and unregistered shards leave.
+
+Object storage: RocksDB needs a local disk. With an `s3://` root the index is worked on in a local cache folder and
+mirrored under the root: opening fetches the files the cache lacks (none when the cache persists between runs),
+`publish` uploads the files a shard created (its segment, RocksDB's new SST files) and the manifest last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.fs as pafs
+
+from persona_hub_dagster.lib import filesystems
+from persona_hub_dagster.lib.locations import is_uri
+
+INDEX_CACHE_ENV = "PERSONA_HUB_INDEX_CACHE"
+TRAIN_AT = 50_000  # vectors: below this the index is one list, and a lookup is an exact search
+RETRAIN_GROWTH = 8  # retrain (and re-file) once the index holds this many times what the centroids were trained on
+NPROBE = 32
+RANGE_BYTES = 64 * 2**20  # vectors read per step of a lookup
+PRODUCT_BUDGET = 8 * 2**20  # similarities per matrix product (32 MB of float32)
+BLOCK_CACHE_BYTES = 64 * 2**20
+_NONE = np.iinfo(np.int64).max
+_ENTRY = np.dtype([("sid", "<u4"), ("pos", "<u4")])
+_BAND_KEY = np.dtype([("tag", "S1"), ("band", ">u2"), ("key", ">u8")])
+_PERSONA_KEY = np.dtype([("tag", "S1"), ("sid", ">u4"), ("pos", ">u4")])
+# Files that never change once written (unique names): the mirror sends them once. The others (the manifests,
+# RocksDB's CURRENT, MANIFEST-*, OPTIONS-*, its write-ahead log) are small and sent whenever the index is published.
+_IMMUTABLE_SUFFIXES = (".sst", ".f32", ".npz", ".npy")
+
+
+@dataclass
+class ShardEntry:
+    sid: int
+    run_id: str
+    kept: int
+    vectors: int
+
+
+@dataclass
+class Manifest:
+    layout: dict | None = None  # how band keys were computed (num_perm, seed, ngram, bands, rows)
+    model: str | None = None  # the embedding model of the vectors
+    dim: int = 0
+    nlist: int = 1
+    trained_on: int = 0
+    generation: int = 0  # of the centroids: segments are named by it
+    next_sid: int = 1
+    shards: dict[str, ShardEntry] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        if not path.exists():
+            return cls()
+        raw = json.loads(path.read_text())
+        raw["shards"] = {k: ShardEntry(**v) for k, v in raw["shards"].items()}
+        return cls(**raw)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), sort_keys=True))
+        os.replace(tmp, path)
+
+    @property
+    def vectors(self) -> int:
+        return sum(e.vectors for e in self.shards.values())
+
+
+@dataclass
+class ShardEntries:
+    """What a shard adds to the index: its kept personas (hub positions, ids, texts, band keys) and the vectors of
+    those that were embedded (their positions, model)."""
+
+    shard: str
+    run_id: str
+    positions: np.ndarray  # int, the kept personas' hub positions
+    persona_ids: Sequence[str]
+    texts: Sequence[str]
+    keys: np.ndarray  # (kept, bands) uint64
+    vector_positions: np.ndarray
+    vectors: np.ndarray  # (embedded, dim) float32, L2-normalized
+    model: str | None
+
+
+@dataclass
+class Matches:
+    """Per query: the earliest matching prior persona (its shard, id, position) and the similarity, or None."""
+
+    shard: list[str | None]
+    persona_id: list[str | None]
+    position: np.ndarray
+    similarity: np.ndarray
+
+
+class HubIndex:
+    """The index in a local folder, optionally mirrored to an object-store location. Use as a context manager."""
+
+    def __init__(self, folder: str | Path, mirror: str | None = None):
+        self.folder = Path(folder)
+        self.mirror = mirror
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "segments").mkdir(exist_ok=True)
+        self._remote: dict[str, int] = {}
+        if mirror:
+            self._fetch()
+        self.manifest = Manifest.load(self.folder / "manifest.json")
+        self._db = None
+        self.bytes_read = 0  # vector bytes read by lookups (RocksDB's reads are its own; see `stats`)
+
+    @classmethod
+    def for_location(cls, location: str, cache_dir: str | None = None) -> HubIndex:
+        """The index at `location`: used in place when local; an object-store location is worked on in a cache
+        folder (`cache_dir`, else $PERSONA_HUB_INDEX_CACHE, else the temp folder), one per location."""
+        if not is_uri(location):
+            return cls(location)
+        base = cache_dir or os.environ.get(INDEX_CACHE_ENV) or os.path.join(tempfile.gettempdir(), "persona-hub-index")
+        name = hashlib.blake2b(location.encode(), digest_size=8).hexdigest()
+        return cls(Path(base) / name, mirror=location)
+
+    def __enter__(self) -> HubIndex:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.flush()
+            self._db.close()
+            self._db = None
+
+    @property
+    def db(self):
+        if self._db is None:
+            from rocksdict import BlockBasedOptions, Cache, DBCompressionType, Options, Rdict
+
+            options = Options(raw_mode=True)
+            options.create_if_missing(True)
+            table = BlockBasedOptions()
+            table.set_bloom_filter(10, False)
+            table.set_block_cache(Cache(BLOCK_CACHE_BYTES))
+            options.set_block_based_table_factory(table)
+            options.set_compression_type(DBCompressionType.lz4())
+            self._db = Rdict(str(self.folder / "rocksdb"), options)
+        return self._db
+
+    # ------------------------------------------------------------------ which shards
+
+    def ranks(self, prefix: Sequence[str]) -> dict[int, int]:
+        """{shard id: rank} for the shards of `prefix` (in keep-first order) that the index holds."""
+        return {self.manifest.shards[s].sid: r for r, s in enumerate(prefix) if s in self.manifest.shards}
+
+    def missing(self, prefix: Sequence[str]) -> list[str]:
+        return [s for s in prefix if s not in self.manifest.shards]
+
+    def _shard_of(self) -> dict[int, str]:
+        return {e.sid: s for s, e in self.manifest.shards.items()}
+
+    # ------------------------------------------------------------------ band keys
+
+    def band_hits(self, keys: np.ndarray, ranks: Mapping[int, int]) -> np.ndarray:
+        """(m, 3) int64 rows (query row, shard id, position): every kept persona of the ranked shards that shares a
+        band key with query row i of `keys` (n, bands)."""
+        if not len(keys) or not ranks:
+            return np.zeros((0, 3), dtype=np.int64)
+        probe_keys, rows = _band_probe(keys)
+        unique = np.unique(probe_keys)
+        found = self.db.get(_as_bytes(unique))
+        hit_rows, hit_entries = [], []
+        allowed = np.array(sorted(ranks), dtype=np.uint32)
+        for k, value in enumerate(found):
+            if value is None:
+                continue
+            entries = np.frombuffer(value, dtype=_ENTRY)
+            entries = entries[np.isin(entries["sid"], allowed)]
+            if len(entries):
+                hit_entries.append(entries)
+                hit_rows.append(np.full(len(entries), k, dtype=np.int64))
+        if not hit_entries:
+            return np.zeros((0, 3), dtype=np.int64)
+        # A probe key shared by several query rows: map each hit to every row that probed it.
+        key_of_hit = np.concatenate(hit_rows)
+        entries = np.concatenate(hit_entries)
+        order = np.argsort(probe_keys, kind="stable")
+        sorted_keys = probe_keys[order]
+        lo = np.searchsorted(sorted_keys, unique[key_of_hit], side="left")
+        hi = np.searchsorted(sorted_keys, unique[key_of_hit], side="right")
+        counts = hi - lo
+        which = np.repeat(np.arange(len(entries)), counts)
+        at = np.concatenate([np.arange(a, b) for a, b in zip(lo.tolist(), hi.tolist(), strict=True)])
+        out = np.stack((rows[order[at]], entries["sid"][which].astype(np.int64), entries["pos"][which]), axis=1)
+        return np.unique(out, axis=0)
+
+    def personas(self, sid: np.ndarray, pos: np.ndarray) -> tuple[list[str], list[str]]:
+        """(persona ids, texts) of kept personas by (shard id, position)."""
+        keys = np.zeros(len(sid), dtype=_PERSONA_KEY)
+        keys["tag"], keys["sid"], keys["pos"] = b"p", sid, pos
+        ids, texts = [], []
+        for value in self.db.get(_as_bytes(keys)) if len(keys) else []:
+            if value is None:
+                raise LookupError("the hub index lacks a persona it lists: rebuild it (remove its folder)")
+            persona_id, text = value.split(b"\0", 1)
+            ids.append(persona_id.decode())
+            texts.append(text.decode())
+        return ids, texts
+
+    # ------------------------------------------------------------------ vectors
+
+    def vector_matches(self, queries: np.ndarray, ranks: Mapping[int, int], threshold: float) -> Matches:
+        """For each query: the earliest (rank, position) stored vector of the ranked shards with cosine >= threshold
+        among the probed lists, with that cosine."""
+        n = len(queries)
+        best = np.full(n, _NONE, dtype=np.int64)
+        similarity = np.full(n, np.nan, dtype=np.float32)
+        segments = [
+            (sid, rank, self._segment(sid)) for sid, rank in ranks.items() if self._shard_entry(sid).vectors > 0
+        ]
+        if n and segments:
+            queries = np.ascontiguousarray(queries, dtype=np.float32)
+            probes = self._probe(queries)
+            hits = self._scan(queries, probes, segments, threshold)
+            if len(hits[0]):
+                q, key, sim = hits
+                order = np.lexsort((key, q))
+                q, key, sim = q[order], key[order], sim[order]
+                first = np.concatenate(([True], q[1:] != q[:-1]))
+                best[q[first]], similarity[q[first]] = key[first], sim[first]
+        found = best != _NONE
+        rank_to_sid = {rank: sid for sid, rank in ranks.items()}
+        shard_of = self._shard_of()
+        sids = np.array([rank_to_sid[int(r)] for r in (best[found] >> 32).tolist()], dtype=np.int64)
+        positions = np.where(found, best & 0xFFFFFFFF, -1)
+        ids, _ = self.personas(sids, positions[found])
+        shard = [None] * n
+        persona_id: list[str | None] = [None] * n
+        for i, sid, pid in zip(np.flatnonzero(found).tolist(), sids.tolist(), ids, strict=True):
+            shard[i], persona_id[i] = shard_of[sid], pid
+        return Matches(shard, persona_id, positions, similarity)
+
+    def _shard_entry(self, sid: int) -> ShardEntry:
+        return next(e for e in self.manifest.shards.values() if e.sid == sid)
+
+    def _probe(self, queries: np.ndarray) -> np.ndarray:
+        if self.manifest.nlist == 1:
+            return np.zeros((len(queries), 1), dtype=np.int64)
+        return self._quantizer().search(queries, min(NPROBE, self.manifest.nlist))[1]
+
+    def _quantizer(self, generation: int | None = None):
+        import faiss
+
+        generation = self.manifest.generation if generation is None else generation
+        centroids = np.load(self.folder / "segments" / f"centroids-{generation}.npy")
+        quantizer = faiss.IndexFlatIP(centroids.shape[1])
+        quantizer.add(centroids)
+        return quantizer
+
+    def _scan(self, queries, probes, segments, threshold):
+        """Every (query, key, cosine >= threshold) over the probed lists of the segments, reading them list range
+        by list range."""
+        nlist, dim = self.manifest.nlist, queries.shape[1]
+        flat = probes.ravel()
+        order = np.argsort(flat, kind="stable")
+        probing = np.repeat(np.arange(len(queries)), probes.shape[1])[order]
+        list_starts = np.searchsorted(flat[order], np.arange(nlist + 1))
+        sizes = sum(np.diff(offsets) for _, _, (offsets, _) in segments)
+        hit_q, hit_key, hit_sim = [], [], []
+        files = {sid: open(self._segment_path(sid, ".f32"), "rb") for sid, _, _ in segments}
+        try:
+            for lo, hi in _ranges_by_size(sizes * dim * 4, RANGE_BYTES):
+                if list_starts[hi] == list_starts[lo]:
+                    continue  # no query probes these lists
+                blocks, lists, keys = [], [], []
+                for sid, rank, (offsets, positions) in segments:
+                    a, b = int(offsets[lo]), int(offsets[hi])
+                    if a == b:
+                        continue
+                    raw = os.pread(files[sid].fileno(), (b - a) * dim * 4, a * dim * 4)
+                    self.bytes_read += len(raw)
+                    blocks.append(np.frombuffer(raw, dtype=np.float32).reshape(-1, dim))
+                    lists.append(np.repeat(np.arange(lo, hi), np.diff(offsets[lo : hi + 1])))
+                    keys.append((np.int64(rank) << 32) | positions[a:b].astype(np.int64))
+                if not blocks:
+                    continue
+                lists_all = np.concatenate(lists)
+                grouped = np.argsort(lists_all, kind="stable")
+                vectors = np.concatenate(blocks)[grouped]
+                keys_all = np.concatenate(keys)[grouped]
+                bounds = np.searchsorted(lists_all[grouped], np.arange(lo, hi + 1))
+                for lst in range(lo, hi):
+                    members = slice(bounds[lst - lo], bounds[lst - lo + 1])
+                    askers = probing[list_starts[lst] : list_starts[lst + 1]]
+                    if members.start == members.stop or not len(askers):
+                        continue
+                    stored = vectors[members]
+                    step = max(1, PRODUCT_BUDGET // len(stored))
+                    for start in range(0, len(askers), step):
+                        q = askers[start : start + step]
+                        sims = queries[q] @ stored.T
+                        rows, cols = np.nonzero(sims >= threshold)
+                        if len(rows):
+                            hit_q.append(q[rows])
+                            hit_key.append(keys_all[members][cols])
+                            hit_sim.append(sims[rows, cols])
+        finally:
+            for f in files.values():
+                f.close()
+        if not hit_q:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return np.concatenate(hit_q), np.concatenate(hit_key), np.concatenate(hit_sim)
+
+    def _segment_path(self, sid: int, suffix: str, generation: int | None = None) -> Path:
+        generation = self.manifest.generation if generation is None else generation
+        return self.folder / "segments" / f"{sid:08d}-g{generation}{suffix}"
+
+    def _segment(self, sid: int) -> tuple[np.ndarray, np.ndarray]:
+        """(list offsets, hub positions in stored order) of a shard's segment."""
+        with np.load(self._segment_path(sid, ".npz")) as meta:
+            return meta["offsets"], meta["positions"]
+
+    def _write_segment(self, sid: int, vectors: np.ndarray, positions: np.ndarray, generation: int) -> None:
+        lists, nlist = self._assign(vectors, generation)
+        order = np.lexsort((positions, lists))
+        offsets = np.searchsorted(lists[order], np.arange(nlist + 1))
+        _atomic_bytes(self._segment_path(sid, ".f32", generation), np.ascontiguousarray(vectors[order]).tobytes())
+        tmp = self._segment_path(sid, ".tmp.npz", generation)
+        np.savez(tmp, offsets=offsets.astype(np.int64), positions=positions[order].astype(np.uint32))
+        os.replace(tmp, self._segment_path(sid, ".npz", generation))
+
+    def _assign(self, vectors: np.ndarray, generation: int) -> tuple[np.ndarray, int]:
+        """(each vector's list, the number of lists) under the centroids of `generation` (none: one list)."""
+        if generation == 0:
+            return np.zeros(len(vectors), dtype=np.int64), 1
+        quantizer = self._quantizer(generation)
+        return quantizer.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)[1][:, 0], quantizer.ntotal
+
+    def _read_segment(self, sid: int) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors, positions) of a whole segment (for retraining only)."""
+        _, positions = self._segment(sid)
+        raw = self._segment_path(sid, ".f32").read_bytes()
+        return np.frombuffer(raw, dtype=np.float32).reshape(-1, self.manifest.dim), positions
+
+    def _maybe_train(self) -> None:
+        """Train centroids once the index is big enough, retrain after RETRAIN_GROWTH-fold growth: every segment is
+        re-filed under the new lists (the one time the index is rewritten), then the manifest switches."""
+        total = self.manifest.vectors
+        due = TRAIN_AT if self.manifest.nlist == 1 else RETRAIN_GROWTH * self.manifest.trained_on
+        if total < due:
+            return
+        from persona_hub_dagster.lib.dedup.semantic import _centroids
+
+        # ~2 sqrt(N) at the middle of the growth this training serves; k-means wants >= 39 points per centroid.
+        nlist = max(1, int(min(4 * np.sqrt(total), total / 39)))
+        with_vectors = [e.sid for e in self.manifest.shards.values() if e.vectors]
+        sample_size = min(total, nlist * 64)
+        rng = np.random.default_rng(0)
+        sample = []
+        for sid in with_vectors:
+            vectors, _ = self._read_segment(sid)
+            take = rng.random(len(vectors)) < sample_size / total
+            sample.append(vectors[take])
+        generation = self.manifest.generation + 1
+        centroids = _centroids(np.concatenate(sample), nlist, None)
+        _atomic_bytes_npy(self.folder / "segments" / f"centroids-{generation}.npy", centroids)
+        for sid in with_vectors:
+            vectors, positions = self._read_segment(sid)
+            self._write_segment(sid, vectors, positions, generation)
+        old = self.manifest.generation
+        self.manifest.generation, self.manifest.nlist, self.manifest.trained_on = generation, len(centroids), total
+        self._save()
+        for path in (self.folder / "segments").glob(f"*-g{old}.*"):
+            path.unlink()
+        (self.folder / "segments" / f"centroids-{old}.npy").unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ adding and removing shards
+
+    def add(self, entries: ShardEntries, layout: dict) -> None:
+        """Add a shard's kept personas (replacing what the index held for it)."""
+        self.remove(entries.shard)
+        self._check_layout(layout, entries.model, entries.vectors)
+        sid = self.manifest.next_sid
+        self.manifest.next_sid += 1
+        positions = np.asarray(entries.positions, dtype=np.uint32)
+        db = self.db
+        from rocksdict import WriteBatch
+
+        batch = WriteBatch(raw_mode=True)
+        persona_keys = np.zeros(len(positions), dtype=_PERSONA_KEY)
+        persona_keys["tag"], persona_keys["sid"], persona_keys["pos"] = b"p", sid, positions
+        for key, pid, text in zip(_as_bytes(persona_keys), entries.persona_ids, entries.texts, strict=True):
+            batch.put(key, pid.encode() + b"\0" + (text or "").encode())
+        self._rewrite_bands(batch, entries.keys, sid, positions, add=True)
+        db.write(batch)
+        np.save(self._keys_path(sid), np.column_stack((positions.astype(np.uint64), entries.keys)))
+        if len(entries.vectors):
+            self.manifest.dim = entries.vectors.shape[1]
+            self._write_segment(
+                sid,
+                np.asarray(entries.vectors, np.float32),
+                np.asarray(entries.vector_positions),
+                self.manifest.generation,
+            )
+        self.manifest.shards[entries.shard] = ShardEntry(sid, entries.run_id, len(positions), len(entries.vectors))
+        self._save()
+        self._maybe_train()
+
+    def remove(self, shard: str) -> bool:
+        """Remove exactly this shard's entries; False when the index does not hold it."""
+        entry = self.manifest.shards.pop(shard, None)
+        if entry is None:
+            return False
+        self._save()  # from here on no lookup sees the shard
+        from rocksdict import WriteBatch
+
+        keys_path = self._keys_path(entry.sid)
+        if keys_path.exists():
+            stored = np.load(keys_path)
+            batch = WriteBatch(raw_mode=True)
+            self._rewrite_bands(batch, stored[:, 1:], entry.sid, stored[:, 0].astype(np.uint32), add=False)
+            self.db.write(batch)
+        start = np.zeros(2, dtype=_PERSONA_KEY)
+        start["tag"], start["sid"] = b"p", [entry.sid, entry.sid + 1]
+        begin, end = _as_bytes(start)
+        self.db.delete_range(begin, end)
+        for path in (self.folder / "segments").glob(f"{entry.sid:08d}-*"):
+            path.unlink()
+        keys_path.unlink(missing_ok=True)
+        return True
+
+    def _rewrite_bands(self, batch, keys: np.ndarray, sid: int, positions: np.ndarray, *, add: bool) -> None:
+        """Add this shard's (sid, position) to each of its band keys, or take them out; entries of shards the
+        manifest no longer lists are dropped on the way."""
+        if not len(keys):
+            return
+        probe_keys, rows = _band_probe(keys)
+        order = np.argsort(probe_keys, kind="stable")
+        probe_keys, rows = probe_keys[order], rows[order]
+        starts = np.flatnonzero(np.concatenate(([True], probe_keys[1:] != probe_keys[:-1])))
+        unique = probe_keys[starts]
+        unique_bytes = _as_bytes(unique)
+        live = np.array(sorted(e.sid for e in self.manifest.shards.values()), dtype=np.uint32)
+        ends = np.append(starts[1:], len(rows))
+        for k, value in enumerate(self.db.get(unique_bytes)):
+            kept = np.frombuffer(value, dtype=_ENTRY) if value is not None else np.zeros(0, _ENTRY)
+            kept = kept[np.isin(kept["sid"], live) & (kept["sid"] != sid)]
+            if add:
+                mine = np.zeros(ends[k] - starts[k], dtype=_ENTRY)
+                mine["sid"], mine["pos"] = sid, positions[rows[starts[k] : ends[k]]]
+                kept = np.concatenate((kept, mine))
+            if len(kept):
+                batch.put(unique_bytes[k], kept.tobytes())
+            elif value is not None:
+                batch.delete(unique_bytes[k])
+
+    def _keys_path(self, sid: int) -> Path:
+        return self.folder / "segments" / f"{sid:08d}-keys.npy"
+
+    def _check_layout(self, layout: dict, model: str | None, vectors: np.ndarray) -> None:
+        if self.manifest.layout is None:
+            self.manifest.layout = layout
+        if self.manifest.layout != layout:
+            raise ValueError(f"band layout {layout} differs from the index's {self.manifest.layout}: rebuild it")
+        if len(vectors):
+            if self.manifest.model is None:
+                self.manifest.model = model
+            if self.manifest.model != model:
+                raise ValueError(f"vectors of {model} differ from the index's {self.manifest.model}: rebuild it")
+
+    def compatible(self, layout: dict, model: str | None) -> bool:
+        """Whether the index's entries were made the way this run makes them (else it must be rebuilt)."""
+        same_layout = self.manifest.layout in (None, layout)
+        same_model = self.manifest.model is None or model is None or self.manifest.model == model
+        return same_layout and same_model
+
+    def clear(self) -> None:
+        """Forget everything (before a rebuild with other settings): the index's own folder only."""
+        self.close()
+        for name in ("rocksdb", "segments"):
+            shutil.rmtree(self.folder / name, ignore_errors=True)
+        (self.folder / "segments").mkdir()
+        self.manifest = Manifest()
+        self._save()
+
+    def _save(self) -> None:
+        self.manifest.save(self.folder / "manifest.json")
+
+    # ------------------------------------------------------------------ size and the object-store mirror
+
+    def stats(self) -> dict[str, int]:
+        sizes = {"rocksdb": 0, "vectors": 0, "keys": 0}
+        for path in self.folder.rglob("*"):
+            if path.is_file():
+                part = "rocksdb" if "rocksdb" in path.parts else "keys" if "-keys" in path.name else "vectors"
+                sizes[part] += path.stat().st_size
+        return {
+            **{f"{k}_bytes": v for k, v in sizes.items()},
+            "shards": len(self.manifest.shards),
+            "personas": sum(e.kept for e in self.manifest.shards.values()),
+            "vectors": self.manifest.vectors,
+            "nlist": self.manifest.nlist,
+        }
+
+    def publish(self) -> dict[str, int]:
+        """Mirror the local folder to the object store: new and changed files first, the manifest last, then the
+        files the index no longer has. Returns {"uploaded": files, "uploaded_bytes": ..., "deleted": files}."""
+        if not self.mirror:
+            return {"uploaded": 0, "uploaded_bytes": 0, "deleted": 0}
+        self.close()  # RocksDB's files are a consistent set only when it is closed
+        self._save()
+        fs, base = filesystems.resolve(self.mirror)
+        local = self._local_files()
+        uploaded = uploaded_bytes = 0
+        for name, size in sorted(local.items()):
+            if name == "manifest.json":
+                continue
+            if self._remote.get(name) == size and name.endswith(_IMMUTABLE_SUFFIXES):
+                continue
+            _upload(fs, self.folder / name, f"{base}/{name}")
+            uploaded, uploaded_bytes = uploaded + 1, uploaded_bytes + size
+            self._remote[name] = size
+        _upload(fs, self.folder / "manifest.json", f"{base}/manifest.json")
+        self._remote["manifest.json"] = local["manifest.json"]
+        gone = [name for name in self._remote if name not in local]
+        for name in gone:
+            fs.delete_file(f"{base}/{name}")
+            del self._remote[name]
+        return {"uploaded": uploaded + 1, "uploaded_bytes": uploaded_bytes, "deleted": len(gone)}
+
+    def _local_files(self) -> dict[str, int]:
+        found = {}
+        for path in self.folder.rglob("*"):
+            if path.is_file() and not path.name.startswith(("LOG", "LOCK")) and not path.name.endswith(".tmp"):
+                found[path.relative_to(self.folder).as_posix()] = path.stat().st_size
+        return found
+
+    def _fetch(self) -> None:
+        """Make the cache folder equal to the mirror: fetch what it lacks, delete what the mirror does not have."""
+        fs, base = filesystems.resolve(self.mirror)
+        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+        self._remote = {
+            info.path[len(base) :].lstrip("/"): int(info.size or 0)
+            for info in fs.get_file_info(selector)
+            if info.type == pafs.FileType.File
+        }
+        local = self._local_files()
+        for name, size in self._remote.items():
+            if local.get(name) != size or not name.endswith(_IMMUTABLE_SUFFIXES):
+                target = self.folder / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with fs.open_input_stream(f"{base}/{name}") as source, open(target, "wb") as out:
+                    shutil.copyfileobj(source, out, 1 << 20)
+        for name in local:
+            if name not in self._remote:
+                (self.folder / name).unlink()
+
+
+def _band_probe(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The RocksDB keys of every (row, band) of `keys` (n, bands), and each one's row."""
+    n, bands = keys.shape
+    probe = np.zeros(n * bands, dtype=_BAND_KEY)
+    probe["tag"] = b"b"
+    probe["band"] = np.tile(np.arange(bands, dtype=np.uint16), n)
+    probe["key"] = np.ascontiguousarray(keys, dtype=np.uint64).reshape(-1)
+    return probe, np.repeat(np.arange(n, dtype=np.int64), bands)
+
+
+def _as_bytes(records: np.ndarray) -> list[bytes]:
+    """Fixed-size records as byte strings, sorted by byte order already when the records are sorted."""
+    size = records.dtype.itemsize
+    buffer = records.tobytes()
+    return [buffer[i : i + size] for i in range(0, len(buffer), size)]
+
+
+def _ranges_by_size(sizes: np.ndarray, budget: int):
+    """Consecutive [lo, hi) ranges of lists whose total size stays within `budget` (a bigger list goes alone)."""
+    lo, total = 0, 0
+    for i, size in enumerate(sizes.tolist()):
+        if i > lo and total + size > budget:
+            yield lo, i
+            lo, total = i, 0
+        total += size
+    if lo < len(sizes):
+        yield lo, len(sizes)
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _atomic_bytes_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as out:
+        np.save(out, array)
+    os.replace(tmp, path)
+
+
+def _upload(fs: pafs.FileSystem, source: Path, target: str) -> None:
+    with open(source, "rb") as data, fs.open_output_stream(target) as out:
+        shutil.copyfileobj(data, out, 1 << 20)

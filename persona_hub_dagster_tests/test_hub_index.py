@@ -1,0 +1,311 @@
+"""The hub's persistent cross-shard index (lib/dedup/index.py): lookups by band key and by vector, shards added and
+removed exactly, the object-store mirror; and the hub on it: the same decisions as the whole-table lookups it
+replaced (locally and on S3), re-runs and unregistered shards leaving it, hubs from before the index upgraded."""
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+
+from persona_hub_dagster.defs.hub.assets import build_persona_hub
+from persona_hub_dagster.defs.hub.checks import prefix_complete
+from persona_hub_dagster.defs.models import EmbeddingsResource
+from persona_hub_dagster.defs.partitions import text_shards
+from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
+from persona_hub_dagster.lib import tables
+from persona_hub_dagster.lib.dedup import index as index_module
+from persona_hub_dagster.lib.dedup.hub import (
+    HubSettings,
+    dedup_shard,
+    index_layout,
+    load_candidates,
+    open_index,
+)
+from persona_hub_dagster.lib.dedup.index import HubIndex, ShardEntries
+from persona_hub_dagster.lib.ids import content_id
+from persona_hub_dagster.lib.shards import ShardFile, ShardRegistry, unregister_shard
+from persona_hub_dagster_tests.helpers.hub_reference import WholeTablePrior
+
+LAYOUT = {"num_perm": 128, "seed": 1, "ngram": 1, "bands": 10, "rows": 12}
+DIM = 32
+
+
+def entries(shard, keys, vectors=None, first_position=0):
+    n = len(keys)
+    positions = np.arange(first_position, first_position + n)
+    vectors = np.zeros((0, 0), np.float32) if vectors is None else vectors
+    return ShardEntries(
+        shard,
+        f"run-{shard}",
+        positions,
+        [f"{shard}-{p}" for p in positions],
+        [f"text of {shard} {p}" for p in positions],
+        np.asarray(keys, dtype=np.uint64),
+        positions[: len(vectors)],
+        vectors,
+        "model" if len(vectors) else None,
+    )
+
+
+def unit(rng, n):
+    v = rng.standard_normal((n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def near(rng, v, noise=0.15):
+    out = v + noise * rng.standard_normal(v.shape).astype(np.float32) / np.sqrt(DIM)
+    return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_band_keys_find_the_earliest_shards_personas_and_only_those_of_the_prefix(tmp_path):
+    with HubIndex(tmp_path / "index") as index:
+        index.add(entries("a", [[1] * 10, [2] * 10]), LAYOUT)
+        index.add(entries("b", [[1] * 10, [3] * 10]), LAYOUT)
+        probe = np.array([[1] * 10, [3] + [9] * 9, [7] * 10], dtype=np.uint64)
+        hits = index.band_hits(probe, index.ranks(["a", "b"]))
+        sid = {s: e.sid for s, e in index.manifest.shards.items()}
+        assert {tuple(h) for h in hits.tolist()} == {(0, sid["a"], 0), (0, sid["b"], 0), (1, sid["b"], 1)}
+        only_a = index.band_hits(probe, index.ranks(["a"]))
+        assert {tuple(h) for h in only_a.tolist()} == {(0, sid["a"], 0)}
+        assert index.personas(np.array([sid["b"]]), np.array([1])) == (["b-1"], ["text of b 1"])
+
+
+def test_removing_a_shard_removes_exactly_its_entries(tmp_path):
+    rng = np.random.default_rng(0)
+    vectors = unit(rng, 3)
+    with HubIndex(tmp_path / "index") as index:
+        for shard in ("a", "b", "c"):
+            index.add(entries(shard, [[1] * 10, [ord(shard)] * 10], vectors[:2]), LAYOUT)
+        b = index.manifest.shards["b"].sid
+        assert index.remove("b") and not index.remove("b")
+        assert "b" not in index.manifest.shards
+        # b's band entries and personas are gone from RocksDB; a's and c's are all there.
+        shared = index.db.get(b"b" + (0).to_bytes(2, "big") + (1).to_bytes(8, "big"))
+        assert set(np.frombuffer(shared, dtype=[("sid", "<u4"), ("pos", "<u4")])["sid"].tolist()) == {
+            index.manifest.shards["a"].sid,
+            index.manifest.shards["c"].sid,
+        }
+        assert index.db.get(b"b" + (0).to_bytes(2, "big") + ord("b").to_bytes(8, "big")) is None
+        persona_keys = [k for k in index.db.keys() if k[:1] == b"p"]
+        assert len(persona_keys) == 4 and all(int.from_bytes(k[1:5], "big") != b for k in persona_keys)
+        assert not list((index.folder / "segments").glob(f"{b:08d}-*"))
+        # Re-adding a shard gives it a new id: nothing of the old one can be mistaken for it.
+        index.add(entries("b", [[1] * 10]), LAYOUT)
+        assert index.manifest.shards["b"].sid > b
+
+
+def test_vector_lookup_finds_the_earliest_match_with_its_exact_cosine(tmp_path):
+    rng = np.random.default_rng(1)
+    a, b = unit(rng, 50), unit(rng, 50)
+    b[:10] = near(rng, a[:10])  # b's first ten duplicate a's
+    queries = near(rng, a[:20], noise=0.05)
+    with HubIndex(tmp_path / "index") as index:
+        index.add(entries("a", [[i] * 10 for i in range(50)], a), LAYOUT)
+        index.add(entries("b", [[100 + i] * 10 for i in range(50)], b), LAYOUT)
+        found = index.vector_matches(queries, index.ranks(["a", "b"]), 0.9)
+        exact = queries @ a.T
+        for q in range(20):
+            assert found.shard[q] == "a" and found.persona_id[q] == f"a-{q}"
+            assert found.similarity[q] == pytest.approx(exact[q, q], abs=1e-5)
+        only_b = index.vector_matches(queries, index.ranks(["b"]), 0.9)
+        assert {s for s in only_b.shard if s} == {"b"}
+        assert index.vector_matches(unit(rng, 5), index.ranks(["a", "b"]), 0.9).shard == [None] * 5
+
+
+def test_planted_cross_shard_duplicates_are_found_after_training_and_retraining(tmp_path, monkeypatch):
+    """Past TRAIN_AT vectors the index is an inverted file (lists probed, not all); its recall against an exact
+    search stays >= 0.99, and retraining re-files every vector without losing one."""
+    monkeypatch.setattr(index_module, "TRAIN_AT", 2_000)
+    monkeypatch.setattr(index_module, "RETRAIN_GROWTH", 2)
+    rng = np.random.default_rng(2)
+    # Clustered data, as embeddings are: 40 topics, personas around them.
+    topics = unit(rng, 40)
+    shards = [near(rng, topics[rng.integers(0, 40, 1500)], noise=6.0) for _ in range(5)]
+    with HubIndex(tmp_path / "index") as index:
+        for k, vectors in enumerate(shards):
+            index.add(entries(f"s{k}", np.arange(len(vectors) * 10).reshape(-1, 10) + k * 10**6, vectors), LAYOUT)
+        assert index.manifest.nlist > 1 and index.manifest.generation >= 2  # trained, then retrained
+        assert index.manifest.vectors == sum(len(v) for v in shards)
+        prior = np.concatenate(shards)
+        picks = rng.choice(len(prior), 400, replace=False)
+        queries = near(rng, prior[picks], noise=0.3)
+        found = index.vector_matches(queries, index.ranks([f"s{k}" for k in range(5)]), 0.9)
+        exact = (queries @ prior.T >= 0.9).any(axis=1)
+        recall = np.mean([found.shard[q] is not None for q in np.flatnonzero(exact)])
+        assert exact.sum() > 300 and recall >= 0.99
+        assert all(found.similarity[q] >= 0.9 for q in range(len(queries)) if found.shard[q])
+
+
+def test_the_mirror_on_s3_carries_the_index_to_another_machine(tmp_path, s3_bucket):
+    location = f"s3://{s3_bucket}/hub/_index/persona_hub/lookup"
+    rng = np.random.default_rng(3)
+    vectors = unit(rng, 4)
+    with HubIndex.for_location(location, str(tmp_path / "machine-1")) as first:
+        first.add(entries("a", [[1] * 10, [2] * 10], vectors[:2]), LAYOUT)
+        first.add(entries("b", [[3] * 10], vectors[2:3]), LAYOUT)
+        sent = first.publish()
+        assert sent["uploaded"] > 3 and sent["uploaded_bytes"] > 0
+        assert first.publish()["uploaded_bytes"] < sent["uploaded_bytes"]  # nothing new: only the small mutable files
+    with HubIndex.for_location(location, str(tmp_path / "machine-2")) as second:
+        assert set(second.manifest.shards) == {"a", "b"}
+        assert len(second.band_hits(np.array([[3] * 10], np.uint64), second.ranks(["a", "b"]))) == 1
+        assert second.vector_matches(vectors[:1], second.ranks(["a"]), 0.99).persona_id == ["a-0"]
+        second.remove("a")
+        second.publish()
+    with HubIndex.for_location(location, str(tmp_path / "machine-1")) as again:  # a stale cache catches up
+        assert set(again.manifest.shards) == {"b"}
+        assert not len(again.band_hits(np.array([[1] * 10], np.uint64), again.ranks(["a", "b"])))
+
+
+# ---------------------------------------------------------------------------------------------------- the hub on it
+
+OCCUPATIONS = ["nurse", "sailor", "chef", "teacher", "pilot", "farmer", "librarian", "welder", "violinist", "judge"]
+PLACES = ["in Lisbon", "on a Greek island", "in rural Kansas", "in Osaka", "near the Andes", "in Lagos"]
+HOBBIES = ["restores old clocks", "keeps bees", "runs marathons", "paints birds", "collects maps", "brews cider"]
+
+
+def corpus(seed: int, n: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [
+        f"A {OCCUPATIONS[o]} {PLACES[p]} who {HOBBIES[h]} on weekends and {HOBBIES[g]} in the evenings, "
+        f"known among friends as persona number {seed * 1000 + i}."
+        for i, (o, p, h, g) in enumerate(rng.integers(0, [10, 6, 6, 6], size=(n, 4)))
+    ]
+
+
+def shard_texts() -> dict[str, list[str]]:
+    """Three shards with planted near-duplicates: word edits (MinHash) and rephrasings (embeddings), within and
+    across shards, some of them of personas two shards back."""
+    s1 = corpus(1, 30)
+    s2 = corpus(2, 25) + [
+        s1[0].replace("on weekends", "on sunny weekends"),  # MinHash, across
+        s1[1].replace("known among friends as", "whom friends call"),  # rephrased, across
+        s1[2],  # an exact copy, across
+    ]
+    s2 += [s2[3].replace("in the evenings", "in the quiet evenings")]  # within s2
+    s3 = corpus(3, 25) + [
+        s1[3].replace("on weekends", "on long weekends"),  # two shards back
+        s2[4].replace("on weekends", "on rainy weekends"),
+        s1[0].replace("on weekends", "on sunny weekends") + " Really.",  # a duplicate of s1's persona, not of s2's copy
+    ]
+    return {"s1": s1, "s2": s2, "s3": s3}
+
+
+def candidate_frame(shard: str, texts: list[str]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "persona_id": [content_id(t) for t in texts],
+            "persona": texts,
+            "shard": shard,
+            "text_id": [f"text-{shard}-{i:03d}" for i in range(len(texts))],
+            "relation": "read",
+            "model": "test",
+            "prompt_version": "v0",
+            "run_id": "r0",
+        }
+    )
+
+
+@pytest.fixture
+def hub_on(storage_root, tmp_path, instance, monkeypatch):
+    monkeypatch.setenv(index_module.INDEX_CACHE_ENV, str(tmp_path / "index-cache"))
+    storage = DeltaStorageResource(root=storage_root)
+    store = storage.store()
+    resources = {"storage": storage, "io_manager": DeltaIOManager(storage=storage), "embeddings": EmbeddingsResource()}
+    texts = shard_texts()
+    ShardRegistry(store).register(
+        [ShardFile(s, f"/data/{s}.jsonl", "jsonl", None, 1, None) for s in texts], registered_by="test"
+    )
+    instance.add_dynamic_partitions(text_shards.name, list(texts))
+    for shard, shard_personas in texts.items():
+        store.write_partitions("text_personas", candidate_frame(shard, shard_personas), partitions=[shard])
+
+    def run(partition_key):
+        result = dg.materialize(
+            [build_persona_hub, prefix_complete],
+            partition_key=partition_key,
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,  # prefix_complete fails (blocking) once an earlier shard is re-run: as it should
+        )
+        assert result.is_node_success("build_persona_hub")
+        return result
+
+    return store, run, texts, resources
+
+
+DECISION_COLUMNS = ["persona_id", "decision", "reason", "duplicate_of", "duplicate_of_shard"]
+
+
+def test_the_index_gives_the_decisions_of_the_whole_table_lookups(hub_on):
+    store, run, texts, resources = hub_on
+    for shard in texts:
+        run(shard)
+    embedder = resources["embeddings"].lazy_embedder(store)
+    settings = HubSettings()
+    for k, shard in enumerate(texts):
+        reference = dedup_shard(
+            WholeTablePrior(store, embedder),
+            shard,
+            load_candidates(store, shard),
+            prefix=list(texts)[:k],
+            settings=settings,
+            embedder=embedder,
+            run_id="reference",
+        ).decisions.sort("position")
+        built = store.read(tables.PERSONA_HUB_DECISIONS, [shard]).sort("position")
+        assert built.select(DECISION_COLUMNS).equals(reference.select(DECISION_COLUMNS)), shard
+        assert np.allclose(
+            built["similarity"].fill_null(-1).to_numpy(), reference["similarity"].fill_null(-1).to_numpy(), atol=1e-5
+        )
+    # The planted duplicates were all found, each for the earliest persona it duplicates.
+    s2 = planted(store, "s2", 4)
+    assert s2["reason"].to_list() == ["minhash", "semantic", "minhash", "minhash"]
+    assert s2["duplicate_of_shard"].to_list() == ["s1", "s1", "s1", "s2"]
+    s3 = planted(store, "s3", 3)
+    assert s3["duplicate_of_shard"].to_list() == ["s1", "s2", "s1"]
+    assert s3["duplicate_of"].to_list()[-1] == content_id(texts["s1"][0])
+
+
+def planted(store, shard, n) -> pl.DataFrame:
+    """The decisions of the last n candidates of a shard (where shard_texts plants its duplicates)."""
+    return store.read(tables.PERSONA_HUB_DECISIONS, [shard]).sort("position").tail(n)
+
+
+def test_a_rerun_or_unregistered_shard_leaves_the_index(hub_on):
+    store, run, texts, _ = hub_on
+    for shard in texts:
+        run(shard)
+    with open_index(store) as index:
+        before = dict(index.manifest.shards)
+    run("s2")  # a re-run replaces its entries under a new shard id
+    with open_index(store) as index:
+        assert index.manifest.shards["s2"].sid != before["s2"].sid
+        assert index.manifest.shards["s1"] == before["s1"]
+        stale = before["s2"].sid
+        assert not [k for k in index.db.keys() if k[:1] == b"p" and int.from_bytes(k[1:5], "big") == stale]
+    unregister_shard(store, "s1")
+    run("s3")  # the next hub run finds s1 gone from the tables and takes it out of the index
+    with open_index(store) as index:
+        assert set(index.manifest.shards) == {"s2", "s3"}
+        gone = before["s1"].sid
+        assert not [k for k in index.db.keys() if k[:1] == b"p" and int.from_bytes(k[1:5], "big") == gone]
+        for value in (v for k, v in index.db.items() if k[:1] == b"b"):
+            assert gone not in np.frombuffer(value, dtype=[("sid", "<u4"), ("pos", "<u4")])["sid"]
+    # s3 no longer has s1 to duplicate: its copies of s1's personas are kept now.
+    s3 = store.read(tables.PERSONA_HUB_DECISIONS, ["s3"])
+    assert "s1" not in s3["duplicate_of_shard"].drop_nulls().to_list()
+
+
+def test_a_hub_built_before_the_index_gets_one_on_first_use(hub_on):
+    store, run, texts, _ = hub_on
+    run("s1")
+    run("s2")
+    with open_index(store) as index:
+        kept = {s: e.kept for s, e in index.manifest.shards.items()}
+        index.clear()  # what a hub from before the index looks like: tables, no index
+    run("s3")
+    with open_index(store) as index:
+        assert {s: e.kept for s, e in index.manifest.shards.items() if s != "s3"} == kept
+        assert index.manifest.layout == index_layout(HubSettings())
+    assert planted(store, "s3", 3)["duplicate_of_shard"].to_list() == ["s1", "s2", "s1"]
