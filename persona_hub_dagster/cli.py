@@ -19,7 +19,7 @@ from pathlib import Path
 from persona_hub_dagster.lib import filesystems
 from persona_hub_dagster.lib.lineage import print_traced_example
 from persona_hub_dagster.lib.locations import normalize_location, project_dir
-from persona_hub_dagster.lib.settings import read_stage_settings
+from persona_hub_dagster.lib.settings import STAGE_SETTINGS_ENV, read_stage_settings
 from persona_hub_dagster.lib.shards import (
     DEFAULT_PERSONA_COLUMN,
     KINDS,
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     materialize = commands.add_parser("materialize", help="run a job for registered shards, in this process")
     materialize.add_argument("shards", nargs="+")
     materialize.add_argument("--job", default=DEFAULT_JOB, help=f"default {DEFAULT_JOB}: every stage of the shard")
+    add_run_settings_arguments(materialize)
 
     commands.add_parser("shards", help="list the registered shards")
 
@@ -182,7 +183,55 @@ def cmd_register_shard(args) -> int:
 
 
 def cmd_materialize(args) -> int:
-    return _materialize(args.shards, args.job)
+    ops = run_settings(args)
+    if args.sample is not None:
+        print(f"a sample: {args.sample} texts of each shard go through every stage (text_to_persona.max_texts)")
+    return _materialize(args.shards, args.job, {op: {"config": values} for op, values in ops.items()} or None)
+
+
+def add_run_settings_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--sample",
+        type=int,
+        metavar="N",
+        help="a deterministic sample of N texts per shard, through every stage (text_to_persona.max_texts=N)",
+    )
+    command.add_argument(
+        "--set",
+        dest="settings_set",
+        action="append",
+        default=[],
+        metavar="OP.SETTING=VALUE",
+        help="a stage setting for this run, e.g. synthesize_math.personas=20 (repeatable; JSON values)",
+    )
+    command.add_argument(
+        "--settings",
+        dest="settings_file",
+        metavar="FILE",
+        help=f"a YAML/JSON file of stage settings (op: {{setting: value}}), the shape of {STAGE_SETTINGS_ENV}",
+    )
+
+
+def run_settings(args) -> dict[str, dict]:
+    """The stage settings one run is given: the file, then each --set, then --sample; checked against the stages
+    (a typo is a one-line error listing the valid names)."""
+    from persona_hub_dagster.definitions import defs
+    from persona_hub_dagster.defs.stages import check_run_settings
+
+    ops: dict[str, dict] = read_stage_settings(args.settings_file) if args.settings_file else {}
+    for text in args.settings_set:
+        name, value = _setting(text)
+        op, dot, setting_name = name.partition(".")
+        if not dot or not op or not setting_name:
+            raise ValueError(f"--set takes OP.SETTING=VALUE (e.g. synthesize_math.personas=20), not {text!r}")
+        ops.setdefault(op, {})[setting_name] = value
+    if args.sample is not None:
+        if args.sample < 1:
+            raise ValueError("--sample takes a number of texts, at least 1")
+        ops.setdefault("text_to_persona", {})["max_texts"] = args.sample
+    job = defs.resolve_job_def(args.job)
+    check_run_settings(ops, job_ops=[node.name for node in job.graph.nodes])
+    return ops
 
 
 def cmd_shards(_args) -> int:

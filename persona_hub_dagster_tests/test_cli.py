@@ -1,5 +1,6 @@
 """The persona-hub command as users run it (a real subprocess), on a temporary instance and storage root."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -205,16 +206,48 @@ def test_a_failed_step_prints_its_root_cause_not_dagsters_wrapper():
         try:
             raise FileNotFoundError("bwrap")
         except FileNotFoundError as exc:
-            raise SandboxUnavailable("Running model-written programs needs bubblewrap, which is not installed.") from exc
+            raise SandboxUnavailable(
+                "Running model-written programs needs bubblewrap, which is not installed."
+            ) from exc
 
     @dg.asset
     def refuse():
         raise dg.Failure("eval/math has no rows for shard 's'.\nMore detail on the next line.")
 
     for asset, expected in (
-        (evaluate_programs, "SandboxUnavailable: Running model-written programs needs bubblewrap, which is not installed."),
+        (
+            evaluate_programs,
+            "SandboxUnavailable: Running model-written programs needs bubblewrap, which is not installed.",
+        ),
         (refuse, "eval/math has no rows for shard 's'."),
     ):
         result = dg.materialize([asset], raise_on_error=False)
         (event,) = [e for e in result.all_events if e.is_step_failure]
         assert failure_cause(event) == expected
+
+
+def test_run_settings_from_a_file_set_and_sample_compose_and_typos_are_one_line(env, tmp_path):
+    from persona_hub_dagster.cli import main, run_settings
+
+    settings = tmp_path / "small.yaml"
+    settings.write_text("synthesize_math: {personas: 5, prompting: few_shot}\ntext_to_persona: {max_texts: 100}\n")
+    args = argparse.Namespace(
+        job="process_text_shard",
+        settings_file=str(settings),
+        settings_set=["synthesize_math.personas=2", "evaluate_math.focus_x=1"],
+        sample=7,
+    )
+    with pytest.raises(ValueError, match="evaluate_math has no setting focus_x; its settings are .*min_agreement"):
+        run_settings(args)
+    args.settings_set = args.settings_set[:1]
+    assert run_settings(args) == {
+        "synthesize_math": {"personas": 2, "prompting": "few_shot"},  # --set wins over the file
+        "text_to_persona": {"max_texts": 7},  # --sample wins over both
+    }
+    # On the command line: one line, with the valid names.
+    typo = persona_hub(env, "materialize", "s", "--set", "synthesize_math.persona=2", check=False)
+    assert typo.returncode == 2 and typo.stderr.strip().splitlines() == [
+        "error: synthesize_math has no setting persona; its settings are batch_size, focus, max_tokens, personas, "
+        "prompting, samples_per_persona, seed, shots, temperature"
+    ]
+    assert main(["materialize", "s", "--set", "no_such_stage.x=1"]) == 2

@@ -10,8 +10,8 @@ import pytest
 
 from persona_hub_dagster.lib.evaluation import contamination, diversity, judge, reasoning_eval, tools_eval
 from persona_hub_dagster.lib.evaluation.answers import same_answer
-from persona_hub_dagster.lib.evaluation.sandbox import ProgramExecution
 from persona_hub_dagster.lib.evaluation.properties import set_properties
+from persona_hub_dagster.lib.evaluation.sandbox import ProgramExecution
 from persona_hub_dagster.lib.generation import StageCall
 from persona_hub_dagster.lib.llm.client import LLMClient
 from persona_hub_dagster.lib.llm.types import Completion
@@ -135,11 +135,15 @@ def test_each_broken_tool_fails_the_right_check(code, failed, error):
 
 def test_without_a_sandbox_a_tool_is_not_run_and_neither_passes_nor_fails():
     unavailable = ProgramExecution(None, "sandbox unavailable: bubblewrap is not installed")
-    good = tools_eval.check_tool(tool_row("def split_bill(total, people):\n    return total / people\n"), LIMITS, unavailable)
+    good = tools_eval.check_tool(
+        tool_row("def split_bill(total, people):\n    return total / people\n"), LIMITS, unavailable
+    )
     assert good["static"] and good["not_run"] == unavailable.not_run and good["sandbox"] is None
     assert all(good[c] is None for c in tools_eval.CHECK_ORDER[1:]) and good["failed_check"] is None
     # The static checks need no sandbox: code that fails them still fails.
-    bad = tools_eval.check_tool(tool_row("import os\ndef split_bill(total, people):\n    return 1\n"), LIMITS, unavailable)
+    bad = tools_eval.check_tool(
+        tool_row("import os\ndef split_bill(total, people):\n    return 1\n"), LIMITS, unavailable
+    )
     assert bad["failed_check"] == "static" and bad["not_run"] is None
 
 

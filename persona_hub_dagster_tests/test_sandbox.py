@@ -110,7 +110,9 @@ def _no_stray_files():
 def no_bubblewrap(monkeypatch):
     """A machine without bubblewrap, as a fresh laptop is."""
     which = shutil.which
-    monkeypatch.setattr(sandbox.shutil, "which", lambda name, *args, **kw: None if name == "bwrap" else which(name, *args, **kw))
+    monkeypatch.setattr(
+        sandbox.shutil, "which", lambda name, *args, **kw: None if name == "bwrap" else which(name, *args, **kw)
+    )
     sandbox._bwrap.cache_clear()
     yield
     sandbox._bwrap.cache_clear()

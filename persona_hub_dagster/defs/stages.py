@@ -114,14 +114,16 @@ def stage_overrides() -> dict[str, dict[str, Any]]:
     return deployment_overrides()
 
 
-_CONFIGURABLE_OPS: set[str] = set()
+# Every op whose settings a deployment file or a command line may set, with the settings it takes (filled as the
+# code location loads).
+_CONFIGURABLE_OPS: dict[str, set[str]] = {}
 
 
 def stage_defaults(settings_type: type, op: str | None) -> Any:
     """A stage's default settings in this deployment: the dataclass's, with the settings file's values for `op`."""
     if op is None:
         return settings_type()
-    _CONFIGURABLE_OPS.add(op)
+    _CONFIGURABLE_OPS.setdefault(op, set()).update(f.name for f in dataclasses.fields(settings_type))
     return deployment_defaults(settings_type, op, stage_overrides())
 
 
@@ -132,9 +134,24 @@ def overrides_version(op: str) -> str:
     return f"+settings-{content_id(repr(sorted(values.items())))[:8]}" if values else ""
 
 
+def check_run_settings(ops: Mapping[str, Mapping[str, Any]], *, job_ops: Sequence[str] | None = None) -> None:
+    """Settings given for one run (`persona-hub materialize --set/--settings`): every op must be a stage (of the job,
+    when given) and every setting one of its own; a typo is an error that lists the valid names, not a no-op."""
+    for op, values in ops.items():
+        if op not in _CONFIGURABLE_OPS:
+            raise StageSettingsError(f"no stage is named {op!r}; the stages are {', '.join(sorted(_CONFIGURABLE_OPS))}")
+        if job_ops is not None and op not in job_ops:
+            raise StageSettingsError(f"{op} is not a step of this job; its steps are {', '.join(sorted(job_ops))}")
+        unknown = sorted(set(values) - _CONFIGURABLE_OPS[op])
+        if unknown:
+            raise StageSettingsError(
+                f"{op} has no setting {', '.join(unknown)}; its settings are {', '.join(sorted(_CONFIGURABLE_OPS[op]))}"
+            )
+
+
 def check_stage_overrides() -> None:
     """After the code location loads: a settings file naming an op that does not exist is a typo, not a no-op."""
-    unknown = sorted(set(stage_overrides()) - _CONFIGURABLE_OPS)
+    unknown = sorted(set(stage_overrides()) - set(_CONFIGURABLE_OPS))
     if unknown:
         raise StageSettingsError(
             f"{STAGE_SETTINGS_ENV} names {', '.join(unknown)}, which no stage is; the stages are "
@@ -175,6 +192,7 @@ def llm_stage_asset(
         base=StageConfig,
         op=declared.op,
     )
+    _CONFIGURABLE_OPS[declared.op].update(StageConfig.engine_fields())
     model_key = next((key for key in declared.resources if key in MODEL_RESOURCES), None)
     judge = model_key == "judge"
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 import unicodedata
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime

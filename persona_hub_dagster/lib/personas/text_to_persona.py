@@ -189,7 +189,10 @@ def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: 
     return StageResult(
         {tables.TEXT_PERSONAS: personas, tables.TEXT_TO_PERSONA.rejects: rejects_frame(output.rejects)},
         {
-            "texts": select_texts(texts, settings).height,
+            "texts": (asked := select_texts(texts, settings).height),
+            # A sample (max_texts, `persona-hub materialize --sample N`) says so on the partition's materialization.
+            "texts_in_shard": texts.height,
+            "sample": asked < texts.height,
             "distinct_personas": personas["persona_id"].n_unique(),
             "rejection_rate": rate(len(output.rejects), len(output.rows) + len(output.rejects)),
         },
