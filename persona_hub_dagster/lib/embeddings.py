@@ -13,9 +13,9 @@ A model embeds only what it can read (`Embedder.unreadable`): the default MiniLM
 has no Thai, Arabic or Devanagari letters (they all become [UNK], so any two Thai personas embed alike, cosine 1.0)
 and only single CJK characters it never learned to combine (two unrelated Chinese personas: cosine 0.7). So MiniLM
 and its model2vec distillation read Latin-script text only (READ_SCRIPTS); every model is also checked for text that
-its tokenizer maps mostly to unknown tokens. Semantic dedup skips the rest (lib/dedup/hub.py) and says why. No
-multilingual sentence embedder on PyPI both ships its weights in the package and runs on this project's Python
-and dependencies without a model download (checked 2026-12: see bench/RESULTS.md, hub_multilingual).
+its tokenizer maps mostly to unknown tokens. Semantic dedup skips the rest (lib/dedup/hub.py) and says why. The one
+multilingual sentence embedder with its weights on PyPI that runs on this project's Python (USE multilingual v3,
+pure numpy) embeds ~16 texts/s on 2 cores, too slow to be the default (bench/RESULTS.md, 2026-12-05).
 
 Nothing here downloads: HF_HUB_OFFLINE is set before sentence-transformers is imported, and a model that is not a
 local directory fails at once with what to do instead.
