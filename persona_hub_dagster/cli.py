@@ -6,6 +6,7 @@ up there: registered shards as partitions, materializations as runs.
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -29,6 +30,7 @@ from persona_hub_dagster.lib.shards import (
     shard_file,
 )
 from persona_hub_dagster.lib.storage import DeltaStore
+from persona_hub_dagster.lib.synthesis.generate import EXAMPLE_PERSONA
 from persona_hub_dagster.lib.synthesis.steps import PROMPTING_MODES
 
 # The task names, for the command line (importing the registry itself waits until a command needs it).
@@ -37,10 +39,6 @@ TASK_NAMES = ("math", "reasoning", "instructions", "conversations", "knowledge",
 SAMPLE_SHARD = "sample"
 DEFAULT_JOB = "process_text_shard"
 DEMONSTRATIONS_JOB = "prepare_demonstrations"
-EXAMPLE_PERSONA = (
-    "A harbour pilot in Rotterdam who guides container ships through fog, trains apprentices and keeps a logbook of "
-    "every near miss."
-)
 # Demo-sized settings (every stage and task, on a sample, in minutes on the embedded model): the file a deployment can
 # also name in PERSONA_HUB_STAGE_SETTINGS.
 DEMO_SETTINGS = resources.files("persona_hub_dagster") / "data" / "demo_settings.yaml"
@@ -78,6 +76,21 @@ def main(argv: list[str] | None = None) -> int:
     materialize.add_argument("shards", nargs="+")
     materialize.add_argument("--job", default=DEFAULT_JOB, help=f"default {DEFAULT_JOB}: every stage of the shard")
     add_run_settings_arguments(materialize)
+
+    estimate = commands.add_parser(
+        "estimate", help="before a run: per stage, the LLM calls, tokens, time and money it would take"
+    )
+    estimate.add_argument("shards", nargs="+")
+    estimate.add_argument("--job", default=DEFAULT_JOB, help=f"default {DEFAULT_JOB}: every stage of the shard")
+    add_run_settings_arguments(estimate)
+    estimate.add_argument("--price", type=float, metavar="USD", help="price per million tokens (prompt + completion)")
+    estimate.add_argument(
+        "--latency",
+        type=float,
+        default=DEFAULT_SERVED_LATENCY_S,
+        metavar="S",
+        help=f"a served model: seconds per call, max_in_flight calls at a time (default {DEFAULT_SERVED_LATENCY_S})",
+    )
 
     commands.add_parser("shards", help="list the registered shards")
 
@@ -186,7 +199,131 @@ def cmd_materialize(args) -> int:
     ops = run_settings(args)
     if args.sample is not None:
         print(f"a sample: {args.sample} texts of each shard go through every stage (text_to_persona.max_texts)")
+    _warn_if_long(args.shards, args.job, ops)
     return _materialize(args.shards, args.job, {op: {"config": values} for op, values in ops.items()} or None)
+
+
+def cmd_estimate(args) -> int:
+    from persona_hub_dagster.lib import estimate
+
+    ops = run_settings(args)
+    speed = _backend_speed(args.latency)
+    print(f"backend speed: {_speed_line(speed)}")
+    totals = []
+    for shard in args.shards:
+        stages = _estimate_shard(shard, args.job, ops, speed)
+        totals.append(dataclasses.replace(estimate.total(stages), stage=f"shard {shard}"))
+        print(f"\nshard {shard!r} ({args.job}):")
+        print(estimate.table(stages, price_per_million=args.price))
+    if len(totals) > 1:
+        print("\nall shards:")
+        print(estimate.table(totals, price_per_million=args.price))
+    print(
+        "\nAssumed: every output accepted and every candidate kept by the hub (calls after a lossy stage are an upper "
+        "bound); answers as long as this model's earlier answers in the response cache, else typical ones."
+    )
+    return 0
+
+
+DEFAULT_SERVED_LATENCY_S = 8.0  # a 7-8B model's answer of a few hundred tokens on a busy vLLM replica
+LONG_RUN_S = 15 * 60  # `materialize` shows the estimate before a run longer than this
+
+
+def _warn_if_long(shards: list[str], job: str, ops: dict) -> None:
+    """Before a long run: the estimate and how to shrink it (the run goes on; Ctrl-C stops it)."""
+    from persona_hub_dagster.lib import estimate
+
+    try:
+        speed = _backend_speed(DEFAULT_SERVED_LATENCY_S)
+        stages = [s for shard in shards for s in _estimate_shard(shard, job, ops, speed)]
+    except Exception as exc:  # noqa: BLE001 - an estimate is advice: never the reason a run does not start
+        print(f"note: no estimate ({exc})", file=sys.stderr)
+        return
+    total = estimate.total(stages)
+    if total.seconds is not None and total.seconds > LONG_RUN_S:
+        print(f"estimate: this run will take about {estimate.duration(total.seconds)} on this backend:")
+        print(estimate.table(stages))
+        print(
+            "To shrink it: a sample first (--sample 20), fewer personas per task (--set synthesize_math.personas=20), "
+            "fewer relations (--set text_to_persona.relations_per_text=1), or a served model "
+            "(PERSONA_HUB_LLM_BASE_URL). Details: `persona-hub estimate`.",
+            flush=True,
+        )
+
+
+def _estimate_shard(shard: str, job_name: str, ops: dict, speed):
+    """The job's LLM stages for one shard, in the job's order, each with this run's settings, estimated and timed."""
+    from persona_hub_dagster.definitions import defs
+    from persona_hub_dagster.defs.stages import DECLARED_STAGES, configured_model, stage_defaults
+    from persona_hub_dagster.lib import estimate
+    from persona_hub_dagster.lib.settings import settings_from
+
+    store = DeltaStore()
+    job = defs.resolve_job_def(job_name)
+    stages = []
+    for node in job.graph.nodes_in_topological_order:
+        declared = DECLARED_STAGES.get(node.name)
+        if declared is not None:
+            defaults = dataclasses.asdict(stage_defaults(declared.settings, declared.op))
+            stages.append((declared, settings_from(declared.settings, {**defaults, **ops.get(declared.op, {})})))
+    registered = ShardRegistry(store).get(shard)
+    shard_estimate = estimate.Estimating(
+        texts=_shard_texts(store, registered, ops.get("ingest_raw_text", {})),
+        count=estimate.token_counter(),
+        model=configured_model(),
+        store=store,
+        given_personas=registered.given_personas,
+    )
+    return estimate.timed(estimate.estimate_stages(stages, shard_estimate), speed)
+
+
+def _shard_texts(store: DeltaStore, registered, ingest_settings: dict):
+    """The shard's texts as raw_text holds them: the table's when it was materialized, else read and cleaned from the
+    registered file as raw_text would (nothing is written)."""
+    import polars as pl
+
+    from persona_hub_dagster.lib import tables
+    from persona_hub_dagster.lib.corpus.ingest import IngestSettings, ShardIngest
+    from persona_hub_dagster.lib.corpus.readers import SourceSpec
+    from persona_hub_dagster.lib.settings import settings_from
+
+    if store.exists(tables.RAW_TEXT) and registered.key in store.partitions(tables.RAW_TEXT):
+        return store.scan(tables.RAW_TEXT, [registered.key]).select("text_id", "text").collect()
+    settings = settings_from(IngestSettings, ingest_settings)
+    spec = SourceSpec(
+        uri=registered.source_uri,
+        format=registered.format,
+        compression=registered.compression,
+        text_column=registered.column(settings.text_column),
+    )
+    ingest = ShardIngest(
+        spec, shard=registered.key, run_id="estimate", options=settings.cleaning(registered.given_personas)
+    )
+    batches = [pl.from_arrow(batch).select("text_id", "text") for batch in ingest.accepted()]
+    return pl.concat(batches) if batches else pl.DataFrame(schema={"text_id": pl.String, "text": pl.String})
+
+
+def _backend_speed(latency_s: float):
+    """The configured generator's speed: the embedded model's calibrated on this machine (once, kept), a served
+    model's from max_in_flight calls of `latency_s` each."""
+    from persona_hub_dagster.defs.stages import configured_llm, configured_model
+    from persona_hub_dagster.lib import estimate
+    from persona_hub_dagster.lib.llm.settings import open_backend
+
+    settings = configured_llm()
+    if settings.backend != "llama_cpp":
+        return estimate.Speed(0, 0, parallel=settings.max_in_flight, latency_s=latency_s, source="served")
+    with open_backend(settings) as backend:
+        return estimate.calibrate_embedded(backend, DeltaStore(), configured_model())
+
+
+def _speed_line(speed) -> str:
+    if speed.latency_s is not None:
+        return f"a served model, {speed.parallel} calls at a time of ~{speed.latency_s:g} s each (--latency)"
+    return (
+        f"embedded model, prefill {speed.prefill_tokens_s:,.0f} tokens/s, decode {speed.decode_tokens_s:,.1f} "
+        f"tokens/s ({speed.source})"
+    )
 
 
 def add_run_settings_arguments(command: argparse.ArgumentParser) -> None:
@@ -229,9 +366,13 @@ def run_settings(args) -> dict[str, dict]:
         if args.sample < 1:
             raise ValueError("--sample takes a number of texts, at least 1")
         ops.setdefault("text_to_persona", {})["max_texts"] = args.sample
-    job = defs.resolve_job_def(args.job)
-    check_run_settings(ops, job_ops=[node.name for node in job.graph.nodes])
-    return ops
+    steps = [node.name for node in defs.resolve_job_def(args.job).graph.nodes]
+    check_run_settings(ops)
+    # A settings file may size stages of other jobs too (the demo's does); a --set for a stage the job does not
+    # run is a mistake.
+    given = {text.partition(".")[0] for text in args.settings_set}
+    check_run_settings({op: ops[op] for op in given}, job_ops=steps)
+    return {op: values for op, values in ops.items() if op in steps}
 
 
 def cmd_shards(_args) -> int:
@@ -411,6 +552,7 @@ def cmd_ui(args) -> int:
 COMMANDS = {
     "register-shard": cmd_register_shard,
     "materialize": cmd_materialize,
+    "estimate": cmd_estimate,
     "shards": cmd_shards,
     "unregister-shard": cmd_unregister_shard,
     "prompt": cmd_prompt,

@@ -217,6 +217,11 @@ def test_metadata_shows_counts_previews_and_token_usage(pipeline):
     evaluation = materialization(result, EVAL_MATH)
     assert 0 <= evaluation["agreement_rate"].value <= 1
     assert evaluation["token_cost"].value > 0
+    # Estimate beside actual: given the rows it read, a stage's estimate of its planned requests is exact.
+    for key in (TEXT_PERSONAS, EXPANDED_PERSONAS, dg.AssetKey(["synthetic", "math"]), EVAL_MATH):
+        metadata = materialization(result, key)
+        assert metadata["estimate/calls"].value == metadata["llm/requests"].value, key
+        assert metadata["estimate/prompt_tokens"].value > 0 and metadata["estimate/completion_tokens"].value > 0
 
 
 def test_rerunning_the_shard_replays_every_call_from_the_cache(pipeline):
@@ -348,8 +353,11 @@ def test_without_a_sandbox_the_evaluations_go_on_and_say_why(pipeline, monkeypat
     tools = store.read(["eval", "tools"])
     statically_fine = tools.filter(pl.col("static"))
     assert statically_fine["passed"].is_null().all() and set(statically_fine["not_run"]) <= {reason}
-    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert not checks["programs_ran"].passed and checks["programs_ran"].severity == dg.AssetCheckSeverity.WARN
+    checks = {(e.asset_key, e.check_name): e for e in result.get_asset_check_evaluations()}
+    warned = checks[(EVAL_MATH, "programs_ran")]
+    assert not warned.passed and warned.severity == dg.AssetCheckSeverity.WARN and reason in warned.description
+    tools_check = checks[(asset_key(tables.evaluation("tools", "").table), "programs_ran")]
+    assert tools_check.passed == statically_fine.is_empty()
     assert reason in materialization(result, EVAL_MATH)["programs_not_run_reason"].value
 
     report = run_shard(store, instance, ops={}, selection=[asset_key(tables.EVAL_REPORT)], shard=None)

@@ -22,6 +22,8 @@ from persona_hub_dagster.defs.automation import LARGE, RUN_SIZE_TAG, follows_inp
 from persona_hub_dagster.defs.models import usage_metadata
 from persona_hub_dagster.defs.partitions import text_shards
 from persona_hub_dagster.defs.storage import commit_metadata, metadata_value, table_write_metadata
+from persona_hub_dagster.lib import tables
+from persona_hub_dagster.lib.estimate import Estimating, token_counter
 from persona_hub_dagster.lib.generation import LLMStage, StageCall, StageResult, empty_table_explanation
 from persona_hub_dagster.lib.ids import content_id
 from persona_hub_dagster.lib.llm.client import UsageStats
@@ -34,6 +36,7 @@ from persona_hub_dagster.lib.settings import (
     deployment_overrides,
     settings_from,
 )
+from persona_hub_dagster.lib.shards import holds_given_personas
 from persona_hub_dagster.lib.storage import DeltaStore
 from persona_hub_dagster.lib.tables import Stage, Table
 
@@ -114,9 +117,10 @@ def stage_overrides() -> dict[str, dict[str, Any]]:
     return deployment_overrides()
 
 
-# Every op whose settings a deployment file or a command line may set, with the settings it takes (filled as the
-# code location loads).
+# Every op whose settings a deployment file or a command line may set, with the settings it takes, and every LLM
+# stage's declaration by op (filled as the code location loads).
 _CONFIGURABLE_OPS: dict[str, set[str]] = {}
+DECLARED_STAGES: dict[str, LLMStage] = {}
 
 
 def stage_defaults(settings_type: type, op: str | None) -> Any:
@@ -193,6 +197,7 @@ def llm_stage_asset(
         op=declared.op,
     )
     _CONFIGURABLE_OPS[declared.op].update(StageConfig.engine_fields())
+    DECLARED_STAGES[declared.op] = declared
     model_key = next((key for key in declared.resources if key in MODEL_RESOURCES), None)
     judge = model_key == "judge"
 
@@ -238,7 +243,8 @@ def llm_stage_asset(
             embedder=resources.embeddings.lazy_embedder(store) if "embeddings" in declared.resources else None,
             benchmarks=resources.benchmarks.load() if "benchmarks" in declared.resources else (),
         )
-        result = declared.run({inputs[name]: frame for name, frame in upstream.items()}, call, config.to_settings())
+        settings = config.to_settings()
+        result = declared.run({inputs[name]: frame for name, frame in upstream.items()}, call, settings)
         if client is not None:
             client.progress.finish()
         main = result.tables[declared.stage.table]
@@ -250,6 +256,8 @@ def llm_stage_asset(
             + (f", {rejects.height} rejected" if rejects is not None else "")
         )
         usage = client.usage if client is not None else None
+        if usage is not None and declared.estimate is not None:
+            result.metadata.update(_estimated(declared, settings, store, shard, upstream, judge=judge))
         yield from reported(
             context,
             write_stage_tables(context, store, shard, declared.stage, result, usage=usage, lineage=declared.lineage),
@@ -259,6 +267,31 @@ def llm_stage_asset(
             raise dg.Failure(_budget_message(declared, shard, client, main.height), allow_retries=False)
 
     return stage_asset
+
+
+def _estimated(
+    declared: LLMStage, settings: Any, store: DeltaStore, shard: str | None, upstream: Mapping, *, judge: bool
+) -> dict[str, int]:
+    """What `persona-hub estimate` would have said of this stage given the rows it actually read, shown beside the
+    llm/* actuals, so the estimators' error is visible per run (bench/RESULTS.md measures it across corpora)."""
+    texts = upstream.get(_input_name(tables.RAW_TEXT))
+    rows = {t.name: upstream[_input_name(t)].select(pl.len()).collect().item() for t in declared.reads}
+    if store.exists(tables.PERSONA_HUB) and shard is not None:
+        rows.setdefault(tables.PERSONA_HUB.name, store.row_count(tables.PERSONA_HUB, [shard]))
+    shard_estimate = Estimating(
+        texts=texts.select("text_id", "text").collect() if texts is not None else pl.DataFrame(),
+        count=token_counter(),
+        model=configured_model(judge=judge),
+        store=store,
+        rows=rows,
+        given_personas=holds_given_personas(store, shard),
+    )
+    estimate = declared.estimate(settings, shard_estimate)
+    return {
+        "estimate/calls": estimate.calls,
+        "estimate/prompt_tokens": estimate.prompt_tokens,
+        "estimate/completion_tokens": estimate.completion_tokens,
+    }
 
 
 def _warnings(context: dg.AssetExecutionContext, declared: LLMStage, result: StageResult) -> Iterator:

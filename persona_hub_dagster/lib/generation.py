@@ -26,6 +26,7 @@ from typing import Any
 
 import polars as pl
 
+from persona_hub_dagster.lib.estimate import Estimating, StageEstimate
 from persona_hub_dagster.lib.ids import content_id
 from persona_hub_dagster.lib.llm.client import LLMClient
 from persona_hub_dagster.lib.llm.types import LLMRequest, LLMResponse, SamplingParams
@@ -98,6 +99,8 @@ class LLMStage:
     resources: tuple[str, ...] = ("llm",)  # llm | judge (the model it calls, if any), embeddings, benchmarks
     lineage: Mapping[str, tuple[tuple[Table, str], ...]] = field(default_factory=dict)  # main table's column deps
     warnings: tuple[StageWarning, ...] = ()  # checked on every result
+    # settings, Estimating -> StageEstimate: its calls and tokens for a shard before it runs (lib/estimate.py)
+    estimate: Callable[[Any, Estimating], StageEstimate] | None = None
 
     @property
     def name(self) -> str:

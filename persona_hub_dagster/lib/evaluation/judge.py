@@ -16,6 +16,7 @@ from typing import Any
 import polars as pl
 
 from persona_hub_dagster.lib import prompts, tables
+from persona_hub_dagster.lib.estimate import PERSONA_TOKENS, Estimating, StageEstimate
 from persona_hub_dagster.lib.evaluation.common import eval_lineage, finish, shard_items
 from persona_hub_dagster.lib.generation import (
     LLMStage,
@@ -180,6 +181,9 @@ def judge_items(
     return checks, output.rejects
 
 
+TYPICAL_JUDGMENT_TOKENS = 70  # three scores and a one-line rationale as JSON
+
+
 def stage(rubric: Rubric) -> LLMStage:
     task = TASKS[rubric.task]
 
@@ -203,6 +207,20 @@ def stage(rubric: Rubric) -> LLMStage:
         "1-5 each, with a one-line rationale); `passed` when every criterion meets the threshold. Plus each item's "
         "near-duplicate, persona-grounding and contamination columns.",
     )
+
+    def estimate(settings: JudgeSettings, shard: Estimating) -> StageEstimate:
+        """One judgment per item, the persona beside it."""
+        template = rubric.prompt().name
+        items, calls, prompt = shard.items(task.stage.table.name, 1, template=template, extra=PERSONA_TOKENS)
+        return shard.cost(
+            evaluated.table.name,
+            calls,
+            prompt=prompt,
+            completion=TYPICAL_JUDGMENT_TOKENS,
+            max_tokens=settings.max_tokens,
+            rows={evaluated.table.name: items},
+        )
+
     return LLMStage(
         evaluated,
         op=f"evaluate_{task.name}",
@@ -214,5 +232,6 @@ def stage(rubric: Rubric) -> LLMStage:
         reads=(task.stage.table,),
         uses=(tables.PERSONA_HUB,),
         resources=("judge", "embeddings", "benchmarks"),
+        estimate=estimate,
         lineage=eval_lineage(task),
     )

@@ -22,6 +22,7 @@ from typing import Any
 import polars as pl
 
 from persona_hub_dagster.lib import prompts, tables
+from persona_hub_dagster.lib.estimate import Estimating, StageEstimate
 from persona_hub_dagster.lib.evaluation import answers
 from persona_hub_dagster.lib.evaluation.common import PROGRAMS_RAN, eval_lineage, finish, shard_items
 from persona_hub_dagster.lib.evaluation.sandbox import ProgramExecution, SandboxLimits, program_execution, run_python
@@ -42,6 +43,7 @@ from persona_hub_dagster.lib.generation import (
 from persona_hub_dagster.lib.llm.client import LLMClient
 from persona_hub_dagster.lib.llm.types import LLMResponse, SamplingParams
 from persona_hub_dagster.lib.settings import setting
+from persona_hub_dagster.lib.synthesis.generate import TYPICAL_ANSWER_SHARE
 from persona_hub_dagster.lib.synthesis.tasks import TASKS
 
 REASONING_TEMPLATE = "math_solution"
@@ -285,6 +287,22 @@ def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: 
     )
 
 
+def estimate(settings: MathEvalSettings, shard: Estimating) -> StageEstimate:
+    """Every solution of every problem: programs only where they can run (else no program is asked for)."""
+    asked = settings.n_solutions if shard.programs_run() else settings.reasoning_solutions
+    items, calls, prompt = shard.items(TASKS["math"].stage.table.name, asked, template=REASONING_TEMPLATE)
+    reasoning, programs = settings.reasoning_solutions, asked - settings.reasoning_solutions
+    longest = reasoning * settings.reasoning_max_tokens + programs * settings.program_max_tokens
+    return shard.cost(
+        tables.EVAL_MATH.name,
+        calls,
+        prompt=prompt,
+        completion=TYPICAL_ANSWER_SHARE * longest / asked,
+        max_tokens=None,
+        rows={tables.EVAL_MATH.name: items},
+    )
+
+
 STAGE = LLMStage(
     tables.MATH_EVALUATION,
     op="evaluate_math",
@@ -293,6 +311,7 @@ STAGE = LLMStage(
     prompts=lambda settings: prompt_version().split(","),
     samplings=lambda settings: [settings.reasoning_sampling, settings.program_sampling],
     reads=(tables.synthetic("math").table,),
+    estimate=estimate,
     uses=(tables.PERSONA_HUB,),
     resources=("llm", "embeddings", "benchmarks"),
     lineage=eval_lineage(TASKS["math"]),

@@ -12,6 +12,7 @@ from typing import Any
 import polars as pl
 
 from persona_hub_dagster.lib import prompts, tables
+from persona_hub_dagster.lib.estimate import Estimating, StageEstimate
 from persona_hub_dagster.lib.evaluation.answers import same_answer
 from persona_hub_dagster.lib.evaluation.common import eval_lineage, finish, shard_items
 from persona_hub_dagster.lib.generation import (
@@ -28,6 +29,7 @@ from persona_hub_dagster.lib.generation import (
 )
 from persona_hub_dagster.lib.llm.types import SamplingParams
 from persona_hub_dagster.lib.settings import setting
+from persona_hub_dagster.lib.synthesis.generate import TYPICAL_ANSWER_SHARE
 from persona_hub_dagster.lib.synthesis.tasks import TASKS
 
 TEMPLATE = "reasoning_solution"
@@ -162,6 +164,18 @@ def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: 
     )
 
 
+def estimate(settings: ReasoningEvalSettings, shard: Estimating) -> StageEstimate:
+    items, calls, prompt = shard.items(TASKS["reasoning"].stage.table.name, settings.solutions, template=TEMPLATE)
+    return shard.cost(
+        EVALUATION.table.name,
+        calls,
+        prompt=prompt,
+        completion=TYPICAL_ANSWER_SHARE * settings.max_tokens,
+        max_tokens=settings.max_tokens,
+        rows={EVALUATION.table.name: items},
+    )
+
+
 STAGE = LLMStage(
     EVALUATION,
     op="evaluate_reasoning",
@@ -171,6 +185,7 @@ STAGE = LLMStage(
     samplings=lambda settings: [settings.sampling],
     version_extra=lambda settings: (settings.solutions, settings.min_agreement),
     reads=(TASKS["reasoning"].stage.table,),
+    estimate=estimate,
     uses=(tables.PERSONA_HUB,),
     resources=("llm", "embeddings", "benchmarks"),
     lineage=eval_lineage(TASKS["reasoning"]),

@@ -16,6 +16,7 @@ from typing import Any
 import polars as pl
 
 from persona_hub_dagster.lib import prompts, tables
+from persona_hub_dagster.lib.estimate import PERSONA_TOKENS, Estimating, StageEstimate
 from persona_hub_dagster.lib.generation import (
     LLMStage,
     Planned,
@@ -198,6 +199,32 @@ def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: 
     )
 
 
+TYPICAL_RELATED_TOKENS = 45  # one related person (persona and relation) as JSON, measured on the embedded model
+
+
+def estimate(settings: ExpansionSettings, shard: Estimating) -> StageEstimate:
+    """Breadth-first as `expand_personas` goes: each hop expands the last hop's new personas, `fan_out` each, until
+    `hops` or the `max_calls` budget."""
+    name = tables.EXPANDED_PERSONAS.name
+    seeds = shard.rows.get(tables.TEXT_PERSONAS.name, 0)
+    if shard.given_personas and not settings.expand_persona_shards:
+        seeds = 0
+    calls, budget, frontier = 0, settings.max_calls, seeds
+    for _hop in range(settings.hops):
+        todo = min(frontier, budget)
+        if not todo:
+            break
+        calls, budget, frontier = calls + todo, budget - todo, todo * settings.fan_out
+    return shard.cost(
+        name,
+        calls,
+        prompt=shard.template_tokens(TEMPLATE) + PERSONA_TOKENS,
+        completion=settings.fan_out * TYPICAL_RELATED_TOKENS,
+        max_tokens=settings.max_tokens,
+        rows={name: calls * settings.fan_out},
+    )
+
+
 STAGE = LLMStage(
     tables.PERSONA_TO_PERSONA,
     op="persona_to_persona",
@@ -206,6 +233,7 @@ STAGE = LLMStage(
     prompts=lambda settings: [template().version],
     samplings=lambda settings: [settings.sampling],
     reads=(tables.TEXT_PERSONAS,),
+    estimate=estimate,
     lineage={
         **same_columns(tables.TEXT_PERSONAS, "text_id", "shard"),
         "persona": ((tables.TEXT_PERSONAS, "persona"),),

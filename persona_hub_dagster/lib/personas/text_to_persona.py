@@ -10,6 +10,7 @@ from typing import Any
 import polars as pl
 
 from persona_hub_dagster.lib import prompts, tables
+from persona_hub_dagster.lib.estimate import Estimating, StageEstimate
 from persona_hub_dagster.lib.generation import (
     LLMStage,
     Planned,
@@ -199,6 +200,30 @@ def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: 
     )
 
 
+TYPICAL_PERSONA_TOKENS = 40  # a fine-grained persona as JSON, measured on the embedded model
+
+
+def estimate(settings: TextToPersonaSettings, shard: Estimating) -> StageEstimate:
+    """One call per text and relation, each with the text itself in the prompt (counted exactly)."""
+    name = tables.TEXT_PERSONAS.name
+    if shard.given_personas:
+        return shard.cost(name, 0, prompt=0, completion=0, max_tokens=None, rows={name: shard.texts.height})
+    texts = select_texts(shard.texts, settings)
+    per_text = settings.relations_per_text or len(settings.relations)
+    text_tokens = sum(shard.count(text[: settings.max_text_chars]) for text in texts["text"])
+    prompt = shard.template_tokens(TEMPLATE) + text_tokens / max(texts.height, 1)
+    calls = texts.height * per_text
+    return shard.cost(
+        name,
+        calls,
+        prompt=prompt,
+        completion=TYPICAL_PERSONA_TOKENS,
+        max_tokens=settings.max_tokens,
+        rows={name: calls},
+        prompt_from_past=False,  # the corpus's texts make the prompt: counted, not taken from another shard's
+    )
+
+
 STAGE = LLMStage(
     tables.TEXT_TO_PERSONA,
     op="text_to_persona",
@@ -207,6 +232,7 @@ STAGE = LLMStage(
     prompts=lambda settings: [template().version],
     samplings=lambda settings: [settings.sampling],
     reads=(tables.RAW_TEXT,),
+    estimate=estimate,
     lineage={
         **same_columns(tables.RAW_TEXT, "text_id", "shard"),
         # the persona is written from the text; its id hashes the persona

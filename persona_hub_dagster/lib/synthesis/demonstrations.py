@@ -26,6 +26,7 @@ import jsonschema
 import polars as pl
 
 from persona_hub_dagster.lib import filesystems, prompts, tables
+from persona_hub_dagster.lib.estimate import Estimating, StageEstimate
 from persona_hub_dagster.lib.generation import LLMStage, StageCall, StageResult, frame, rate, rejects_frame, stable_rank
 from persona_hub_dagster.lib.ids import content_id
 from persona_hub_dagster.lib.locations import join_location, normalize_location
@@ -267,6 +268,24 @@ def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: 
     )
 
 
+def estimate(settings: DemonstrationSettings, shard: Estimating) -> StageEstimate:
+    """One Text-to-Persona call per entry of the chosen pools, paid once across shards (replayed afterwards)."""
+    if shard.store is not None and shard.store.exists(tables.DEMONSTRATION_PERSONAS):
+        entries: list = []  # derived already: a re-run replays its calls from the cache
+    else:
+        entries = [entry for name in settings.tasks for entry in load_pool(TASKS[name]).demonstrations]
+    texts = [entry.text() for entry in entries]
+    prompt = shard.template_tokens(text_to_persona.TEMPLATE) + sum(map(shard.count, texts)) / max(len(texts), 1)
+    return shard.cost(
+        tables.DEMONSTRATION_PERSONAS.name,
+        len(entries),
+        prompt=prompt,
+        completion=text_to_persona.TYPICAL_PERSONA_TOKENS,
+        max_tokens=settings.max_tokens,
+        prompt_from_past=False,
+    )
+
+
 STAGE = LLMStage(
     tables.DEMONSTRATIONS,
     op="derive_demonstration_personas",
@@ -276,4 +295,5 @@ STAGE = LLMStage(
     samplings=lambda settings: [settings.text_to_persona().sampling],
     # A pool that changes (a user's PERSONA_HUB_DEMONSTRATIONS) marks the asset stale.
     version_extra=lambda settings: tuple(load_pool(TASKS[name]).version for name in settings.tasks),
+    estimate=estimate,
 )

@@ -20,6 +20,7 @@ from typing import Any
 import polars as pl
 
 from persona_hub_dagster.lib import prompts, tables
+from persona_hub_dagster.lib.estimate import Estimating, StageEstimate
 from persona_hub_dagster.lib.generation import (
     LLMStage,
     Planned,
@@ -259,6 +260,15 @@ def _shown(name: str, value: Any) -> str:
     return prompts.delimited(name, text)
 
 
+# The persona `persona-hub prompt` renders with, and the typical persona a synthesis estimate prices.
+EXAMPLE_PERSONA = (
+    "A harbour pilot in Rotterdam who guides container ships through fog, trains apprentices and keeps a logbook of "
+    "every near miss."
+)
+# A typical answer's share of its step's max_tokens (the embedded model often writes to the limit).
+TYPICAL_ANSWER_SHARE = 0.7
+
+
 def example_requests(
     task: SynthesisTask, settings: SynthesisSettings, persona: str, store: DeltaStore | None = None
 ) -> tuple[list[tuple[str, LLMRequest]], str | None]:
@@ -328,6 +338,27 @@ def stage(task: SynthesisTask) -> LLMStage:
         context = prepared.context_version if prepared else (settings.prompting, task.context(settings).version)
         return (sorted(task.columns), settings.prompting, context)
 
+    def estimate(settings: SynthesisSettings, shard: Estimating) -> StageEstimate:
+        """Every step of every round for each sampled persona; the prompts as `persona-hub prompt` renders them
+        (the few-shot modes' demonstrations included), a conversation's later turns with the turns before them."""
+        hub = shard.hub_personas()
+        personas = hub if settings.personas is None else min(settings.personas, hub)
+        items, rounds = personas * settings.samples_per_persona, task.rounds(settings)
+        shown, _ = example_requests(task, settings, EXAMPLE_PERSONA, shard.store)
+        first_round = [shard.request_tokens(request) for _, request in shown[: len(task.steps)]]
+        steps = [step.sampling_for(settings).max_tokens or 0 for step in task.steps]
+        completion = sum(steps) * TYPICAL_ANSWER_SHARE / len(steps)
+        # A later round's prompt carries the conversation so far: on average half the other rounds' exchanges more.
+        growth = (rounds - 1) / 2 * len(task.steps) * completion
+        return shard.cost(
+            task.stage.table.name,
+            items * len(task.steps) * rounds,
+            prompt=sum(first_round) / max(len(first_round), 1) + growth,
+            completion=completion,
+            max_tokens=max(steps) or None,
+            rows={task.stage.table.name: items},
+        )
+
     return LLMStage(
         task.stage,
         op=f"synthesize_{task.name}",
@@ -338,6 +369,7 @@ def stage(task: SynthesisTask) -> LLMStage:
         version_extra=version_extra,
         reads=(tables.PERSONA_HUB,),
         uses=(tables.DEMONSTRATION_PERSONAS,),
+        estimate=estimate,
         lineage={
             **same_columns(tables.PERSONA_HUB, "persona_id", "shard"),
             **{column: ((tables.PERSONA_HUB, "persona"),) for column in task.columns},  # written for the persona
