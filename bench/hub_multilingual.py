@@ -227,6 +227,12 @@ def minhash_speed(texts: list[str], module) -> float:
     return len(texts) / best
 
 
+def filter_speed(texts: list[str], reject, strip) -> float:
+    started = time.perf_counter()
+    reject([strip(t) for t in texts])
+    return len(texts) / (time.perf_counter() - started)
+
+
 # --- report -------------------------------------------------------------------------------------------------------
 def rate(part: int, whole: int) -> str:
     return f"{part}/{whole} ({part / whole:.1%})" if whole else "–"
@@ -342,7 +348,7 @@ def main() -> None:
         sys.path.insert(0, str(REPO / "bench"))
         from persona_corpus import persona_corpus
 
-        english, _ = persona_corpus(args.speed_texts, seed=1)
+        english, origins = persona_corpus(args.speed_texts, seed=1)
         labelled = [r["text"] for r in rows]
         mixed = [f"{labelled[i % len(labelled)]} {i}" for i in range(args.speed_texts)]
         print("\n### MinHash tokenization + signatures, texts/s (best of two)\n")
@@ -351,6 +357,15 @@ def main() -> None:
         for name, texts in (("English (persona_corpus)", english), ("labelled set repeated, 8 languages", mixed)):
             old, new = minhash_speed(texts, old_minhash), minhash_speed(texts, minhash)
             print(f"| {name}, {len(texts):,} texts | {old:,.0f} | {new:,.0f} | {new / old:.2f} |")
+        print("\n### Quality pass (frames stripped, then the rules), texts/s\n")
+        print("| corpus | before | now | now / before |")
+        print("|---|---:|---:|---:|")
+        for name, texts in (("English (persona_corpus)", english), ("labelled set repeated, 8 languages", mixed)):
+            old = filter_speed(texts, old_filters.quality_filter, lambda t: t)
+            new = filter_speed(texts, quality_filter, strip_prompt_frame)
+            print(f"| {name}, {len(texts):,} texts | {old:,.0f} | {new:,.0f} | {new / old:.2f} |")
+        dropped = Counter(quality_filter([t for t, o in zip(english, origins, strict=True) if t is english[o]]))
+        print(f"\nbase personas of the English corpus (no planted variants) rejected now: {dict(dropped)}")
     print(f"\n({time.perf_counter() - started:.1f} s)")
 
 

@@ -55,20 +55,16 @@ REASONS = (
     "product_or_work",
 )
 
-_REFUSAL = re.compile(
-    r"\b(i['’]m sorry|i am sorry|i apologi[sz]e|i can(?:no|['’])t|i am unable|i['’]m unable|as an ai\b|"
+_REFUSAL = (
+    r"(?i)\b(i['’]m sorry|i am sorry|i apologi[sz]e|i can(?:no|['’])t|i am unable|i['’]m unable|as an ai\b|"
     r"as a (?:large )?language model|i do not have (?:personal|the ability)|i['’]m not able to|"
     r"lo siento|no puedo|como (?:un )?modelo de lenguaje|es tut mir leid|ich kann (?:keine|nicht)|als ki\b|"
     r"je suis désolé|en tant qu['’]ia)|抱歉|对不起|作为(?:一个)?(?:AI|人工智能|语言模型)|"
-    r"申し訳(?:ありません|ございません)|AIとして|ขออภัย|عذرًا|عذرا|آسف|क्षमा करें|माफ़ कीजिए",
-    re.IGNORECASE,
+    r"申し訳(?:ありません|ございません)|AIとして|ขออภัย|عذرًا|عذرا|آسف|क्षमा करें|माफ़ कीजिए"
 )
 # Scaffolding, not content: a JSON object or a template placeholder, the text markers of our prompts, a label that
 # names a field ("json", "schema" alone are fine: "a data engineer who designs JSON schemas" is a persona).
-_TEMPLATE = re.compile(
-    r"^\s*[\[{]|[{}]\s*$|\{\{|\}\}|<<<|>>>|</?(?:text|persona)>|\"persona\"\s*:|\btext\s*:|\banswer with\b",
-    re.IGNORECASE,
-)
+_TEMPLATE = r"(?i)^\s*[\[{]|\{\{|\}\}|<<<|>>>|</?(?:text|persona)>|\"persona\"\s*:|\btext\s*:|\banswer with\b"
 
 # --- the prompt's frame -------------------------------------------------------------------------------------------
 _WHO = r"(?:the|this|that|a|such a)\s+(?:person|persona|individual|reader|writer|author|user|one|people|someone)"
@@ -119,21 +115,20 @@ _DANGLING_WORDS = frozenset(
     le les une des du et ou avec pour dont
     """.split()
 )
-_DANGLING_END = re.compile(
+_DANGLING_END = (
     r"(?:[,;:(\-–—/&]|\.\.\.|…|的|和|与|及|以及|或|对|把|被|从|向|给|关于|去|、|，|の|を|が|に|は|と|や)\s*$"
 )
-_LAST_WORD = re.compile(r"([^\W\d_]+(?:['’-][^\W\d_]+)*)[\s.!?]*$")
+_LAST_WORD = r"([^\W\d_]+(?:['’-][^\W\d_]+)*)[\s.!?]*$"
 _PAIRS = (("(", ")"), ("[", "]"), ("“", "”"), ("«", "»"), ("「", "」"), ("（", "）"))
 
 
-def _truncated(text: str) -> bool:
-    if _DANGLING_END.search(text):
+def _truncated(text: str, measures: dict) -> bool:
+    if measures["dangling_end"]:
         return True
     if any(text.count(left) > text.count(right) for left, right in _PAIRS):
         return True
-    last = _LAST_WORD.search(text)
     # As written: a capital "A" ends "Plan A", a lower-case one is an article with its noun cut off.
-    return last is not None and last.group(1) in _DANGLING_WORDS
+    return measures["last_word"] in _DANGLING_WORDS
 
 
 # --- evidence of a name, a thing, a place, an event ---------------------------------------------------------------
@@ -207,14 +202,13 @@ _FUNCTION_WORDS = {
     "de": frozenset("der die das und mit von für ein eine einer ist im zu auf den".split()),
     "es": frozenset("el la los las de del y con en un una que para por es".split()),
 }
-_RECIPE_STEPS = re.compile(
-    r"\b(?:preheat|tablespoons?|teaspoons?|tbsp|tsp|ingredients\s*:|bake for|stir in|simmer for|serves \d)\b",
-    re.IGNORECASE,
+_RECIPE_STEPS = (
+    r"(?i)\b(?:preheat|tablespoons?|teaspoons?|tbsp|tsp|ingredients\s*:|bake for|stir in|simmer for|serves \d)\b"
 )
-# Chinese measure words after 一 (one): they name the kind of thing counted; persons are counted by 位, 名, 个.
 _CLAUSE_END = re.compile(r"[,.;:!?()\[\]—–]|\s-\s")
 _HEAD_WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")  # head nouns are looked for in Latin-script languages
 MAX_NOUN_PHRASE = 6
+# Chinese measure words after 一 (one): they name the kind of thing counted; persons are counted by 位, 名, 个.
 _CHINESE_MEASURE = re.compile(r"^(?:这是)?一(?:款|座|道|场|部|本|台|首|篇|辆|件|所|家位于)")
 _CHINESE_MEASURE_CATEGORY = {
     "款": "product_or_work",
@@ -236,31 +230,34 @@ _CHINESE_MEASURE_CATEGORY = {
 def quality_filter(personas: Sequence[str | None]) -> list[str | None]:
     """For each persona, the reason it is rejected (one of REASONS), or None when it passes."""
     texts = [(p or "").strip() for p in personas]
+    column = pl.Series(texts, dtype=pl.String)
+    # The patterns run in polars (Rust regex, over the whole batch); what needs a text's words runs in Python.
     measures = length_frame(texts).with_columns(
         # Letter words of the space-separated scripts (with their marks: Devanagari vowel signs stay in the word).
-        words=pl.Series(texts, dtype=pl.String).str.to_lowercase().str.extract_all(LETTER_WORD),
-        continua=pl.Series(texts, dtype=pl.String).str.contains(f"[{CONTINUA}]"),
+        words=column.str.to_lowercase().str.extract_all(LETTER_WORD),
+        continua=column.str.contains(f"[{CONTINUA}]"),
+        dangling_end=column.str.contains(_DANGLING_END),
+        last_word=column.str.extract(_LAST_WORD, 1),
+        refusal=column.str.contains(_REFUSAL),
+        template_echo=column.str.contains(_TEMPLATE) | column.str.ends_with("{") | column.str.ends_with("}"),
+        recipe_steps=column.str.count_matches(_RECIPE_STEPS) >= 2,
     )
     return [_rejection(text, row) for text, row in zip(texts, measures.iter_rows(named=True), strict=True)]
-
-
-def rejection_reason(persona: str | None) -> str | None:
-    return quality_filter([persona])[0]
 
 
 def _rejection(text: str, measures: dict) -> str | None:
     if not text:
         return "empty"
     words = measures["words"] or []
-    if _truncated(text):
+    if _truncated(text, measures):
         return "truncated"
     if measures["length_in_words"] < MIN_WORDS:
         return "too_short"
     if measures["length_in_words"] > MAX_WORDS:
         return "too_long"
-    if _REFUSAL.search(text):
+    if measures["refusal"]:
         return "refusal"
-    if _TEMPLATE.search(text):
+    if measures["template_echo"]:
         return "template_echo"
     if measures["letters"] < 0.5 * measures["visible"]:
         return "mostly_non_letters"
@@ -268,7 +265,7 @@ def _rejection(text: str, measures: dict) -> str | None:
         return "repetitive"
     if _HONORIFIC.match(text) and _name_only(text):
         return "bare_name"
-    return _not_a_person(text, words)
+    return _not_a_person(text, words, measures["recipe_steps"])
 
 
 def _repetitive(words: list[str]) -> bool:
@@ -293,9 +290,9 @@ def _name_only(text: str) -> bool:
     return 0 < len(names) <= 6 and all(w[:1].isupper() or w.lower() in _NAME_PARTICLES for w in names)
 
 
-def _not_a_person(text: str, words: list[str]) -> str | None:
+def _not_a_person(text: str, words: list[str], recipe_steps: bool) -> str | None:
     """The category of what the text describes instead of a person (a REASONS entry), or None."""
-    if len(_RECIPE_STEPS.findall(text)) >= 2:
+    if recipe_steps:
         return "food_or_recipe"
     measure = _CHINESE_MEASURE.match(text)
     if measure:
