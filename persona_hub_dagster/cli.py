@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     estimate.add_argument("--job", default=DEFAULT_JOB, help=f"default {DEFAULT_JOB}: every stage of the shard")
     add_run_settings_arguments(estimate)
     estimate.add_argument("--price", type=float, metavar="USD", help="price per million tokens (prompt + completion)")
+    estimate.add_argument("--json", action="store_true", help="one JSON line per shard and stage instead of tables")
     estimate.add_argument(
         "--latency",
         type=float,
@@ -208,6 +209,11 @@ def cmd_estimate(args) -> int:
 
     ops = run_settings(args)
     speed = _backend_speed(args.latency)
+    if args.json:
+        for shard in args.shards:
+            for stage in _estimate_shard(shard, args.job, ops, speed):
+                print(json.dumps({"shard": shard, **dataclasses.asdict(stage)}))
+        return 0
     print(f"backend speed: {_speed_line(speed)}")
     totals = []
     for shard in args.shards:
