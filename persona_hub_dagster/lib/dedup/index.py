@@ -201,32 +201,18 @@ class HubIndex:
         band key with query row i of `keys` (n, bands)."""
         if not len(keys) or not ranks:
             return np.zeros((0, 3), dtype=np.int64)
-        probe_keys, rows = _band_probe(keys)
-        unique = np.unique(probe_keys)
-        found = self.db.get(_as_bytes(unique))
-        hit_rows, hit_entries = [], []
-        allowed = np.array(sorted(ranks), dtype=np.uint32)
-        for k, value in enumerate(found):
-            if value is None:
-                continue
-            entries = np.frombuffer(value, dtype=_ENTRY)
-            entries = entries[np.isin(entries["sid"], allowed)]
-            if len(entries):
-                hit_entries.append(entries)
-                hit_rows.append(np.full(len(entries), k, dtype=np.int64))
-        if not hit_entries:
+        probe_keys, starts, rows = _band_probe(keys)
+        owner, entries = _entries(self.db.get(probe_keys))
+        keep = np.isin(entries["sid"], np.array(sorted(ranks), dtype=np.uint32))
+        owner, entries = owner[keep], entries[keep]
+        if not len(entries):
             return np.zeros((0, 3), dtype=np.int64)
-        # A probe key shared by several query rows: map each hit to every row that probed it.
-        key_of_hit = np.concatenate(hit_rows)
-        entries = np.concatenate(hit_entries)
-        order = np.argsort(probe_keys, kind="stable")
-        sorted_keys = probe_keys[order]
-        lo = np.searchsorted(sorted_keys, unique[key_of_hit], side="left")
-        hi = np.searchsorted(sorted_keys, unique[key_of_hit], side="right")
-        counts = hi - lo
+        # Each hit goes to every query row that probed its key (rows sharing a key are adjacent after the sort).
+        ends = np.append(starts[1:], len(rows))
+        counts = (ends - starts)[owner]
         which = np.repeat(np.arange(len(entries)), counts)
-        at = np.concatenate([np.arange(a, b) for a, b in zip(lo.tolist(), hi.tolist(), strict=True)])
-        out = np.stack((rows[order[at]], entries["sid"][which].astype(np.int64), entries["pos"][which]), axis=1)
+        at = np.repeat(starts[owner] - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
+        out = np.stack((rows[at], entries["sid"][which].astype(np.int64), entries["pos"][which]), axis=1)
         return np.unique(out, axis=0)
 
     def personas(self, sid: np.ndarray, pos: np.ndarray) -> tuple[list[str], list[str]]:
@@ -469,25 +455,26 @@ class HubIndex:
         manifest no longer lists are dropped on the way."""
         if not len(keys):
             return
-        probe_keys, rows = _band_probe(keys)
-        order = np.argsort(probe_keys, kind="stable")
-        probe_keys, rows = probe_keys[order], rows[order]
-        starts = np.flatnonzero(np.concatenate(([True], probe_keys[1:] != probe_keys[:-1])))
-        unique = probe_keys[starts]
-        unique_bytes = _as_bytes(unique)
+        unique_bytes, starts, rows = _band_probe(keys)
+        found = self.db.get(unique_bytes)
+        owner, entries = _entries(found)
         live = np.array(sorted(e.sid for e in self.manifest.shards.values()), dtype=np.uint32)
-        ends = np.append(starts[1:], len(rows))
-        for k, value in enumerate(self.db.get(unique_bytes)):
-            kept = np.frombuffer(value, dtype=_ENTRY) if value is not None else np.zeros(0, _ENTRY)
-            kept = kept[np.isin(kept["sid"], live) & (kept["sid"] != sid)]
-            if add:
-                mine = np.zeros(ends[k] - starts[k], dtype=_ENTRY)
-                mine["sid"], mine["pos"] = sid, positions[rows[starts[k] : ends[k]]]
-                kept = np.concatenate((kept, mine))
-            if len(kept):
-                batch.put(unique_bytes[k], kept.tobytes())
-            elif value is not None:
-                batch.delete(unique_bytes[k])
+        keep = np.isin(entries["sid"], live) & (entries["sid"] != sid)
+        owner, entries = owner[keep], entries[keep]
+        if add:
+            mine = np.zeros(len(rows), dtype=_ENTRY)
+            mine["sid"], mine["pos"] = sid, positions[rows]
+            key_of_row = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(rows))))
+            owner, entries = np.concatenate((owner, key_of_row)), np.concatenate((entries, mine))
+        grouped = np.argsort(owner, kind="stable")  # a key's earlier entries stay first
+        owner, buffer = owner[grouped], entries[grouped].tobytes()
+        bounds = np.searchsorted(owner, np.arange(len(starts) + 1)) * _ENTRY.itemsize
+        for k, key in enumerate(unique_bytes):
+            lo, hi = int(bounds[k]), int(bounds[k + 1])
+            if hi > lo:
+                batch.put(key, buffer[lo:hi])
+            elif found[k] is not None:
+                batch.delete(key)
 
     def _keys_path(self, sid: int) -> Path:
         return self.folder / "segments" / f"{sid:08d}-keys.npy"
@@ -591,14 +578,25 @@ class HubIndex:
                 (self.folder / name).unlink()
 
 
-def _band_probe(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The RocksDB keys of every (row, band) of `keys` (n, bands), and each one's row."""
+def _band_probe(keys: np.ndarray) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+    """The distinct RocksDB keys of every (row, band) of `keys` (n, bands), in key order; where each one's rows start
+    in `rows`, the query rows in that order."""
     n, bands = keys.shape
-    probe = np.zeros(n * bands, dtype=_BAND_KEY)
-    probe["tag"] = b"b"
-    probe["band"] = np.tile(np.arange(bands, dtype=np.uint16), n)
-    probe["key"] = np.ascontiguousarray(keys, dtype=np.uint64).reshape(-1)
-    return probe, np.repeat(np.arange(n, dtype=np.int64), bands)
+    band = np.tile(np.arange(bands, dtype=np.uint16), n)
+    key = np.ascontiguousarray(keys, dtype=np.uint64).reshape(-1)
+    order = np.lexsort((key, band))  # numeric order = byte order of the big-endian records
+    band, key, rows = band[order], key[order], np.repeat(np.arange(n, dtype=np.int64), bands)[order]
+    starts = np.flatnonzero(np.concatenate(([True], (band[1:] != band[:-1]) | (key[1:] != key[:-1]))))
+    records = np.zeros(len(starts), dtype=_BAND_KEY)
+    records["tag"], records["band"], records["key"] = b"b", band[starts], key[starts]
+    return _as_bytes(records), starts, rows
+
+
+def _entries(values: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+    """The (shard id, position) entries of RocksDB values, and the index of the value each came from."""
+    lengths = np.fromiter((len(v) if v is not None else 0 for v in values), dtype=np.int64, count=len(values))
+    entries = np.frombuffer(b"".join(v for v in values if v is not None), dtype=_ENTRY)
+    return np.repeat(np.arange(len(values)), lengths // _ENTRY.itemsize), entries
 
 
 def _as_bytes(records: np.ndarray) -> list[bytes]:
