@@ -251,3 +251,20 @@ def test_run_settings_from_a_file_set_and_sample_compose_and_typos_are_one_line(
         "prompting, samples_per_persona, seed, shots, temperature"
     ]
     assert main(["materialize", "s", "--set", "no_such_stage.x=1"]) == 2
+
+
+def test_a_model_server_that_is_down_is_one_line_naming_it(env, tmp_path):
+    corpus = tmp_path / "notes.jsonl"
+    corpus.write_text(json.dumps({"text": "The ferry timetable changes on Monday for the winter season."}) + "\n")
+    persona_hub(env, "register-shard", str(corpus))
+    down = {
+        **env,
+        "PERSONA_HUB_LLM_BACKEND": "openai",
+        "PERSONA_HUB_LLM_BASE_URL": "http://127.0.0.1:9/v1",  # the discard port: nothing listens
+        "PERSONA_HUB_LLM_MODEL": "served-model",
+    }
+    result = persona_hub(down, "materialize", "notes", "--set", "text_to_persona.relations_per_text=1", check=False)
+    assert result.returncode == 1
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: text_to_persona: BackendFailure: 1 of 1 requests to openai (served-model) failed")
+    assert "Cannot connect to host 127.0.0.1:9" in line and "DagsterExecutionStepExecutionError" not in line
