@@ -3,6 +3,8 @@
 These check structure, schema validity, reproducibility and accounting, not the content (a 135M model's personas
 are not meant to be good; the pipeline must work the same with a better model)."""
 
+import os
+
 import pytest
 
 from persona_hub_dagster.lib.llm import LLMClient, LLMConfigError, LLMRequest, LLMSettings, SamplingParams, open_backend
@@ -103,3 +105,28 @@ def test_a_prompt_longer_than_the_context_is_a_rejection_not_a_crash(backend):
     responses = LLMClient(backend).generate([too_long, ok])
     assert responses[0].error.startswith("context_overflow") and responses[0].attempts == 1
     assert responses[1].ok
+
+
+@pytest.mark.parametrize(
+    ("idle_share", "expected"),
+    [(1.0, 2), (0.93, 2), (0.6, 1), (0.5, 1), (0.05, 1)],  # on 2 cores: both idle, one busy, both busy
+)
+def test_threads_follow_the_cores_idle_when_the_backend_opens(monkeypatch, idle_share, expected):
+    from persona_hub_dagster.lib.llm.backends import llama_cpp
+
+    monkeypatch.setattr(llama_cpp.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(llama_cpp.os, "cpu_count", lambda: 2)
+    samples = iter([(0, 0), (int(1000 * idle_share), 1000)])
+    assert llama_cpp.free_cores(0, read_stat=lambda: next(samples)) == expected
+
+
+def test_the_real_probe_reads_this_machine_and_a_fixed_count_wins(monkeypatch):
+    from persona_hub_dagster.lib.llm.backends import llama_cpp
+    from persona_hub_dagster.lib.llm.settings import LLMSettings
+
+    assert 1 <= llama_cpp.free_cores(0.05) <= len(os.sched_getaffinity(0))
+    monkeypatch.setenv("PERSONA_HUB_LLM_THREADS", "1")
+    assert LLMSettings.from_env().n_threads == 1
+    monkeypatch.setenv("PERSONA_HUB_LLM_THREADS", "two")
+    with pytest.raises(ValueError, match="PERSONA_HUB_LLM_THREADS must be a whole number"):
+        LLMSettings.from_env()

@@ -49,8 +49,10 @@ class LLMResource(dg.ConfigurableResource):
         description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1. vllm without it: start `vllm serve`.",
     )
     n_ctx: int = Field(default=4096, description="llama_cpp context length (prompt + output tokens).")
-    n_threads: int = Field(
-        default=1, description="llama_cpp threads. 1 is safest: 2 threads collapse when another process uses a core."
+    n_threads: int | None = Field(
+        default_factory=lambda: env_count(ENV["n_threads"]),
+        description="llama_cpp threads; null: the cores idle when a stage starts (PERSONA_HUB_LLM_THREADS sets it). "
+        "More threads than idle cores collapse throughput when another process uses a core.",
     )
     reuse_prefix: bool = Field(
         default=True,

@@ -29,6 +29,7 @@ ENV = {
     "model": "PERSONA_HUB_LLM_MODEL",
     "base_url": "PERSONA_HUB_LLM_BASE_URL",
     "max_in_flight": "PERSONA_HUB_LLM_MAX_IN_FLIGHT",
+    "n_threads": "PERSONA_HUB_LLM_THREADS",
 }
 # The judge of the evaluation stages: the same model unless these name another (a stronger model judging a cheaper
 # one is the usual set-up); each one set overrides the generator's.
@@ -96,7 +97,7 @@ class LLMSettings:
     base_url: str | None = None
     # llama_cpp (in-process)
     n_ctx: int = 4096
-    n_threads: int = 1
+    n_threads: int | None = None  # None: the cores idle when the backend opens (llama_cpp.free_cores)
     reuse_prefix: bool = True  # KV reuse of shared prompt prefixes; False: every request bit-reproducible alone
     # openai / vllm over HTTP
     max_in_flight: int = 256  # the streaming window (vLLM's default max_num_seqs); halves on 429s, grows back
@@ -117,8 +118,9 @@ class LLMSettings:
         values: dict[str, object] = {name: os.environ[var] for name, var in ENV.items() if os.environ.get(var)}
         if judge:
             values.update({name: os.environ[var] for name, var in JUDGE_ENV.items() if os.environ.get(var)})
-        if "max_in_flight" in values:
-            values["max_in_flight"] = env_count(ENV["max_in_flight"])
+        for name in ("max_in_flight", "n_threads"):
+            if name in values:
+                values[name] = env_count(ENV[name])
         return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
 
     def __post_init__(self) -> None:
