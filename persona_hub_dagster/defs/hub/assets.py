@@ -68,10 +68,13 @@ def build_persona_hub(
         caught_up = catch_up_index(index, store, settings, embedder)
         if caught_up["added"] or caught_up["removed"]:
             context.log.info(f"hub index caught up with the tables: {caught_up}")
+        published = {"uploaded": 0, "uploaded_bytes": 0, "deleted": 0}
         for shard in shards:
             per_shard[shard] = _build_shard(context, store, index, registry, shard, settings, embedder, run_id, writes)
+            # Mirrored shard by shard: a run that dies mid-range loses no finished shard's entries.
+            for key, value in index.publish().items():
+                published[key] += value
         index_stats = index.stats()
-        published = index.publish()
 
     totals: dict[str, int] = {}
 
