@@ -1,6 +1,6 @@
 """How a shard goes through every stage on its own: declarative automation, pools and the size of runs.
 
-The lifecycle of a shard (README "The lifecycle of a shard" draws it as a timeline):
+The lifecycle of a shard (docs/explanation/lifecycle.md draws it as a timeline):
 1. A file lands under the source location: `text_shard_sensor` registers it and runs `raw_text` for it.
 2. Every stage below follows its inputs (`follows_inputs`): a partition is materialized when it is new or when
    one of the tables it reads for the shard was updated since, once nothing it needs is missing or running. Tables a

@@ -1,4 +1,4 @@
-"""Resources and the executor for every asset, configured from the environment (see README: Configuration)."""
+"""Resources and the executor for every asset, configured from the environment (see docs/reference/settings.md)."""
 
 import os
 
@@ -54,6 +54,6 @@ def resources() -> dg.Definitions:
             "benchmarks": BenchmarksResource(),
         },
         # One shard's steps run in one process: on a small machine the multiprocess executor costs seconds per
-        # step, and parallelism comes from running shards as separate runs (see README: Scaling).
+        # step, and parallelism comes from running shards as separate runs (docs/reference/settings.md).
         executor=dg.in_process_executor,
     )

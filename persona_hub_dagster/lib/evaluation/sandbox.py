@@ -100,7 +100,7 @@ class SandboxUnavailable(RuntimeError):
 
 ENABLE_HINT = (
     "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap) and allow unprivileged user namespaces, or set "
-    f"{SANDBOX_ENV}=weak to accept the weaker in-process sandbox (see README: Security)"
+    f"{SANDBOX_ENV}=weak to accept the weaker in-process sandbox (see docs/explanation/security.md)"
 )
 
 
