@@ -177,6 +177,10 @@ class HubIndex:
             table = BlockBasedOptions()
             table.set_bloom_filter(10, False)
             table.set_block_cache(Cache(BLOCK_CACHE_BYTES))
+            # Index and filter blocks (~14 B per persona: 14 GB at 10^9) live in the fixed cache, not beside it, so
+            # the process's memory does not grow with the hub; L0's stay pinned (they are probed first).
+            table.set_cache_index_and_filter_blocks(True)
+            table.set_pin_l0_filter_and_index_blocks_in_cache(True)
             options.set_block_based_table_factory(table)
             options.set_compression_type(DBCompressionType.lz4())
             self._db = Rdict(str(self.folder / "rocksdb"), options)
@@ -242,13 +246,7 @@ class HubIndex:
         if n and segments:
             queries = np.ascontiguousarray(queries, dtype=np.float32)
             probes = self._probe(queries)
-            hits = self._scan(queries, probes, segments, threshold)
-            if len(hits[0]):
-                q, key, sim = hits
-                order = np.lexsort((key, q))
-                q, key, sim = q[order], key[order], sim[order]
-                first = np.concatenate(([True], q[1:] != q[:-1]))
-                best[q[first]], similarity[q[first]] = key[first], sim[first]
+            self._scan(queries, probes, segments, threshold, best, similarity)
         found = best != _NONE
         rank_to_sid = {rank: sid for sid, rank in ranks.items()}
         shard_of = self._shard_of()
@@ -278,16 +276,16 @@ class HubIndex:
         quantizer.add(centroids)
         return quantizer
 
-    def _scan(self, queries, probes, segments, threshold):
-        """Every (query, key, cosine >= threshold) over the probed lists of the segments, reading them list range
-        by list range."""
+    def _scan(self, queries, probes, segments, threshold, best, similarity) -> None:
+        """For each query, the smallest key (and its cosine) with cosine >= threshold over the probed lists of the
+        segments, into `best` and `similarity`, reading the segments list range by list range. Only the best so far
+        is kept per query: memory stays O(queries) however many earlier near-duplicates a query has."""
         nlist, dim = self.manifest.nlist, queries.shape[1]
         flat = probes.ravel()
         order = np.argsort(flat, kind="stable")
         probing = np.repeat(np.arange(len(queries)), probes.shape[1])[order]
         list_starts = np.searchsorted(flat[order], np.arange(nlist + 1))
         sizes = sum(np.diff(offsets) for _, _, (offsets, _) in segments)
-        hit_q, hit_key, hit_sim = [], [], []
         files = {sid: open(self._segment_path(sid, ".f32"), "rb") for sid, _, _ in segments}
         try:
             for lo, hi in _ranges_by_size(sizes * dim * 4, RANGE_BYTES):
@@ -322,15 +320,10 @@ class HubIndex:
                         sims = queries[q] @ stored.T
                         rows, cols = np.nonzero(sims >= threshold)
                         if len(rows):
-                            hit_q.append(q[rows])
-                            hit_key.append(keys_all[members][cols])
-                            hit_sim.append(sims[rows, cols])
+                            _keep_smallest(q[rows], keys_all[members][cols], sims[rows, cols], best, similarity)
         finally:
             for f in files.values():
                 f.close()
-        if not hit_q:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-        return np.concatenate(hit_q), np.concatenate(hit_key), np.concatenate(hit_sim)
 
     def _segment_path(self, sid: int, suffix: str, generation: int | None = None) -> Path:
         generation = self.manifest.generation if generation is None else generation
@@ -604,6 +597,16 @@ def _as_bytes(records: np.ndarray) -> list[bytes]:
     size = records.dtype.itemsize
     buffer = records.tobytes()
     return [buffer[i : i + size] for i in range(0, len(buffer), size)]
+
+
+def _keep_smallest(q, key, sim, best, similarity) -> None:
+    """best[q] = min(best[q], key) with the cosine of the kept key, for hits (q, key, sim)."""
+    order = np.lexsort((key, q))
+    q, key, sim = q[order], key[order], sim[order]
+    first = np.concatenate(([True], q[1:] != q[:-1]))
+    q, key, sim = q[first], key[first], sim[first]
+    better = key < best[q]
+    best[q[better]], similarity[q[better]] = key[better], sim[better]
 
 
 def _ranges_by_size(sizes: np.ndarray, budget: int):
