@@ -262,6 +262,46 @@ def evaluate(root: str, k: int, sample: int) -> dict:
     }
 
 
+def report(path: str) -> str:
+    """The per-shard table of a run in markdown, with time fitted as a + b·ln P (over the shards after the last
+    retraining of the index, and over all) and peak memory as a + b·P."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    lines = [
+        "| shard | prior kept P | hub s | hub CPU s | peak RSS GB | MB read | cross-shard drops (minhash / semantic) "
+        "| semantic recall vs exact | precision | planted found | nlist |",
+        "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        cross = r["cross_shard_drops"]
+        lines.append(
+            f"| {r['shard']} | {r['prior_kept']:,} | {r['hub_seconds']:.0f} | {_fmt(r.get('hub_cpu_seconds'), 0)} "
+            f"| {r['peak_rss_gb']:.2f} | {r['bytes_read'] / 1e6:,.0f} | {cross.get('minhash', 0):,} / "
+            f"{cross.get('semantic', 0):,} | {_fmt(r.get('semantic_recall'))} | {_fmt(r.get('semantic_precision'))} "
+            f"| {_fmt(r.get('planted_found'))} | {r.get('nlist', '')} |"
+        )
+    with_prior = [r for r in rows if r["prior_kept"]]
+    if len(with_prior) >= 2:
+        last_change = max(
+            (i for i in range(1, len(rows)) if rows[i].get("nlist") != rows[i - 1].get("nlist")), default=0
+        )
+        for label, subset in (("all shards", with_prior), ("after the last retraining", rows[last_change + 1 :])):
+            subset = [r for r in subset if r["prior_kept"] and r.get("hub_cpu_seconds")]
+            if len(subset) < 2:
+                continue
+            x = np.log([r["prior_kept"] for r in subset])
+            for column in ("hub_seconds", "hub_cpu_seconds"):
+                b, a = np.polyfit(x, [r[column] for r in subset], 1)
+                lines.append(f"\n{column} = {a:.1f} + {b:.2f}·ln P ({label}, {len(subset)} shards)")
+        p = np.array([r["prior_kept"] for r in rows]) / 1e6
+        b, a = np.polyfit(p, [r["peak_rss_gb"] for r in rows], 1)
+        lines.append(f"\npeak RSS = {a:.2f} GB + {b:.3f} GB per million prior personas ({len(rows)} shards)")
+    return "\n".join(lines)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
 def _use_code(code: str) -> None:
     """Import persona_hub_dagster from `code` instead of this checkout (whose editable install would win)."""
     sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()]
@@ -287,6 +327,7 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=1000)
     parser.add_argument("--eval-every", type=int, default=1)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--report", action="store_true", help="print --out's table and fits, run nothing")
     parser.add_argument("--until", help="UTC time HH:MM after which no new shard starts")
     parser.add_argument("--step", choices=["generate", "hub", "evaluate"], help=argparse.SUPPRESS)
     parser.add_argument("--k", type=int, help=argparse.SUPPRESS)
@@ -301,6 +342,9 @@ def main() -> None:
         return
     if args.step == "evaluate":
         print(json.dumps(evaluate(args.root, args.k, args.sample)))
+        return
+    if args.report:
+        print(report(args.out))
         return
     out = Path(args.out)
     done = len(out.read_text().splitlines()) if out.exists() else 0
