@@ -290,20 +290,16 @@ def _shard_texts(store: DeltaStore, registered, ingest_settings: dict):
 
     from persona_hub_dagster.lib import tables
     from persona_hub_dagster.lib.corpus.ingest import IngestSettings, ShardIngest
-    from persona_hub_dagster.lib.corpus.readers import SourceSpec
     from persona_hub_dagster.lib.settings import settings_from
 
     if store.exists(tables.RAW_TEXT) and registered.key in store.partitions(tables.RAW_TEXT):
         return store.scan(tables.RAW_TEXT, [registered.key]).select("text_id", "text").collect()
     settings = settings_from(IngestSettings, ingest_settings)
-    spec = SourceSpec(
-        uri=registered.source_uri,
-        format=registered.format,
-        compression=registered.compression,
-        text_column=registered.column(settings.text_column),
-    )
     ingest = ShardIngest(
-        spec, shard=registered.key, run_id="estimate", options=settings.cleaning(registered.given_personas)
+        settings.source(registered),
+        shard=registered.key,
+        run_id="estimate",
+        options=settings.cleaning(registered.given_personas),
     )
     batches = [pl.from_arrow(batch).select("text_id", "text") for batch in ingest.accepted()]
     return pl.concat(batches) if batches else pl.DataFrame(schema={"text_id": pl.String, "text": pl.String})

@@ -16,7 +16,7 @@ from persona_hub_dagster.defs.storage import (
 from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.corpus.cleaning import CLEANING_VERSION
 from persona_hub_dagster.lib.corpus.ingest import RAW_TEXT_SCHEMA, REJECTS_SCHEMA, IngestSettings, ShardIngest
-from persona_hub_dagster.lib.corpus.readers import SourceFileError, SourceSpec
+from persona_hub_dagster.lib.corpus.readers import SourceFileError
 from persona_hub_dagster.lib.shards import ShardRegistry, UnknownShard
 
 RAW_TEXT, RAW_TEXT_REJECTS = asset_key(tables.RAW_TEXT), asset_key(tables.RAW_TEXT_REJECTS)
@@ -77,12 +77,7 @@ def ingest_raw_text(context: dg.AssetExecutionContext, config: RawTextConfig, st
         registered = ShardRegistry(store).get(shard)
     except UnknownShard as exc:
         raise dg.Failure(str(exc), allow_retries=False) from exc
-    spec = SourceSpec(
-        uri=registered.source_uri,
-        format=registered.format,
-        compression=registered.compression,
-        text_column=registered.column(settings.text_column),
-    )
+    spec = settings.source(registered)
     ingest = ShardIngest(
         spec,
         shard=shard,

@@ -112,6 +112,15 @@ class IngestSettings:
         0.5, "The reject-rate check warns when more of the shard's records than this are rejected."
     )
 
+    def source(self, registered) -> SourceSpec:
+        """Where a registered shard's records are and which field holds their text (a lib.shards.RegisteredShard)."""
+        return SourceSpec(
+            uri=registered.source_uri,
+            format=registered.format,
+            compression=registered.compression,
+            text_column=registered.column(self.text_column),
+        )
+
     def cleaning(self, given_personas: bool = False) -> CleaningOptions:
         """The rules for a shard's records: texts' bounds, or personas' for a persona shard."""
         if given_personas:
