@@ -309,3 +309,25 @@ def test_a_hub_built_before_the_index_gets_one_on_first_use(hub_on):
         assert {s: e.kept for s, e in index.manifest.shards.items() if s != "s3"} == kept
         assert index.manifest.layout == index_layout(HubSettings())
     assert planted(store, "s3", 3)["duplicate_of_shard"].to_list() == ["s1", "s2", "s1"]
+
+
+def test_a_shard_whose_candidates_were_all_dropped_is_built_and_stays_in_the_index(hub_on):
+    # Found by the production topology: a shard of two names ("Ethan A. Thompson") keeps no persona, so persona_hub
+    # has no partition for it; the shards after it must still count it as built, and the index must keep it.
+    store, run, texts, _ = hub_on
+    store.write_partitions("text_personas", candidate_frame("s2", ["Liam Black", "Ethan A. Thompson"]), partitions=["s2"])
+    run("s1")
+    run("s2")
+    assert "s2" not in store.partitions(tables.PERSONA_HUB)
+    assert set(store.read(tables.PERSONA_HUB_DECISIONS, ["s2"])["reason"]) == {"quality:too_short"}
+    result = run("s3")
+    assert [e.passed for e in result.get_asset_check_evaluations()] == [True]
+    assert store.read(tables.HUB_RUNS, ["s3"])["prefix_present"].to_list() == [["s1", "s2"]]
+    with open_index(store) as index:
+        assert index.manifest.shards["s2"].kept == 0
+        built = {s: e.sid for s, e in index.manifest.shards.items()}
+    run("s3")  # catching up again finds nothing to change
+    with open_index(store) as index:
+        assert {s: e.sid for s, e in index.manifest.shards.items() if s != "s3"} == {
+            s: sid for s, sid in built.items() if s != "s3"
+        }

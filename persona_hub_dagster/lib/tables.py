@@ -98,14 +98,17 @@ PERSONA_TO_PERSONA = Stage((EXPANDED_PERSONAS, rejects_of(EXPANDED_PERSONAS, "Pe
 
 PERSONA_HUB = Table(
     ("persona_hub",),
-    "The deduplicated personas of each shard: quality-filtered, then MinHash (word 1-grams, 128 permutations, "
-    "Jaccard 0.9, exact-verified) and embedding cosine (0.9) against the shard and every shard registered before it. "
+    "The deduplicated personas of each shard: quality-filtered, then MinHash (units that fit the script: words, Han "
+    "characters, kana and Thai letter pairs; 128 permutations, Jaccard 0.9, exact-verified) and embedding cosine "
+    "(0.9, for the scripts the embedding model reads) against the shard and every shard registered before it. "
     "Earlier shards never lose personas when later shards arrive.",
 )
 PERSONA_HUB_DECISIONS = Table(
     ("persona_hub_decisions",),
     "Every candidate persona with its decision: kept, or dropped with the reason (minhash, semantic, "
-    "quality:<reason>), the persona it duplicates (duplicate_of, duplicate_of_shard) and the similarity.",
+    "quality:<reason>), the persona it duplicates (duplicate_of, duplicate_of_shard) and the similarity; "
+    "quality_edit says what the quality pass changed in a persona it kept, semantic_check why the embedding "
+    "comparison was skipped (a script the model cannot read).",
 )
 HUB = Stage((PERSONA_HUB, PERSONA_HUB_DECISIONS))
 # Where the hub keeps what later shards are compared with, so earlier shards are never recomputed.

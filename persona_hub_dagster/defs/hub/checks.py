@@ -5,6 +5,7 @@ import dagster as dg
 
 from persona_hub_dagster.defs.hub.assets import PERSONA_HUB, default_fingerprint
 from persona_hub_dagster.defs.storage import DeltaStorageResource
+from persona_hub_dagster.lib.dedup.hub import hub_shards
 from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.shards import ShardRegistry
 
@@ -25,7 +26,7 @@ def prefix_complete(storage: DeltaStorageResource) -> dg.AssetCheckResult:
         return dg.AssetCheckResult(passed=True, metadata={"hub_shards": 0})
     runs = store.read(tables.HUB_RUNS)
     built_at = dict(zip(runs["shard"].to_list(), runs["deduplicated_at"].to_list(), strict=True))
-    in_hub = set(store.partitions(tables.PERSONA_HUB))
+    in_hub = set(hub_shards(store))
     registry = ShardRegistry(store).frame()
     order = registry.sort("registration_seq", "shard")["shard"].to_list()
     registered = set(order)

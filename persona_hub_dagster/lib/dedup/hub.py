@@ -131,11 +131,17 @@ def hub_lineage(store: DeltaStore) -> dict[str, tuple[tuple[tables.Table, str], 
     return {column: tuple(sources) for column, sources in deps.items()}
 
 
+def hub_shards(store: DeltaStore) -> list[str]:
+    """The shards whose hub is built: those with a hub run record, written last of a shard's hub tables. Not the
+    partitions of persona_hub itself: a shard whose candidates were all dropped is built and has no hub rows."""
+    return store.partitions(tables.HUB_RUNS)
+
+
 def prefix_shards(store: DeltaStore, registry_frame: pl.DataFrame, shard: str) -> tuple[list[str], list[str]]:
     """(shards registered before `shard`, those of them already in the hub), both in registration order."""
     ordered = registry_frame.sort("registration_seq", "shard")["shard"].to_list()
     expected = ordered[: ordered.index(shard)] if shard in ordered else ordered
-    present = set(store.partitions(tables.PERSONA_HUB))
+    present = set(hub_shards(store))
     return expected, [s for s in expected if s in present]
 
 
@@ -477,7 +483,7 @@ def catch_up_index(
     model = embedder.identity if embedder is not None and settings.semantic_threshold is not None else None
     if not index.compatible(layout, model):
         index.clear()
-    present = store.partitions(tables.PERSONA_HUB)
+    present = hub_shards(store)
     runs = (
         dict(store.scan(tables.HUB_RUNS).select("shard", "run_id").collect().iter_rows())
         if store.exists(tables.HUB_RUNS)
