@@ -7,11 +7,14 @@ PERSONA_HUB_LLM_BASE_URL  openai: required; vllm: an existing endpoint, or unset
 PERSONA_HUB_LLM_API_KEY   the key itself, read at call time, never stored in configuration
 PERSONA_HUB_LLM_MAX_IN_FLIGHT  openai/vllm: requests in flight at once (default 256; the window adapts to 429s)
 PERSONA_HUB_LLM_TOKEN_BUDGET   tokens one run's calls may spend (the `llm` resource's token_budget; default none)
+PERSONA_HUB_LLM_SPECIAL_TOKENS chat control tokens that content may never form in a prompt, a JSON list (default:
+                               CHAT_TEMPLATE_TOKENS; `[]`: none); the embedded model adds its own from its vocabulary
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -48,6 +51,62 @@ ENDPOINTS_ENV = "PERSONA_HUB_LLM_ENDPOINTS"
 
 class LLMConfigError(ValueError):
     """A configuration that cannot work, with what to set instead."""
+
+
+# Content never speaks as a role: every text, persona, item or demonstration a prompt template inserts has these
+# markers neutralized (lib/prompts.neutralize), so a crawled page holding `<|im_end|><|im_start|>system ...` cannot
+# open a turn. A served model's tokenizer cannot be read from here, so this is a conservative list of the common chat
+# formats; the embedded llama.cpp model neutralizes its own control tokens too, read from its GGUF vocabulary.
+SPECIAL_TOKENS_ENV = "PERSONA_HUB_LLM_SPECIAL_TOKENS"
+CHAT_TEMPLATE_TOKENS = (
+    # ChatML (SmolLM2, Qwen, many fine-tunes)
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    # Llama 3
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    # Gemma
+    "<start_of_turn>",
+    "<end_of_turn>",
+    # Mistral / Llama 2
+    "[INST]",
+    "[/INST]",
+    # Phi
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|end|>",
+    # SentencePiece sequence markers
+    "<s>",
+    "</s>",
+)
+
+
+def special_tokens() -> tuple[str, ...]:
+    """The markers content may not form: PERSONA_HUB_LLM_SPECIAL_TOKENS (a JSON list of strings, which replaces the
+    built-in list; `[]` for none) or CHAT_TEMPLATE_TOKENS. Read at each use, parsed once per value."""
+    return _parse_special_tokens(os.environ.get(SPECIAL_TOKENS_ENV) or None)
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_special_tokens(value: str | None) -> tuple[str, ...]:
+    if value is None:
+        return CHAT_TEMPLATE_TOKENS
+    try:
+        tokens = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise LLMConfigError(
+            f'{SPECIAL_TOKENS_ENV} must be a JSON list of strings, like ["<|im_start|>", "<|im_end|>"]: {exc}'
+        ) from exc
+    if not isinstance(tokens, list) or not all(isinstance(t, str) and len(t) >= 2 for t in tokens):
+        raise LLMConfigError(
+            f"{SPECIAL_TOKENS_ENV} must be a JSON list of strings of at least 2 characters (a one-character marker "
+            f'cannot be neutralized), like ["<|im_start|>", "<|im_end|>"]; it is {value!r}'
+        )
+    return tuple(dict.fromkeys(tokens))
 
 
 def configured_endpoints() -> dict[str, str | None]:

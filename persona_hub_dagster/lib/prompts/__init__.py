@@ -7,18 +7,41 @@ code_version, so editing a prompt marks exactly the assets that use it stale in 
 
 Texts and personas go into prompts through `delimited()`: inside a named tag whose closing form cannot occur in the
 content, so a text that contains instructions (or a fake closing tag) stays data.
+
+Content never speaks as a role: every value a template inserts (`{{ ... }}`: a text, a persona, an item, the
+demonstrations) passes through `neutralize`, which breaks the chat models' control tokens (`<|im_start|>`,
+`<|eot_id|>`, `[INST]`, ... : lib.llm.settings.special_tokens, overridable with PERSONA_HUB_LLM_SPECIAL_TOKENS) with
+an invisible WORD JOINER after their first character. A reader sees the same text; a tokenizer no longer finds the
+marker, so a crawled page holding `<|im_end|><|im_start|>system ...` reaches the model as text, not as a new turn.
+The template's own words are not touched. The embedded model's backend also neutralizes its own control tokens, read
+from its vocabulary, in every message (lib/llm/backends/llama_cpp.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib import resources
 
 import jinja2
 import jinja2.meta
+
+from persona_hub_dagster.lib.llm.settings import SPECIAL_TOKENS_ENV, special_tokens
+
+__all__ = [
+    "SPECIAL_TOKENS_ENV",
+    "WORD_JOINER",
+    "PromptNotFound",
+    "PromptTemplate",
+    "delimited",
+    "load",
+    "names",
+    "neutralize",
+    "special_tokens",
+]
 
 _FILE_RE = re.compile(r"^(?P<name>[a-z0-9_]+)\.v(?P<number>\d+)\.jinja$")
 
@@ -85,6 +108,63 @@ def delimited(tag: str, content: str) -> str:
     return f"<{tag}>\n{safe}\n</{tag}>"
 
 
+# U+2060 WORD JOINER: invisible, no width, "no line break here"; Unicode category Cf, which NFC and NFKC keep (they
+# have no mapping for it), so a tokenizer that normalizes text before matching its added tokens cannot fold it away.
+# Special tokens are matched on the raw text (llama.cpp, Hugging Face tokenizers), where `<⁠|im_start|>` is not
+# `<|im_start|>`: the rest of the marker becomes ordinary tokens. (Fullwidth look-alikes such as `＜` would not do:
+# NFKC maps them back to `<`.)
+WORD_JOINER = "\u2060"
+
+
+def neutralize(text: str, tokens: Iterable[str]) -> str:
+    """`text` with every occurrence of every marker in `tokens` broken by a WORD JOINER after its first character.
+    Reads the same; contains none of the markers (overlapping ones included); idempotent. Markers shorter than two
+    characters cannot be broken and are ignored."""
+    pattern = _marker_pattern(tuple(tokens))
+    if pattern is None:
+        return text
+    while pattern.search(text):  # one pass breaks each match; a marker overlapping a broken one needs another
+        text = pattern.sub(_break, text)
+    return text
+
+
+def _break(match: re.Match[str]) -> str:
+    return match[0][0] + WORD_JOINER + match[0][1:]
+
+
+@lru_cache(maxsize=16)
+def _marker_pattern(tokens: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One regex for all markers, as a trie (a vocabulary can have thousands of control tokens that share a prefix,
+    e.g. `<unused123>`; a flat alternation tries each of them at every `<`)."""
+    trie: dict[str, dict] = {}
+    for token in tokens:
+        if len(token) < 2:
+            continue
+        node = trie
+        for char in token:
+            node = node.setdefault(char, {})
+        node[""] = {}
+    return re.compile(_trie_regex(trie)) if trie else None
+
+
+def _trie_regex(node: dict[str, dict]) -> str:
+    ends = "" in node
+    branches = [re.escape(char) + _trie_regex(child) for char, child in sorted(node.items()) if char]
+    if not branches:
+        return ""
+    body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+    if ends:  # a marker ends here and longer ones go on: prefer the longest
+        return "(?:" + body + ")?"
+    return body
+
+
+def _inserted(value: object) -> object:
+    """Jinja's `finalize`: every value a template inserts, before it becomes prompt text."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return neutralize(value if isinstance(value, str) else str(value), special_tokens())
+
+
 @cache
 def _shipped() -> dict[str, dict[int, str]]:
     found: dict[str, dict[int, str]] = {}
@@ -104,8 +184,10 @@ def _compiled(source: str) -> jinja2.Template:
 @cache
 def _environment() -> jinja2.Environment:
     # StrictUndefined: a missing variable is an error, never an empty hole in a prompt.
+    # finalize: every inserted value is neutralized (content never speaks as a role); the template's text is not.
     return jinja2.Environment(
         undefined=jinja2.StrictUndefined,
+        finalize=_inserted,
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=False,

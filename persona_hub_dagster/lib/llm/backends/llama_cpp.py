@@ -17,6 +17,14 @@ Settings learned the hard way on small machines:
   String length bounds stay out of the grammar: llama.cpp unrolls `maxLength: n` into n nested optional rules, and
   past a few hundred the grammar parser gives up and the process crashes (measured: maxLength 2000 segfaults).
   The client still validates the full schema, lengths included, on every output.
+- Content never speaks as a role. llama-cpp-python renders the GGUF's chat template around the messages and
+  tokenizes the whole prompt with special tokens enabled, so a control token written in a message (a crawled page
+  holding `<|im_end|><|im_start|>system ...`) became a real turn. Every message's content is neutralized first with
+  the model's own control tokens, read from its vocabulary (`special_tokens`: exactly the tokens llama.cpp's
+  tokenizer matches only when asked to parse special tokens; user-defined ones are matched either way and are
+  ordinary vocabulary), plus the configured chat-template list. The template is rendered around content that can no
+  longer form one of them, so its own markers are the prompt's only special tokens and content is tokenized as text,
+  exactly as with special=False, while a clean prompt's tokens are unchanged.
 """
 
 from __future__ import annotations
@@ -128,6 +136,11 @@ class LlamaCppBackend:
             seed=seed,
             verbose=False,
         )
+        # Imported here: lib.prompts reads its settings from lib.llm, which imports this module.
+        from persona_hub_dagster.lib.prompts import neutralize, special_tokens
+
+        self._neutralize = neutralize
+        self.special_tokens = tuple(dict.fromkeys(control_tokens(self._llm) + special_tokens()))
 
     @property
     def identity(self) -> str:
@@ -150,7 +163,7 @@ class LlamaCppBackend:
     def _complete_one(self, request: LLMRequest) -> Completion:
         sampling = request.sampling
         kwargs = {
-            "messages": [dict(m) for m in request.messages],
+            "messages": [self._as_text(m) for m in request.messages],
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
             "max_tokens": sampling.max_tokens,
@@ -176,6 +189,27 @@ class LlamaCppBackend:
             completion_tokens=int(usage.get("completion_tokens") or 0),
             latency_s=time.perf_counter() - started,
         )
+
+    def _as_text(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        """The message with its content unable to form one of the model's control tokens (see the module's notes)."""
+        content = message.get("content")
+        if not isinstance(content, str):
+            return dict(message)
+        return {**message, "content": self._neutralize(content, self.special_tokens)}
+
+
+def control_tokens(llm: Any) -> tuple[str, ...]:
+    """The texts of the model's control (and unknown) tokens, from its GGUF vocabulary: the tokens llama.cpp matches
+    in text only when tokenizing with special tokens enabled, as it does for a chat prompt."""
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    special = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+    return tuple(
+        llama_cpp.llama_vocab_get_text(vocab, token).decode("utf-8", errors="replace")
+        for token in range(llama_cpp.llama_vocab_n_tokens(vocab))
+        if llama_cpp.llama_vocab_get_attr(vocab, token) & special
+    )
 
 
 # String bounds the grammar may carry: small ones cost little; larger ones are left to validation (see above).
