@@ -17,7 +17,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from persona_hub_dagster.lib import filesystems
+from persona_hub_dagster.lib import filesystems, release
 from persona_hub_dagster.lib.lineage import print_traced_example
 from persona_hub_dagster.lib.locations import normalize_location, project_dir
 from persona_hub_dagster.lib.settings import STAGE_SETTINGS_ENV, read_stage_settings
@@ -144,7 +144,17 @@ def main(argv: list[str] | None = None) -> int:
         "export", help="write a task's training-ready release (HF datasets layout) to a folder"
     )
     export.add_argument("task", choices=sorted(TASK_NAMES))
-    export.add_argument("--out", required=True, help="folder (or s3:// prefix) to write; replaced")
+    export.add_argument(
+        "--out",
+        required=True,
+        help="folder (or s3:// prefix) to write: new, empty, or holding a release exported before (replaced)",
+    )
+    export.add_argument(
+        "--force",
+        action="store_true",
+        help="also when --out holds something else: moved aside to OUT.replaced-TIME, not deleted "
+        "(never the storage root)",
+    )
     export.add_argument(
         "--format",
         choices=["parquet", "jsonl", "chat"],
@@ -169,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_dagster_home()
     try:
         return COMMANDS[args.command](args)
-    except (InvalidShard, ShardConflict, FileNotFoundError, LookupError, ValueError) as exc:
+    except (InvalidShard, ShardConflict, release.ExportError, FileNotFoundError, LookupError, ValueError) as exc:
         if args.verbose:
             raise
         print(f"error: {exc}", file=sys.stderr)
@@ -478,16 +488,19 @@ def cmd_trace(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from persona_hub_dagster.lib import release
     from persona_hub_dagster.lib.settings import settings_from
     from persona_hub_dagster.lib.synthesis.tasks import TASKS
 
     values = {} if args.test_fraction is None else {"test_fraction": args.test_fraction}
-    built = release.build(DeltaStore(), TASKS[args.task], settings_from(release.ReleaseSettings, values))
-    written = release.write(built, args.out, tuple(args.format or ["parquet"]))
+    store = DeltaStore()
+    built = release.build(store, TASKS[args.task], settings_from(release.ReleaseSettings, values))
+    formats = tuple(args.format or ["parquet"])
+    written = release.write(built, args.out, formats, storage_root=store.root, force=args.force)
+    if written.moved_aside:
+        print(f"note: {args.out} held files no release wrote: moved them to {written.moved_aside}")
     counts = built.counts()
     print(f"release {args.task}: {counts['train']} train, {counts['test']} test items -> {args.out}")
-    for path in sorted(written):
+    for path in sorted(written.files):
         print(f"  {path}")
     if args.push:
         return _push(args.out, args.push)
@@ -499,7 +512,10 @@ def _push(folder: str, repo_id: str) -> int:
     try:
         from huggingface_hub import HfApi
 
-        HfApi().upload_folder(folder_path=folder, repo_id=repo_id, repo_type="dataset")
+        # The marker is this machine's bookkeeping (what a re-export may replace), not part of the data set.
+        HfApi().upload_folder(
+            folder_path=folder, repo_id=repo_id, repo_type="dataset", ignore_patterns=[release.MARKER]
+        )
     except Exception as exc:  # offline, no token, no such repo: one line, not a trace
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         print(f"error: could not push to the Hugging Face Hub dataset {repo_id!r}: {reason}", file=sys.stderr)

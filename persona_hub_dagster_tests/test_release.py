@@ -63,7 +63,7 @@ def test_the_release_loads_with_the_datasets_library(evaluated, tmp_path):  # no
     counts = built.counts()
     assert counts["train"] and counts["test"]
     folder = tmp_path / "math-release"
-    written = release.write(built, str(folder))
+    written = release.write(built, str(folder), storage_root=evaluated.root).files
     assert {"README.md", "data/train-00000-of-00001.parquet", "chat/test.jsonl"} <= set(written)
     splits = datasets.load_dataset(
         "parquet",

@@ -7,6 +7,7 @@ the same ones deltalake's object store reads, so one environment serves both.
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -80,6 +81,82 @@ def write_bytes(uri: str, data: bytes) -> str:
     with fs.open_output_stream(path) as stream:
         stream.write(data)
     return location
+
+
+def read_bytes(uri: str) -> bytes:
+    """A whole file; FileNotFoundError when it is not there."""
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def is_file(location: str) -> bool:
+    fs, path = resolve(location)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Create the file only if nothing is there, atomically (O_EXCL locally, a conditional put on S3): false when
+    something was. Two processes racing for the same name: exactly one gets true."""
+    location = normalize_location(uri)
+    if not is_uri(location):
+        try:
+            descriptor = os.open(location, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        except FileNotFoundError:  # its folder is missing (a file where a folder should be is ENOTDIR instead)
+            os.makedirs(os.path.dirname(location), exist_ok=True)
+            return create_exclusive(location, data)
+        try:
+            with os.fdopen(descriptor, "wb") as stream:
+                stream.write(data)
+        except BaseException:  # a full disk: no empty file left behind to claim the name
+            os.unlink(location)
+            raise
+        return True
+    if not location.startswith("s3://"):
+        raise OSError(f"{location}: creating a file only if absent is supported on local paths and s3:// only")
+    # pyarrow cannot send If-None-Match; boto3 (a dependency of dagster-aws) reads the same AWS_* environment.
+    import boto3
+    import botocore.exceptions
+
+    bucket, _, key = location[len("s3://") :].partition("/")
+    try:
+        boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return False
+        raise OSError(f"{location}: {exc}") from exc
+    except botocore.exceptions.BotoCoreError as exc:  # no credentials, no endpoint: an I/O failure like pyarrow's
+        raise OSError(f"{location}: {exc}") from exc
+    return True
+
+
+def copy_file(source: str, destination: str) -> None:
+    """Copy one file within one filesystem (on S3 the copy happens in the store: nothing passes through here)."""
+    fs, source_path = resolve(source)
+    _, destination_path = resolve(destination)
+    if not is_uri(destination):
+        fs.create_dir(destination_path.rsplit("/", 1)[0], recursive=True)
+    fs.copy_file(source_path, destination_path)
+
+
+def move_dir(source: str, destination: str) -> None:
+    """Move a folder (or prefix) to a name where nothing is. Locally one atomic rename; an object store has no
+    rename, so each file is copied, then deleted."""
+    source, destination = normalize_location(source), normalize_location(destination)
+    if not is_uri(source):
+        os.rename(source, destination)
+        return
+    for entry in list_files(source):
+        target = destination + "/" + entry.relative_path
+        copy_file(entry.uri, target)
+        delete_file(entry.uri)
+
+
+def delete_file(uri: str) -> None:
+    fs, path = resolve(uri)
+    fs.delete_file(path)
 
 
 def delete_dir(location: str) -> None:

@@ -34,14 +34,14 @@ def release_asset(task: SynthesisTask) -> dg.AssetsDefinition:
             table, built.rows, partitions=None, commit_metadata=commit_metadata(context.run.run_id, asset_key(table))
         )
         location = release.release_location(store, task.name)
-        written = release.write(built, location)
+        written = release.write(built, location, storage_root=store.root)
         context.log.info(f"release/{task.name}: {built.counts()} items at {location}")
         return dg.MaterializeResult(
             metadata={
                 **table_write_metadata(write, release.lineage(task)),
                 "location": dg.MetadataValue.path(location),
                 "dataset_card": dg.MetadataValue.md(release.dataset_card(built)),
-                **{key: metadata_value(value) for key, value in release.metadata(built, written).items()},
+                **{key: metadata_value(value) for key, value in release.metadata(built, written.files).items()},
             }
         )
 
