@@ -144,7 +144,12 @@ def request(prepared: Prepared, step_index: int, round_number: int, item: Item) 
     blocks = step.prompt().render_blocks(**variables)
     if step.chat:
         system = [{"role": "system", "content": blocks["system"]}] if blocks.get("system") else []
-        messages = tuple(system + [dict(m) for m in item.fields.get("messages", [])])
+        # The earlier turns are content too (model-written, from web text): no control token may open a turn.
+        earlier = [
+            {**m, "content": prompts.neutralize(m["content"], prompts.special_tokens())}
+            for m in item.fields.get("messages", [])
+        ]
+        messages = tuple(system + earlier)
         return LLMRequest(messages, sampling, step.schema(prepared.context), request_id)
     if not blocks.get("user"):
         raise ValueError(f"Template {step.prompt().version} has no `user` block")
