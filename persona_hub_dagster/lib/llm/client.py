@@ -7,17 +7,19 @@
 For each batch: completions already in the cache are replayed; the rest go to the backend in one batched call and
 are recorded in the cache (one commit per batch); outputs that must follow a JSON schema are parsed and validated,
 and the invalid ones are asked again with a different seed, up to `max_attempts`; what still fails comes back as a
-rejection with the raw text and the reason. One bad output never fails the batch. A request the backend itself
-could not answer after its retries (connection, timeout, HTTP error) is not an output: once the batch's successful
-calls are cached, `generate` raises BackendFailure, so a stage stops instead of recording infrastructure faults as
-rejections (and replacing a shard's rows with them).
+rejection with the raw text and the reason. One bad output never fails the batch: whatever parsing one answer
+raises is that request's rejection (`parse_error: ...`), and a backend's text is made encodable (a lone surrogate
+becomes U+FFFD) before it is cached or stored. A request the backend itself could not answer after its retries
+(connection, timeout, HTTP error) is not an output: once the batch's successful calls are cached, `generate`
+raises BackendFailure, so a stage stops instead of recording infrastructure faults as rejections (and replacing a
+shard's rows with them).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from persona_hub_dagster.lib.llm.cache import ResponseCache
@@ -199,6 +201,7 @@ class LLMClient:
                 raise RuntimeError(
                     f"{self.backend.name} returned {len(answers)} completions for {len(missing)} requests"
                 )
+            answers = [_encodable(answer) for answer in answers]
             fresh = dict(zip(missing, answers, strict=True))
             self._fresh(answers)
             if self.cache is not None:
@@ -254,7 +257,10 @@ class LLMClient:
         backend_failed = error is not None and not error.startswith("context_overflow")
         if error is None:
             if request.json_schema is not None:
-                parsed, error = parse_structured(completion.text, request.json_schema, completion.finish_reason)
+                try:
+                    parsed, error = parse_structured(completion.text, request.json_schema, completion.finish_reason)
+                except Exception as exc:  # noqa: BLE001 - a parser's bug on one answer is that answer's reject
+                    parsed, error = None, _parse_error(exc)
             elif not (completion.text or "").strip():
                 error = "empty"
         return LLMResponse(
@@ -334,6 +340,7 @@ class _StreamedGeneration:
         self._settle(index, hit)
 
     def _answered(self, index: int, key: str, completion: Completion) -> None:
+        completion = _encodable(completion)
         self.client._fresh([completion])
         self.uncommitted[key] = completion
         due = time.monotonic() - self.committed_at >= self.COMMIT_EVERY_S
@@ -375,6 +382,29 @@ def _attempt_request(request: LLMRequest, attempt: int) -> LLMRequest:
     # An explicit seed also for requests without one: otherwise the retry's cache key would equal the first
     # attempt's, and the cache would replay the very output being retried.
     return request.with_seed((request.sampling.seed or 0) + 1000 * attempt)
+
+
+def _encodable(completion: Completion) -> Completion:
+    """The completion with text that UTF-8 can hold: a server's JSON can carry a lone surrogate ("\\ud800"), which
+    no column (the cache, a rejects table) can store; each becomes U+FFFD, and a split pair is joined."""
+    text = completion.text
+    if text is None:
+        return completion
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return replace(completion, text=text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
+    return completion
+
+
+def _parse_error(exc: Exception) -> str:
+    """The reject reason for an exception out of parsing one answer (which parse_structured is built not to raise)."""
+    try:
+        detail = str(exc)
+    except Exception:  # noqa: BLE001
+        detail = "(no message)"
+    reason = f"parse_error: {type(exc).__name__}: {detail}"[:300]
+    return reason.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _retryable(error: str | None) -> bool:
