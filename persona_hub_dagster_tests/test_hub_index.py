@@ -315,7 +315,9 @@ def test_a_shard_whose_candidates_were_all_dropped_is_built_and_stays_in_the_ind
     # Found by the production topology: a shard of two names ("Ethan A. Thompson") keeps no persona, so persona_hub
     # has no partition for it; the shards after it must still count it as built, and the index must keep it.
     store, run, texts, _ = hub_on
-    store.write_partitions("text_personas", candidate_frame("s2", ["Liam Black", "Ethan A. Thompson"]), partitions=["s2"])
+    store.write_partitions(
+        "text_personas", candidate_frame("s2", ["Liam Black", "Ethan A. Thompson"]), partitions=["s2"]
+    )
     run("s1")
     run("s2")
     assert "s2" not in store.partitions(tables.PERSONA_HUB)

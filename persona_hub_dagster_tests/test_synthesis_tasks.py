@@ -162,6 +162,35 @@ def test_tool_specs_are_valid_json_schemas_with_identifier_names_and_fitting_exa
     rejected("invalid_example", "tools", {**SPEC, "example_arguments": {"total": "a hundred", "people": 4}})
 
 
+def test_a_model_written_schema_cannot_hang_or_fail_the_tools_stage():
+    # Found by the hostile-answer probe: a `$ref` that resolves nowhere raised out of the validator (failing the
+    # stage), and a backtracking `pattern` with a matching example held the worker for minutes in `re`.
+    def with_property(schema, example):
+        parameters = {"type": "object", "properties": {"code": schema}, "required": ["code"]}
+        return {**SPEC, "parameters": parameters, "example_arguments": {"code": example}}
+
+    rejected(r"invalid_parameters: \$ref", "tools", with_property({"$ref": "http://example.com/s.json"}, "x"))
+    rejected(r"invalid_parameters: \$ref", "tools", with_property({"$ref": "#/nope"}, "x"))
+    rejected(r"invalid_parameters: \$ref", "tools", with_property({"$ref": "#"}, "x"))
+    rejected(
+        "invalid_parameters: patternProperties",
+        "tools",
+        with_property({"type": "object", "patternProperties": {"(a+)+$": {}}}, {"a" * 30 + "!": 1}),
+    )
+    # Backtracking that `re` would run for hours: answered quickly, or cut off by the time limit.
+    rejected("invalid_example", "tools", with_property({"type": "string", "pattern": "(a+)+$"}, "a" * 40 + "!"))
+    rejected(
+        "invalid_example: .* the pattern",
+        "tools",
+        with_property({"type": "string", "pattern": "(a|aa)+$"}, "a" * 60 + "!"),
+    )
+    rejected(
+        "invalid_parameters: not a valid JSON Schema", "tools", with_property({"type": "string", "pattern": "("}, "x")
+    )
+    rejected("invalid_example", "tools", with_property({"type": "string", "pattern": "^[A-Z]{3}$"}, "ab1"))
+    assert parse("tools", with_property({"type": "string", "pattern": "^[A-Z]{3}$"}, "EUR"))["name"] == "split_bill"
+
+
 def test_tool_code_must_define_exactly_the_declared_signature_and_import_only_allowed_modules():
     item = Item("p", "x", 0, fields=parse("tools", SPEC))
     assert parse("tools", {"code": GOOD_CODE}, item=item, step=1) == {"code": GOOD_CODE}

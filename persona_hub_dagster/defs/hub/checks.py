@@ -5,8 +5,8 @@ import dagster as dg
 
 from persona_hub_dagster.defs.hub.assets import PERSONA_HUB, default_fingerprint
 from persona_hub_dagster.defs.storage import DeltaStorageResource
-from persona_hub_dagster.lib.dedup.hub import hub_shards
 from persona_hub_dagster.lib import tables
+from persona_hub_dagster.lib.dedup.hub import hub_shards
 from persona_hub_dagster.lib.shards import ShardRegistry
 
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jsonschema
+import regex
 
 from persona_hub_dagster.lib.generation import Rejected, normalize_description, placeholder_echo
 from persona_hub_dagster.lib.synthesis.steps import Item, TaskContext
@@ -178,6 +179,40 @@ def npc_character(answer: Mapping[str, Any], item: Item, context: TaskContext) -
 # ---------------------------------------------------------------------------------------------------- tools
 
 
+# A tool's parameters are a schema the model wrote, so it is untrusted like any answer: a `pattern` is a regex the
+# model chose (`(a+)+$` backtracks for hours in `re`, holding the worker), a `$ref` may point anywhere or at itself.
+# Patterns are matched by the `regex` engine under a time limit; references and patternProperties (whose keys
+# `re` would match unbounded) are refused: function-calling schemas do without them.
+PATTERN_SECONDS = 0.2
+UNSUPPORTED_KEYWORDS = ("$ref", "$dynamicRef", "patternProperties")
+
+
+def _bounded_pattern(validator, pattern, instance, schema):
+    if not validator.is_type(instance, "string"):
+        return
+    try:
+        found = regex.search(pattern, instance, timeout=PATTERN_SECONDS)
+    except TimeoutError:
+        yield jsonschema.ValidationError(f"the pattern {pattern!r} takes too long to match")
+    except regex.error as exc:
+        yield jsonschema.ValidationError(f"the pattern {pattern!r} is not a regular expression: {exc}")
+    else:
+        if found is None:
+            yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+ToolParametersValidator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _bounded_pattern})
+
+
+def _keywords(schema: Any) -> set[str]:
+    """Every key used anywhere in a JSON document (answers are at most 32 levels deep: structured.MAX_DEPTH)."""
+    if isinstance(schema, dict):
+        return set(schema).union(*(_keywords(v) for v in schema.values()))
+    if isinstance(schema, list):
+        return set().union(*(_keywords(v) for v in schema))
+    return set()
+
+
 def tool_spec(answer: Mapping[str, Any], item: Item, context: TaskContext) -> dict[str, Any]:
     name = str(answer.get("name") or "").strip()
     if not name.isidentifier() or keyword.iskeyword(name):
@@ -192,6 +227,9 @@ def tool_spec(answer: Mapping[str, Any], item: Item, context: TaskContext) -> di
         raise Rejected(f"invalid_parameters: not a valid JSON Schema: {exc.message}"[:300]) from None
     if not isinstance(parameters, dict) or parameters.get("type") != "object":
         raise Rejected("invalid_parameters: the parameters must be a JSON Schema of type object")
+    unsupported = sorted(_keywords(parameters) & set(UNSUPPORTED_KEYWORDS))
+    if unsupported:
+        raise Rejected(f"invalid_parameters: {', '.join(unsupported)} not supported in tool parameters; inline them")
     properties = parameters.get("properties") or {}
     bad = [p for p in properties if not str(p).isidentifier() or keyword.iskeyword(p)]
     if bad:
@@ -201,7 +239,7 @@ def tool_spec(answer: Mapping[str, Any], item: Item, context: TaskContext) -> di
         raise Rejected(f"invalid_parameters: required {missing} are not among the properties")
     example = answer.get("example_arguments")
     try:
-        jsonschema.Draft202012Validator(parameters).validate(example)
+        ToolParametersValidator(parameters).validate(example)
     except jsonschema.ValidationError as exc:
         raise Rejected(
             f"invalid_example: the example arguments do not fit the parameters: {exc.message}"[:300]
