@@ -27,6 +27,8 @@ from persona_hub_dagster.lib.shards import (
     InvalidShard,
     ShardConflict,
     ShardRegistry,
+    alike_registered,
+    content_digest,
     shard_file,
 )
 from persona_hub_dagster.lib.storage import DeltaStore
@@ -197,9 +199,17 @@ def cmd_register_shard(args) -> int:
     if args.persona_column and args.text_column:
         raise ValueError("give --persona-column or --text-column, not both")
     shard = shard_file(entry, key=args.key, file_format=args.format, kind=args.kind)
+    # The digest lets the sensor recognize the file when it is renamed or moved; a copy of a registered shard (or
+    # a registered file under another key) is registered only when a key is given: deliberately.
+    shard = dataclasses.replace(shard, content_digest=content_digest(shard.uri))
+    alike = alike_registered(ShardRegistry(DeltaStore()).frame(), shard)
+    if alike and not args.key:
+        raise ShardConflict(f"{alike[0]}; to register it as another shard anyway, give it a key: --key NEW")
     new = _register(shard, text_column=args.persona_column or args.text_column, replace=args.replace)
     kind = ", ready-made personas" if shard.kind == "personas" else ""
     print(f"{'registered' if new else 'updated'} shard {shard.key!r} -> {shard.uri} ({shard.format}{kind})")
+    for line in alike:
+        print(f"note: {line}; registered as shard {shard.key!r} too, as asked")
     if args.materialize:
         return _materialize([shard.key], DEFAULT_JOB)
     print(f"materialize it with `persona-hub materialize {shard.key}`, or in the UI (raw_text, partition {shard.key})")
