@@ -19,8 +19,10 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 demo: install
 	$(BIN)/persona-hub demo
 
+# Test files run on TEST_WORKERS workers, each file whole on one (its module fixtures built once).
+TEST_WORKERS ?= 2
 test: install-dev
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 dev: install
 	$(BIN)/persona-hub ui

@@ -111,6 +111,12 @@ def artifacts_dir() -> Path:
     return ARTIFACTS
 
 
+# Test workers run side by side (pytest-xdist, `make test`): each embedded model gets one thread, or two workers'
+# models would each count the same idle cores at once and oversubscribe them (llama.cpp's threads spin).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("PERSONA_HUB_LLM_THREADS", "1")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def program_sandbox():
     """Tests that evaluate programs use the real boundary (bubblewrap). On a developer machine without it the suite

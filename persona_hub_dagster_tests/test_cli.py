@@ -28,12 +28,14 @@ def env(tmp_path):
 
 def persona_hub(env, *args, check=True) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "persona_hub_dagster.cli", *args]
-    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    # The demo is the longest command: ~7 minutes alone on 2 cores, more beside another test worker.
+    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=1500)
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
     return result
 
 
+@pytest.mark.timeout(2400)  # two demos
 def test_demo_registers_and_processes_the_sample_shard(env):
     result = persona_hub(env, "demo")
     store = DeltaStore(root=env["PERSONA_HUB_STORAGE"])
