@@ -14,7 +14,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: demo test dev install install-dev clean
+.PHONY: demo test test-fast dev install install-dev clean
 
 demo: install
 	$(BIN)/persona-hub demo
@@ -23,6 +23,12 @@ demo: install
 TEST_WORKERS ?= 2
 test: install-dev
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+
+# The edit-test loop: no embedded-model runs, no real servers, no browser, nothing slow (markers: see
+# persona_hub_dagster_tests/conftest.py).
+FAST_TESTS := not llm and not servers and not browser and not aws and not e2e and not slow
+test-fast: install-dev
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "$(FAST_TESTS)"
 
 dev: install
 	$(BIN)/persona-hub ui

@@ -1,4 +1,24 @@
-"""Shared fixtures: temporary storage roots (local and S3 on a moto server), instances, sample files."""
+"""Shared fixtures (temporary storage roots, local and S3 on a moto server; instances; the hub and an evaluated store
+for the modules that share them) and the test tiers' markers.
+
+Test tiers. `make test-fast` (the edit-test loop) runs what is marked none of llm, servers, browser, aws, e2e, slow;
+`make test` (CI) runs everything. The markers (registered in pyproject.toml):
+
+- llm: runs the embedded llama.cpp model (in the test's process, a subprocess or a model server). Not automatic: put
+  `pytestmark = pytest.mark.llm` in a module where every test runs it, else `@pytest.mark.llm` on the test. A test
+  that opens the embedded model in its own process without the marker fails and says so (`embedded_model_guard`).
+- servers: starts real servers or long-lived processes (moto, PostgreSQL, Dagster's daemon/webserver/code server, a
+  model server process). Automatic for tests that use moto (`moto_endpoint`, `s3_env`, `s3_bucket`, the "s3" variant
+  of `storage_root`) or `postgres`; otherwise mark it like llm.
+- s3: runs against the moto S3 server; automatic, as above (and implies servers).
+- aws: runs against moto's other AWS APIs (ECS, EC2); mark the module (implies servers through `moto_endpoint`).
+- browser: drives Chromium (playwright); e2e: the deployed system end to end (the UI, the production topology).
+- slow: takes over ~10 s for another reason (persona-hub or dagster CLI processes that run jobs, whole Dagster runs
+  of many stages, a model distilled); mark it like llm. `--durations=20` on `make test-fast` shows candidates.
+
+A new test needs a marker only if it does one of these things; everything else is in the fast tier. Select with
+`-m`, e.g. `pytest -m "not llm"` or `pytest -m s3`.
+"""
 
 import os
 import shutil
@@ -105,6 +125,29 @@ def instance():
         yield instance
 
 
+@pytest.fixture
+def hub(tmp_path, instance):
+    """(store, register, run) of the persona_hub asset on a temporary root: helpers/hub_run.py."""
+    from persona_hub_dagster_tests.helpers.hub_run import hub_runner
+
+    return hub_runner(tmp_path, instance)
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    from persona_hub_dagster.lib.embeddings import Embedder
+
+    return Embedder()
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, embedder) -> DeltaStore:
+    """Two shards of every task's items and every evaluation (scripted answers): helpers/evaluated_store.py."""
+    from persona_hub_dagster_tests.helpers.evaluated_store import evaluated_store
+
+    return evaluated_store(str(tmp_path_factory.mktemp("report") / "delta"), embedder)
+
+
 @pytest.fixture(scope="session")
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -131,3 +174,44 @@ def program_sandbox():
         print(f"\nnote: {exc.args[0].split('.')[0]}; program-evaluating tests use PERSONA_HUB_SANDBOX=weak")
         os.environ.setdefault(sandbox.SANDBOX_ENV, "weak")
     yield
+
+
+# -- test tiers (see the module docstring) ---------------------------------------------------------------------------
+
+# Fixtures that start a real server (their users are marked `servers`), and those that put it on moto's S3 (`s3`).
+SERVER_FIXTURES = {"moto_endpoint", "postgres"}
+S3_FIXTURES = {"s3_env", "s3_bucket"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the markers added here
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        # A fixture parametrized "local"/"s3" (storage_root, ...) asks for s3_bucket in its s3 variant only.
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        on_s3 = bool(fixtures & S3_FIXTURES) or any(isinstance(v, str) and v == "s3" for v in params.values())
+        if on_s3:
+            item.add_marker(pytest.mark.s3)
+        if on_s3 or fixtures & SERVER_FIXTURES:
+            item.add_marker(pytest.mark.servers)
+
+
+@pytest.fixture(autouse=True)
+def embedded_model_guard(request, monkeypatch):
+    """Keeps the `llm` marker true: a test without it that opens the embedded model in its own process fails."""
+    if request.node.get_closest_marker("llm"):
+        yield
+        return
+    from persona_hub_dagster.lib.llm.backends import llama_cpp
+
+    opened = []
+
+    def refuse(self, model=None, *args, **kwargs):
+        llama_cpp.resolve_gguf(model)  # a model that is not on disk fails as it would
+        opened.append(True)
+        raise RuntimeError("this test opens the embedded model: mark it `llm` (see conftest.py)")
+
+    monkeypatch.setattr(llama_cpp.LlamaCppBackend, "__init__", refuse)
+    yield
+    if opened:
+        pytest.fail(f"{request.node.nodeid} opens the embedded model without the `llm` marker (see conftest.py)")

@@ -62,6 +62,7 @@ def ticks():
 SENSORS = [automation.stage_automation, automation.automation]
 
 
+@pytest.mark.slow
 def test_a_shard_flows_from_raw_text_to_the_report_and_waits_for_the_nightly_expansion(ticks):
     # Only the demonstrations (needed by every shard's synthesis) are asked for before anything lands.
     assert ticks.tick() == {"demonstrations": {None}, "demonstrations_rejects": {None}}
@@ -102,6 +103,7 @@ def test_an_evaluation_follows_its_own_task_only(ticks):
     assert set(ticks.tick()) == {"eval/math", "eval/math_rejects", "eval/math_solutions"}
 
 
+@pytest.mark.slow
 def test_refreshed_demonstrations_do_not_re_synthesize_every_shard(ticks):
     ticks.landed("demonstrations", "demonstrations_rejects", partition=None)
     ticks.landed("raw_text", "text_personas", "expanded_personas", "persona_hub")
@@ -221,6 +223,7 @@ def test_llm_stages_share_a_pool_and_ask_for_larger_runs():
     assert jobs.get_job("expand_personas_nightly").tags == automation.SETTINGS.llm_run_tags
 
 
+@pytest.mark.slow
 def test_a_deployment_sizes_automated_runs_with_a_stage_settings_file(tmp_path):
     """Automated runs carry no run config: PERSONA_HUB_STAGE_SETTINGS sets the defaults (and the code versions)."""
     import subprocess

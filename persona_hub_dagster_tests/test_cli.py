@@ -11,6 +11,7 @@ import dagster as dg
 import pytest
 
 from persona_hub_dagster.lib.storage import DeltaStore
+from persona_hub_dagster_tests.helpers.cli import persona_hub
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,15 +27,7 @@ def env(tmp_path):
     }
 
 
-def persona_hub(env, *args, check=True) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "persona_hub_dagster.cli", *args]
-    # The demo is the longest command: ~7 minutes alone on 2 cores, more beside another test worker.
-    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=1500)
-    if check:
-        assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
+@pytest.mark.llm
 @pytest.mark.timeout(2400)  # two demos
 def test_demo_registers_and_processes_the_sample_shard(env):
     result = persona_hub(env, "demo")
@@ -79,6 +72,7 @@ def test_demo_registers_and_processes_the_sample_shard(env):
     assert store.row_count("raw_text", ["sample"]) == store.row_count("raw_text")
 
 
+@pytest.mark.slow
 def test_register_materialize_and_list_shards_by_hand(env, tmp_path):
     path = tmp_path / "incoming" / "Forum Posts.jsonl"
     path.parent.mkdir()
@@ -96,6 +90,7 @@ def test_register_materialize_and_list_shards_by_hand(env, tmp_path):
     assert "forum-posts" in listing and str(path) in listing
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_clear_line(env, tmp_path):
     notes = tmp_path / "notes.md"
     notes.write_text("# not a shard")
@@ -129,6 +124,7 @@ def test_prompt_prints_every_step_fully_rendered(env):
     assert bad.returncode == 2 and "SETTING=VALUE" in bad.stderr
 
 
+@pytest.mark.slow
 def test_a_file_that_cannot_be_read_is_one_clear_line_and_the_trace_is_opt_in(env, tmp_path):
     bad = tmp_path / "bad.jsonl.gz"
     bad.write_bytes(b"not gzip at all")
@@ -142,6 +138,7 @@ def test_a_file_that_cannot_be_read_is_one_clear_line_and_the_trace_is_opt_in(en
     assert "Stack Trace" in verbose.stdout + verbose.stderr
 
 
+@pytest.mark.slow
 def test_concurrent_first_commands_share_one_healthy_instance(env, tmp_path):
     files = []
     for name in ("north", "south", "east"):
@@ -161,6 +158,7 @@ def test_concurrent_first_commands_share_one_healthy_instance(env, tmp_path):
     assert DeltaStore(root=env["PERSONA_HUB_STORAGE"]).row_count("raw_text", ["north"]) == 1
 
 
+@pytest.mark.slow
 def test_a_run_killed_with_its_process_is_marked_failed_by_the_next_command(env, tmp_path):
     import signal
     import time
@@ -255,6 +253,7 @@ def test_run_settings_from_a_file_set_and_sample_compose_and_typos_are_one_line(
     assert main(["materialize", "s", "--set", "no_such_stage.x=1"]) == 2
 
 
+@pytest.mark.slow
 def test_a_model_server_that_is_down_is_one_line_naming_it(env, tmp_path):
     corpus = tmp_path / "notes.jsonl"
     corpus.write_text(json.dumps({"text": "The ferry timetable changes on Monday for the winter season."}) + "\n")

@@ -104,6 +104,7 @@ def test_a_local_model_directory_works(tmp_path, minilm):
     assert np.allclose(local.encode([SAILOR]), minilm.encode([SAILOR]), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_fast_mode_is_distilled_once_and_cached_under_the_storage_root(tmp_path):
     root = tmp_path / "delta"
     fast = Embedder(fast=True, static_cache_root=str(root))

@@ -121,6 +121,7 @@ def test_the_walk_carries_rows_and_the_table_totals_time_and_money():
     assert printed.splitlines()[-1].split()[:2] == ["total", "20"] and f"${total.tokens * 2 / 1e6:,.2f}" in printed
 
 
+@pytest.mark.llm
 def test_the_estimate_command_prints_every_stage_before_anything_runs(tmp_path):
     corpus = tmp_path / "news.jsonl"
     corpus.write_text(

@@ -22,65 +22,10 @@ from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.embeddings import Embedder
 from persona_hub_dagster.lib.evaluation import report
 from persona_hub_dagster.lib.evaluation.registry import EVALUATIONS
-from persona_hub_dagster.lib.generation import StageCall, frame
-from persona_hub_dagster.lib.llm.client import LLMClient
-from persona_hub_dagster.lib.llm.types import Completion
-from persona_hub_dagster.lib.storage import DeltaStore
-from persona_hub_dagster.lib.synthesis import generate
 from persona_hub_dagster.lib.synthesis.tasks import TASKS
-from persona_hub_dagster_tests.helpers.scripted_backend import ScriptedBackend
-from persona_hub_dagster_tests.test_synthesis_tasks import PERSONAS, good_answer
+from persona_hub_dagster_tests.helpers.evaluated_store import SHARDS
 
 REPO = Path(__file__).resolve().parents[1]
-SHARDS = ("north", "south")
-
-
-def evaluation_answer(request) -> str:
-    """Solvers answer 126 (the scripted math problem's answer), reasoning solvers the intended order, judges 4s."""
-    wanted = request.json_schema["properties"]
-    if "program" in wanted:
-        return json.dumps({"program": "print(24 * 0.75 * 7)"})
-    if "reasoning" in wanted:
-        answer = "126" if "crate" in request.messages[-1]["content"] else "A, C, B."
-        return json.dumps({"reasoning": "Step by step.", "answer": answer})
-    scores = {name: 4 for name in wanted if name != "rationale"}
-    return json.dumps({**scores, "rationale": "Specific and in character."})
-
-
-@pytest.fixture(scope="module")
-def embedder():
-    return Embedder()
-
-
-@pytest.fixture(scope="module")
-def evaluated(tmp_path_factory, embedder):
-    """Two shards: hub personas, every task's items and every evaluation, as the stages write them."""
-    store = DeltaStore(root=str(tmp_path_factory.mktemp("report") / "delta"))
-    for number, shard in enumerate(SHARDS):
-        hub = pl.DataFrame(
-            {
-                "persona_id": [f"{shard}-p{i}" for i in range(4)],
-                "persona": [f"{p} ({shard})" for p in PERSONAS],
-                "text_id": [f"{shard}-text{i}" for i in range(4)],  # as the hub has them: the source text's id
-                "source": "text_personas",
-            }
-        ).with_columns(shard=pl.lit(shard))
-        store.write_partitions(tables.PERSONA_HUB, hub, partitions=[shard])
-        for task in TASKS.values():
-            generator = LLMClient(ScriptedBackend(lambda r: Completion(good_answer(r), "stop")))
-            output = generate.synthesize(
-                task, hub, generator, task.settings(personas=2 + number), shard=shard, run_id="gen"
-            )
-            store.write_partitions(
-                task.stage.table, frame(output.rows, generate.output_schema(task)), partitions=[shard]
-            )
-            stage = EVALUATIONS[task.name]
-            judge = LLMClient(ScriptedBackend(lambda r: Completion(evaluation_answer(r), "stop")))
-            call = StageCall(judge, store, shard, "eval", embedder=embedder)
-            result = stage.run({task.stage.table: store.scan(task.stage.table, [shard])}, call, stage.settings())
-            for table, rows in result.tables.items():
-                store.write_partitions(table, rows, partitions=[shard])
-    return store
 
 
 def test_every_evaluation_writes_one_row_per_item_with_passed_checks_and_properties(evaluated):
@@ -101,6 +46,7 @@ def test_every_evaluation_writes_one_row_per_item_with_passed_checks_and_propert
     assert tools["duplicate_of"].null_count() == 1 and set(tools["duplicate_by"].drop_nulls()) == {"minhash"}
 
 
+@pytest.mark.slow
 def test_the_report_materializes_over_two_shards_with_charts_and_html(evaluated):
     store = evaluated
     storage = DeltaStorageResource(root=store.root)

@@ -70,6 +70,7 @@ def test_a_light_paraphrase_is_caught_by_the_embedding_neighbour_and_an_unrelate
     assert not any(item == 2 for item, _ in flagged), "a problem on the same topic is not contamination"
 
 
+@pytest.mark.slow
 def test_contamination_scales_without_an_all_pairs_loop():
     rng = np.random.default_rng(0)
     vocabulary = [f"w{i}" for i in range(5000)]

@@ -23,8 +23,8 @@ from persona_hub_dagster.lib.llm import client as client_module
 from persona_hub_dagster.lib.llm.structured import parse_structured
 from persona_hub_dagster.lib.llm.types import BackendFailure, Completion
 from persona_hub_dagster.lib.personas.text_to_persona import PERSONA_SCHEMA
+from persona_hub_dagster_tests.helpers.fault_server import FaultServer, completion
 from persona_hub_dagster_tests.helpers.scripted_backend import ScriptedBackend
-from persona_hub_dagster_tests.test_llm_faults import FaultServer, completion
 
 REASONS = ("empty", "truncated", "invalid_json", "too_deep", "number_too_large", "duplicate_key", "schema_mismatch")
 JUDGE = {  # the judge's rubric: integer scores

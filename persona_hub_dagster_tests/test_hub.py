@@ -4,76 +4,15 @@ like text_personas / expanded_personas."""
 
 import dagster as dg
 import polars as pl
-import pytest
 
-from persona_hub_dagster.defs.hub.assets import build_persona_hub
-from persona_hub_dagster.defs.hub.checks import hub_config_consistent, prefix_complete
-from persona_hub_dagster.defs.models import EmbeddingsResource
-from persona_hub_dagster.defs.partitions import text_shards
-from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
 from persona_hub_dagster.lib.ids import content_id
-from persona_hub_dagster.lib.shards import ShardFile, ShardRegistry
 from persona_hub_dagster.lib.tables import HUB_EMBEDDINGS, HUB_MINHASH_BANDS, HUB_RUNS
-
-NURSE = "A pediatric nurse who works night shifts at a large city hospital and volunteers at a free clinic."
-SAILOR = "A retired sailor living in a coastal town who collects stamps from former colonies and restores boats."
-CHEF = "A young chef who experiments with fermentation, runs a tiny restaurant and teaches cooking classes on Sundays."
-TEACHER = "A high school chemistry teacher who coaches the robotics team and grades papers late into the night."
-PILOT = "A cargo pilot who flies night routes over the Atlantic and studies meteorology in her free time."
-
-
-def personas(shard: str, texts: list[str]) -> pl.DataFrame:
-    return pl.DataFrame(
-        {
-            "persona_id": [content_id(t) for t in texts],
-            "persona": texts,
-            "shard": shard,
-            "text_id": [f"text-{shard}-{i}" for i in range(len(texts))],
-            "relation": "read",
-            "model": "test",
-            "prompt_version": "v0",
-            "run_id": "r0",
-        }
-    )
-
-
-@pytest.fixture
-def hub(tmp_path, instance):
-    storage = DeltaStorageResource(root=str(tmp_path / "delta"))
-    store = storage.store()
-    resources = {
-        "storage": storage,
-        "io_manager": DeltaIOManager(storage=storage),
-        "embeddings": EmbeddingsResource(),
-    }
-
-    def register(*shards: str):
-        ShardRegistry(store).register(
-            [ShardFile(s, f"/data/{s}.jsonl", "jsonl", None, 1, None) for s in shards], registered_by="test"
-        )
-        instance.add_dynamic_partitions(text_shards.name, list(shards))
-
-    def run(partition_key=None, tags=None, run_config=None):
-        return dg.materialize(
-            [build_persona_hub, prefix_complete, hub_config_consistent],
-            partition_key=partition_key,
-            tags=tags,
-            run_config=run_config,
-            instance=instance,
-            resources=resources,
-            raise_on_error=False,  # prefix_complete is blocking: a failing check fails the run, as it should
-        )
-
-    return store, register, run
+from persona_hub_dagster_tests.helpers.hub_run import CHEF, NURSE, PILOT, SAILOR, TEACHER, check, personas
 
 
 def decisions(store, shard) -> dict[str, dict]:
     rows = store.read("persona_hub_decisions", [shard])
     return {r["persona"]: r for r in rows.iter_rows(named=True)}
-
-
-def check(result, name) -> dg.AssetCheckEvaluation:
-    return next(c for c in result.get_asset_check_evaluations() if c.check_name == name)
 
 
 def test_a_later_shard_is_deduplicated_against_the_earlier_one_which_keeps_its_rows(hub):

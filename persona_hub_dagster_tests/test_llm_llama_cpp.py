@@ -56,6 +56,7 @@ def test_a_model_that_is_not_on_disk_fails_fast_with_what_to_do():
         LLMSettings(backend="tgi")
 
 
+@pytest.mark.llm
 def test_structured_generation_is_schema_valid(backend):
     client = LLMClient(backend)
     responses = client.generate([persona_request(t) for t in TEXTS])
@@ -69,6 +70,7 @@ def test_structured_generation_is_schema_valid(backend):
     assert usage.completion_tokens_per_s > 0
 
 
+@pytest.mark.llm
 def test_a_seed_makes_a_run_reproducible():
     """Default (prefix KV reuse): the same requests in the same order give the same outputs in a fresh process
     state; with reuse_prefix=False every request is reproducible on its own, whatever ran before it."""
@@ -89,6 +91,7 @@ def test_a_seed_makes_a_run_reproducible():
     assert independent[0] == independent[2]  # same request, same output, despite the one in between
 
 
+@pytest.mark.llm
 def test_plain_text_and_stop_sequences(backend):
     request = LLMRequest.chat(
         "Count from one to ten in words, separated by commas.",
@@ -99,6 +102,7 @@ def test_plain_text_and_stop_sequences(backend):
     assert completion.finish_reason in {"stop", "length"}
 
 
+@pytest.mark.llm
 def test_a_prompt_longer_than_the_context_is_a_rejection_not_a_crash(backend):
     too_long = LLMRequest.chat("word " * 3000, sampling=SamplingParams(max_tokens=8))
     ok = LLMRequest.chat("Say hi.", sampling=SamplingParams(max_tokens=4))

@@ -51,6 +51,8 @@ def server():
         yield server
 
 
+@pytest.mark.llm
+@pytest.mark.servers
 def test_plain_chat_against_a_real_server(server):
     backend = OpenAICompatibleBackend(server.base_url, None, max_in_flight=2)
     assert backend.model.endswith(".gguf")  # asked the server which model it serves
@@ -62,6 +64,8 @@ def test_plain_chat_against_a_real_server(server):
     assert all(c.prompt_tokens > 0 and c.completion_tokens > 0 for c in completions)
 
 
+@pytest.mark.llm
+@pytest.mark.servers
 def test_structured_output_falls_back_to_json_object_when_json_schema_is_rejected(server):
     backend = OpenAICompatibleBackend(server.base_url, None, max_in_flight=2)
     client = LLMClient(backend)
@@ -81,6 +85,8 @@ def test_structured_output_falls_back_to_json_object_when_json_schema_is_rejecte
     assert all(isinstance(r.parsed["persona"], str) for r in responses)
 
 
+@pytest.mark.llm
+@pytest.mark.servers
 def test_the_managed_server_path_of_the_vllm_backend(tmp_path):
     """open_backend(vllm, no base_url) starts a server, talks to it over HTTP, and stops it on exit."""
     settings = LLMSettings(backend="vllm", model=str(packaged_model_path()), server_startup_timeout_s=120)
@@ -96,6 +102,8 @@ def test_the_managed_server_path_of_the_vllm_backend(tmp_path):
     assert not alive(pid)
 
 
+@pytest.mark.llm
+@pytest.mark.servers
 def test_a_failing_step_still_stops_the_server():
     port = free_port()
     with pytest.raises(RuntimeError, match="stage failed"):
@@ -105,6 +113,8 @@ def test_a_failing_step_still_stops_the_server():
     assert not alive(pid)
 
 
+@pytest.mark.llm
+@pytest.mark.servers
 @pytest.mark.parametrize("how", ["interrupt", "kill"])
 def test_an_interrupted_or_killed_run_does_not_leave_the_server_behind(how):
     child = subprocess.Popen(

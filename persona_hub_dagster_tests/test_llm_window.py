@@ -16,7 +16,7 @@ from persona_hub_dagster.lib.llm.window import AdaptiveWindow
 from persona_hub_dagster.lib.storage import DeltaStore
 from persona_hub_dagster.lib.tables import LLM_RESPONSES
 from persona_hub_dagster_tests.conftest import REPO, free_port
-from persona_hub_dagster_tests.test_llm_resume import STAGE, kill_once_committed
+from persona_hub_dagster_tests.helpers.killed_run import STAGE, kill_once_committed
 
 
 class StubServer:
@@ -59,6 +59,7 @@ def requests(n: int, salt: str = "") -> list[LLMRequest]:
     ]
 
 
+@pytest.mark.servers
 def test_the_window_keeps_the_server_full_across_batches_and_hands_batches_back_in_order(stub, local_store):
     server = stub(latency=0.2, capacity=12)
     client = LLMClient(
@@ -79,6 +80,7 @@ def test_the_window_keeps_the_server_full_across_batches_and_hands_batches_back_
     assert again.usage.cache_hits == 120 and again.usage.calls == 0 and server.stats()["requests"] == 120
 
 
+@pytest.mark.servers
 def test_a_storm_of_429s_shrinks_the_window_instead_of_hammering(stub):
     """A server that takes 6 at a time and answers 429 beyond: the adaptive window finds its size; a fixed window
     of the same maximum keeps sending what cannot be served."""
@@ -113,6 +115,7 @@ def test_the_window_halves_once_per_overload_and_grows_back():
     assert fixed.limit == 8
 
 
+@pytest.mark.servers
 @pytest.mark.timeout(300)
 def test_a_killed_streaming_run_resumes_without_paying_again_for_what_it_committed(stub, tmp_path):
     server = stub(latency=0.1, capacity=4)  # 40 answers a second: the run takes ~10 s, it is killed after ~1 s

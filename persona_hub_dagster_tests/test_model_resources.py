@@ -57,6 +57,7 @@ def run(tmp_path, instance):
     return materialize
 
 
+@pytest.mark.llm
 def test_an_asset_uses_the_llm_and_reports_usage_per_partition(run):
     metadata, store = run()
     assert metadata["llm/requests"].value == 2 and metadata["llm/calls"].value == 2

@@ -29,6 +29,7 @@ from persona_hub_dagster.lib.personas import GIVEN, persona_to_persona
 from persona_hub_dagster.lib.shards import ShardRegistry, discover_shard_files, shard_file
 from persona_hub_dagster.lib.storage import DeltaStore
 from persona_hub_dagster_tests.conftest import REPO, free_port
+from persona_hub_dagster_tests.helpers.cli import persona_hub
 from persona_hub_dagster_tests.helpers.scripted_backend import ScriptedBackend
 
 SHARD = "my-personas"
@@ -128,8 +129,6 @@ def test_persona_to_persona_expands_a_persona_shard_only_on_request(local_store,
 
 
 def test_the_cli_registers_a_persona_file_and_refuses_a_persona_column_on_a_text_shard(tmp_path):
-    from persona_hub_dagster_tests.test_cli import persona_hub
-
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "PERSONA_HUB_STORAGE": str(tmp_path / "delta")}
     path = tmp_path / "crowd.csv"
     path.write_text("id,who\n1,A ferry captain who reads tide tables\n")
@@ -185,6 +184,7 @@ def persona_shard(tmp_path_factory):
     return DeltaStore(root=env["PERSONA_HUB_STORAGE"]), path, reasons, log
 
 
+@pytest.mark.slow
 def test_a_persona_shard_reaches_the_hub_without_an_llm_call(persona_shard):
     store, _, reasons, log = persona_shard
     assert "RUN_SUCCESS" in log
@@ -217,6 +217,7 @@ def test_a_persona_shard_reaches_the_hub_without_an_llm_call(persona_shard):
     }
 
 
+@pytest.mark.slow
 def test_a_given_persona_traces_to_its_file_and_record(persona_shard):
     store, path, _, _ = persona_shard
     kept = store.read(tables.PERSONA_HUB, [SHARD]).sort("persona_id").row(0, named=True)
@@ -229,6 +230,7 @@ def test_a_given_persona_traces_to_its_file_and_record(persona_shard):
     assert f"{path} #{record}" in shown and "[given]" in shown and "source text" not in shown
 
 
+@pytest.mark.llm
 def test_a_persona_shard_feeds_the_tasks(persona_shard):
     """Its hub is a hub like any other: the embedded model writes a math problem for one of its personas."""
     store, _, _, _ = persona_shard

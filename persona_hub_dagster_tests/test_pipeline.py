@@ -27,6 +27,8 @@ from persona_hub_dagster.lib.shards import ShardRegistry, shard_file
 from persona_hub_dagster.lib.storage import DeltaStore
 from persona_hub_dagster.lib.synthesis.tasks import TASKS
 
+pytestmark = pytest.mark.llm
+
 SHARD = "pipeline"
 EVAL_MATH, PERSONA_HUB = asset_key(tables.EVAL_MATH), asset_key(tables.PERSONA_HUB)
 TEXT_PERSONAS, EXPANDED_PERSONAS = asset_key(tables.TEXT_PERSONAS), asset_key(tables.EXPANDED_PERSONAS)

@@ -28,7 +28,7 @@ from persona_hub_dagster_tests.conftest import REPO, S3_ENV
 from persona_hub_dagster_tests.helpers.postgres import postgres_bin, postgres_server
 from persona_hub_dagster_tests.helpers.topology import Topology, wait_until
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.e2e, pytest.mark.servers, pytest.mark.timeout(1500)]
 
 if postgres_bin() is None:
     if os.environ.get("PERSONA_HUB_REQUIRE_E2E"):

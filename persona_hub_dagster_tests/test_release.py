@@ -17,7 +17,6 @@ from persona_hub_dagster.defs.storage import DeltaStorageResource
 from persona_hub_dagster.lib import release, tables
 from persona_hub_dagster.lib.storage import DeltaStore
 from persona_hub_dagster.lib.synthesis.tasks import TASKS
-from persona_hub_dagster_tests.test_eval_report import embedder, evaluated  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +34,7 @@ def expected_items(store: DeltaStore, task: str) -> set[str]:
     return set(keep["item_id"])
 
 
-def test_every_release_materializes_with_exactly_the_items_that_passed(evaluated):  # noqa: F811
+def test_every_release_materializes_with_exactly_the_items_that_passed(evaluated):
     store = evaluated
     result = dg.materialize(release_assets, resources={"storage": DeltaStorageResource(root=store.root)})
     assert result.success
@@ -54,7 +53,7 @@ def test_every_release_materializes_with_exactly_the_items_that_passed(evaluated
     assert Path(math["location"].value, "README.md").exists()
 
 
-def test_the_release_loads_with_the_datasets_library(evaluated, tmp_path):  # noqa: F811
+def test_the_release_loads_with_the_datasets_library(evaluated, tmp_path):
     import datasets
 
     ids = release.build(evaluated, TASKS["math"]).rows["item_id"].to_list()
@@ -86,7 +85,7 @@ def test_the_release_loads_with_the_datasets_library(evaluated, tmp_path):  # no
     assert card.startswith("---\nlicense:") and "size_categories" in card and "**not checked**" in card
 
 
-def test_the_split_is_deterministic_and_stable_as_shards_are_added(evaluated):  # noqa: F811
+def test_the_split_is_deterministic_and_stable_as_shards_are_added(evaluated):
     first = release.build(evaluated, TASKS["reasoning"])
     again = release.build(evaluated, TASKS["reasoning"])
     assert first.rows.select("item_id", "split").equals(again.rows.select("item_id", "split"))
@@ -94,7 +93,7 @@ def test_the_split_is_deterministic_and_stable_as_shards_are_added(evaluated):  
         assert release.split_of(item_id, 0.1) == split  # a function of the item alone, whatever else is released
 
 
-def test_every_task_has_a_chat_format(evaluated):  # noqa: F811
+def test_every_task_has_a_chat_format(evaluated):
     for name, task in TASKS.items():
         rows = release.build(evaluated, task).rows
         if rows.is_empty():
@@ -105,7 +104,7 @@ def test_every_task_has_a_chat_format(evaluated):  # noqa: F811
     assert [m["role"] for m in conversation] == ["user", "assistant"] * 3
 
 
-def test_export_writes_the_chosen_formats_and_a_failed_push_is_one_line(evaluated, tmp_path):  # noqa: F811
+def test_export_writes_the_chosen_formats_and_a_failed_push_is_one_line(evaluated, tmp_path):
     env = {
         **os.environ,
         "DAGSTER_HOME": str(tmp_path / "home"),

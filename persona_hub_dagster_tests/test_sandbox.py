@@ -3,6 +3,7 @@
 import shutil
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,11 @@ def _accept(server: socket.socket):
 def _no_stray_files():
     before = set(Path("/tmp").glob("persona-hub-sandbox-*"))
     yield
+    # Another test worker's sandboxed program may hold a working directory of its own for a moment: a stray one is
+    # one that stays.
+    deadline = time.monotonic() + 30
+    while not set(Path("/tmp").glob("persona-hub-sandbox-*")) <= before and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert set(Path("/tmp").glob("persona-hub-sandbox-*")) <= before
 
 

@@ -26,7 +26,7 @@ from persona_hub_dagster.lib.shards import (
     validate_shard_key,
 )
 from persona_hub_dagster.lib.storage import DeltaStore
-from persona_hub_dagster_tests.test_hub import NURSE, PILOT, SAILOR, TEACHER, check, hub, personas  # noqa: F401
+from persona_hub_dagster_tests.helpers.hub_run import NURSE, PILOT, SAILOR, TEACHER, check, personas
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,8 @@ def test_a_key_with_a_trailing_newline_or_other_lookalike_is_refused():
             validate_shard_key(bad)
 
 
-def test_an_unregistered_shard_no_longer_blocks_the_hub_and_leaves_no_rows(hub, instance):  # noqa: F811
+@pytest.mark.slow
+def test_an_unregistered_shard_no_longer_blocks_the_hub_and_leaves_no_rows(hub, instance):
     store, register, run = hub
     register("broken", "s2", "s3")  # "broken": a file that can never be ingested, so it never gets a hub
     store.write_partitions("text_personas", personas("s2", [NURSE, SAILOR]), partitions=["s2"])
@@ -131,6 +132,7 @@ def test_unregistering_from_the_ui_job_reports_first_and_deletes_on_confirmation
     assert not instance.has_dynamic_partition("text_shards", "gone")
 
 
+@pytest.mark.slow
 def test_the_cli_shows_what_goes_and_asks_before_deleting(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "PERSONA_HUB_STORAGE": str(tmp_path / "delta")}
     path = tmp_path / "notes.jsonl"

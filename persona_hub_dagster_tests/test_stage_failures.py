@@ -15,7 +15,7 @@ from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResourc
 from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.llm.cache import ResponseCache, cache_namespace
 from persona_hub_dagster.lib.storage import DeltaStore
-from persona_hub_dagster_tests.test_llm_faults import FaultServer
+from persona_hub_dagster_tests.helpers.fault_server import FaultServer
 
 SHARD = "s"
 TEXTS = [f"Text number {i}: a report about harbour pilots guiding ships through fog at night." for i in range(6)]

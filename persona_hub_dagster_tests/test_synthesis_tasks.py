@@ -18,13 +18,8 @@ from persona_hub_dagster.lib.synthesis.steps import Item, Step, SynthesisTask, T
 from persona_hub_dagster.lib.synthesis.tasks import TASKS, npc_schema
 from persona_hub_dagster.lib.synthesis.world import WorldSheetError, load_world, parse_world
 from persona_hub_dagster_tests.helpers.scripted_backend import ScriptedBackend
+from persona_hub_dagster_tests.helpers.synthetic_answers import GOOD_CODE, PERSONAS, SPEC, good_answer, npc_answer
 
-PERSONAS = [
-    "A harbour pilot in Rotterdam who guides container ships through fog and trains apprentices.",
-    "A pastry chef who runs a night bakery and experiments with sourdough croissants.",
-    "A tax lawyer who volunteers at a legal aid clinic for small farmers.",
-    "A school librarian who organizes a chess club and a reading challenge every winter.",
-]
 HUB = pl.DataFrame({"persona_id": [f"p{i}" for i in range(len(PERSONAS))], "persona": PERSONAS})
 
 
@@ -87,20 +82,6 @@ def test_knowledge_articles_need_150_words_and_no_meta_talk():
     rejected("no_title", "knowledge", {"title": "...", "body": body})
 
 
-def npc_answer(**changes) -> dict:
-    answer = {
-        "name": "Mira Holt",
-        "role": "ferry pilot",
-        "faction": "The Tide Court",
-        "location": "Brinehold",
-        "backstory": "Mira guides cargo boats through the lagoon's shifting channels.",
-        "personality": "Calm, observant, blunt with fools.",
-        "dialogue": ["Mind the third buoy.", "Fog's coming in; we wait."],
-        "quest_hook": "A buoy has been moved on purpose, and Mira wants to know by whom.",
-    }
-    return {**answer, **changes}
-
-
 def test_npcs_must_live_in_the_world_sheet():
     world = load_world()
     assert world.name == "The Ember Reach" and "Brinehold" in world.locations and "The Tide Court" in world.factions
@@ -131,23 +112,6 @@ def test_a_users_world_sheet_replaces_the_shipped_one(tmp_path):
     assert TASKS["npc"].steps[0].parse(npc_answer(location="Dock C", faction="Miners' Union"), Item("p", "x", 0), ctx)
     with pytest.raises(WorldSheetError, match="no factions"):
         parse_world("# Empty\n## Locations\n- **A** — a\n")
-
-
-SPEC = {
-    "name": "split_bill",
-    "description": "Split a bill between people with a tip.",
-    "parameters": {
-        "type": "object",
-        "properties": {
-            "total": {"type": "number", "description": "the bill"},
-            "people": {"type": "integer", "description": "how many share it"},
-        },
-        "required": ["total", "people"],
-    },
-    "returns": "Each person's share.",
-    "example_arguments": {"total": 100, "people": 4},
-}
-GOOD_CODE = "import math\n\ndef split_bill(total, people):\n    return math.ceil(total * 100 / people) / 100\n"
 
 
 def test_tool_specs_are_valid_json_schemas_with_identifier_names_and_fitting_examples():
@@ -222,31 +186,6 @@ def test_user_turns_must_not_repeat_and_build_the_chat_format():
 
 
 # ---------------------------------------------------------------------------------------------------- engine
-
-
-def good_answer(request) -> str:
-    """A valid answer for any task's step, written from the request (so it is grounded in the prompt)."""
-    step = request.request_id.split(":")[2]
-    persona = request.messages[-1]["content"].split("<persona>\n", 1)[-1].split("\n</persona>", 1)[0][:60]
-    answers = {
-        "problem": {
-            "problem": f"{persona}: a crate holds 24 jars of 0.75 kg each; how many kilograms do 7 crates weigh?",
-            "question": f"{persona} must order three tasks A, B, C so that B is after A and C is not last. "
-            "Which order works?",
-            "answer": "A, C, B.",
-            "justification": "C cannot be last and B must follow A.",
-        },
-        "instruction": {"instruction": f"As {persona}, help me plan my week."},
-        "user": {"message": f"As {persona}, question number {request.request_id.split(':')[3]}?"},
-        "article": {"title": f"What {persona} knows", "body": " ".join(["Facts about the trade."] * 40)},
-        "character": npc_answer(name=persona[:30]),
-        "spec": SPEC,
-        "code": {"code": GOOD_CODE},
-    }
-    if step == "assistant":
-        return f"Answer to turn {request.request_id.split(':')[3]}."
-    wanted = request.json_schema["properties"]  # math and reasoning both call their step "problem"
-    return json.dumps({key: value for key, value in answers[step].items() if key in wanted})
 
 
 def scripted(answer=good_answer) -> ScriptedBackend:

@@ -22,7 +22,7 @@ from persona_hub_dagster.lib.storage import DeltaStore
 from persona_hub_dagster_tests.conftest import REPO, free_port
 from persona_hub_dagster_tests.helpers.topology import graphql, stop_process_group, wait_until
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.servers, pytest.mark.llm, pytest.mark.timeout(600)]
 
 CHROMIUM = "/usr/bin/chromium"
 # As root in a closed network: no sandbox, and none of Chromium's background connections.
