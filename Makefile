@@ -40,12 +40,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# setuptools warns on every editable install of a flat layout ("folders ... with the same name as your package may
+# take precedence"): true of any checkout, nothing a user can act on, so not shown.
+EDITABLE := PYTHONWARNINGS=ignore::UserWarning $(PIP_INSTALL) --editable
+
 $(VENV)/.installed: pyproject.toml infra/constraints.txt | $(BIN)/python
-	$(PIP_INSTALL) --editable .
+	$(EDITABLE) .
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed $(CHECKOV)
-	$(PIP_INSTALL) --editable ".[dev]"
+	$(EDITABLE) ".[dev]"
 	touch $@
 
 # checkov (the static IaC scan in test_infra_cdk.py) pins versions that conflict with the project's: its own venv.
