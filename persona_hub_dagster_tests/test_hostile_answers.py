@@ -282,34 +282,19 @@ class HostileServer(FaultServer):
 
 
 def test_one_hostile_answer_among_good_ones_is_a_reject_row_and_the_stage_succeeds(tmp_path, monkeypatch):
-    from persona_hub_dagster.defs.models import LLMResource
     from persona_hub_dagster.defs.partitions import text_shards
-    from persona_hub_dagster.defs.personas.assets import text_to_persona_asset
-    from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
     from persona_hub_dagster.lib.storage import DeltaStore
+    from persona_hub_dagster_tests.helpers.fault_server import run_text_to_persona
 
     store = DeltaStore(root=str(tmp_path / "delta"))
     raw = pl.DataFrame({"text_id": [f"t{i}" for i in range(len(TEXTS))], "text": TEXTS, "shard": SHARD})
     store.write_partitions(tables.RAW_TEXT, raw, partitions=[SHARD])
     monkeypatch.delenv("PERSONA_HUB_LLM_API_KEY", raising=False)
     server = HostileServer()
-    storage = DeltaStorageResource(root=store.root)
     try:
         with dg.instance_for_test() as instance:
             instance.add_dynamic_partitions(text_shards.name, [SHARD])
-            result = dg.materialize(
-                [text_to_persona_asset, dg.AssetSpec("raw_text", partitions_def=text_shards)],
-                selection=[text_to_persona_asset],
-                partition_key=SHARD,
-                instance=instance,
-                resources={
-                    "storage": storage,
-                    "io_manager": DeltaIOManager(storage=storage),
-                    "llm": LLMResource(backend="openai", base_url=server.base_url, model="scripted", max_retries=1),
-                },
-                run_config={"ops": {"text_to_persona": {"config": {"relations": ["read"], "batch_size": 2}}}},
-                raise_on_error=False,
-            )
+            result = run_text_to_persona(store, instance, server)
     finally:
         server.close()
     assert result.success

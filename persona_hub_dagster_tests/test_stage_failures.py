@@ -8,14 +8,11 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from persona_hub_dagster.defs.models import LLMResource
 from persona_hub_dagster.defs.partitions import text_shards
-from persona_hub_dagster.defs.personas.assets import text_to_persona_asset
-from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
 from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.llm.cache import ResponseCache, cache_namespace
 from persona_hub_dagster.lib.storage import DeltaStore
-from persona_hub_dagster_tests.helpers.fault_server import FaultServer
+from persona_hub_dagster_tests.helpers.fault_server import FaultServer, run_text_to_persona
 
 SHARD = "s"
 TEXTS = [f"Text number {i}: a report about harbour pilots guiding ships through fog at night." for i in range(6)]
@@ -53,23 +50,7 @@ def setup(tmp_path, monkeypatch):
         yield store, instance
 
 
-def run(store, instance, server, relation: str = "read", token_budget: int | None = None):
-    storage = DeltaStorageResource(root=store.root)
-    return dg.materialize(
-        [text_to_persona_asset, RAW_TEXT],
-        selection=[text_to_persona_asset],
-        partition_key=SHARD,
-        instance=instance,
-        resources={
-            "storage": storage,
-            "io_manager": DeltaIOManager(storage=storage),
-            "llm": LLMResource(
-                backend="openai", base_url=server.base_url, model="scripted", max_retries=1, token_budget=token_budget
-            ),
-        },
-        run_config={"ops": {"text_to_persona": {"config": {"relations": [relation], "batch_size": 2}}}},
-        raise_on_error=False,
-    )
+run = run_text_to_persona
 
 
 def failure_message(result) -> str:

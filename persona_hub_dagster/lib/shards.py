@@ -299,14 +299,7 @@ def plan_shards(
             unknown.append(candidate)
             continue
         for row in by_uri[candidate.uri]:  # one file registered under two keys (by hand) is both shards
-            shard = dataclasses.replace(
-                candidate,
-                key=row["shard"],
-                kind=row.get("kind") or "text",
-                format=row["format"],
-                compression=row["compression"],
-                content_digest=row.get("content_digest"),
-            )
+            shard = _as_registered(candidate, row, row.get("content_digest"))
             files.append(shard)
             if row["fingerprint"] != shard.fingerprint:
                 changed.append(shard)
@@ -349,14 +342,7 @@ def plan_shards(
         gone = next((k for k in twins if k not in moved and not _still_there(uri_of[k], listed, file_exists)), None)
         if gone is not None:
             row = by_key[gone]
-            shard = dataclasses.replace(
-                candidate,
-                key=gone,
-                kind=row.get("kind") or "text",
-                format=row["format"],
-                compression=row["compression"],
-                content_digest=content,
-            )
+            shard = _as_registered(candidate, row, content)
             moved[gone] = uri_of[gone]
             notes.append(
                 f"{uri_of[gone]} moved to {shard.uri}: shard {gone!r} follows it (same key, same rows"
@@ -405,6 +391,18 @@ def plan_shards(
         skipped=skipped,
         notes=notes,
         complete=complete,
+    )
+
+
+def _as_registered(candidate: ShardFile, row: Mapping, digest: str | None) -> ShardFile:
+    """A listed file as the registered shard it is: the registry's key, kind, format and compression."""
+    return dataclasses.replace(
+        candidate,
+        key=row["shard"],
+        kind=row.get("kind") or "text",
+        format=row["format"],
+        compression=row["compression"],
+        content_digest=digest,
     )
 
 
@@ -559,14 +557,20 @@ class ShardRegistry:
         now = datetime.now(UTC)
         new = [f.key for f in files if f.key not in existing]
         next_seq = self._sequence_block(new, registered_by) if new else 0
+        # Digests the caller did not bring: an unchanged file keeps its own; the rest are read together, not per file.
+        unchanged = {
+            f.key: old.get("content_digest")
+            for f in files
+            if (old := existing.get(f.key)) and (old["source_uri"], old["fingerprint"]) == (f.uri, f.fingerprint)
+        }
+        to_read = [f.uri for f in files if f.content_digest is None and f.key not in unchanged]
+        read = _digests(list(dict.fromkeys(to_read)), content_digest)
         rows = []
         for f in files:
             old = existing.get(f.key)
             digest = f.content_digest
-            if digest is None and old and (old["source_uri"], old["fingerprint"]) == (f.uri, f.fingerprint):
-                digest = old.get("content_digest")
-            elif digest is None:
-                digest = _digests([f.uri], content_digest)[f.uri]
+            if digest is None:
+                digest = unchanged[f.key] if f.key in unchanged else read[f.uri]
                 digest = digest if isinstance(digest, str) else None
             if old:
                 seq, registered_at = old["registration_seq"], old["registered_at"]

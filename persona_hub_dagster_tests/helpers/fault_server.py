@@ -98,3 +98,31 @@ def completion(content: str, finish_reason: str = "stop") -> dict:
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}],
         "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
     }
+
+
+def run_text_to_persona(store, instance, server, relation: str = "read", token_budget: int | None = None):
+    """Materialize text_to_persona for the instance's one shard (raw_text already written) against `server`."""
+    import dagster as dg
+
+    from persona_hub_dagster.defs.models import LLMResource
+    from persona_hub_dagster.defs.partitions import text_shards
+    from persona_hub_dagster.defs.personas.assets import text_to_persona_asset
+    from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
+
+    (shard,) = instance.get_dynamic_partitions(text_shards.name)
+    storage = DeltaStorageResource(root=store.root)
+    return dg.materialize(
+        [text_to_persona_asset, dg.AssetSpec("raw_text", partitions_def=text_shards)],
+        selection=[text_to_persona_asset],
+        partition_key=shard,
+        instance=instance,
+        resources={
+            "storage": storage,
+            "io_manager": DeltaIOManager(storage=storage),
+            "llm": LLMResource(
+                backend="openai", base_url=server.base_url, model="scripted", max_retries=1, token_budget=token_budget
+            ),
+        },
+        run_config={"ops": {"text_to_persona": {"config": {"relations": [relation], "batch_size": 2}}}},
+        raise_on_error=False,
+    )

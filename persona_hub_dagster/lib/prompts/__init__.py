@@ -35,6 +35,7 @@ __all__ = [
     "SPECIAL_TOKENS_ENV",
     "WORD_JOINER",
     "PromptNotFound",
+    "as_content",
     "PromptTemplate",
     "delimited",
     "load",
@@ -158,11 +159,16 @@ def _trie_regex(node: dict[str, dict]) -> str:
     return body
 
 
+def as_content(text: str) -> str:
+    """Text that goes into a prompt as content (a page, a persona, an earlier turn): no chat control token left."""
+    return neutralize(text, special_tokens())
+
+
 def _inserted(value: object) -> object:
     """Jinja's `finalize`: every value a template inserts, before it becomes prompt text."""
     if value is None or isinstance(value, bool | int | float):
         return value
-    return neutralize(value if isinstance(value, str) else str(value), special_tokens())
+    return as_content(value if isinstance(value, str) else str(value))
 
 
 @cache

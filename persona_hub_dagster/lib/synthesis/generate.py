@@ -145,10 +145,7 @@ def request(prepared: Prepared, step_index: int, round_number: int, item: Item) 
     if step.chat:
         system = [{"role": "system", "content": blocks["system"]}] if blocks.get("system") else []
         # The earlier turns are content too (model-written, from web text): no control token may open a turn.
-        earlier = [
-            {**m, "content": prompts.neutralize(m["content"], prompts.special_tokens())}
-            for m in item.fields.get("messages", [])
-        ]
+        earlier = [{**m, "content": prompts.as_content(m["content"])} for m in item.fields.get("messages", [])]
         messages = tuple(system + earlier)
         return LLMRequest(messages, sampling, step.schema(prepared.context), request_id)
     if not blocks.get("user"):
