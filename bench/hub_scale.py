@@ -21,6 +21,15 @@ Per shard k, three fresh processes:
    `same_representative` = share of those whose recorded persona is the exact search's earliest one. Also: the
    share of planted cross-shard variants dropped for an earlier shard (by MinHash or embeddings).
 
+Reaching 10^7 personas through the hub step takes ~4 hours of this machine, so `--fill-from A --fill-personas N`
+builds the index of shards A, A+1, ... directly, until it holds N personas: each shard's generated personas (without
+plants), minus those sharing a band key with an earlier row or an indexed persona (the MinHash pass without its
+Jaccard check; no semantic pass, so the index holds the near-duplicate vectors a real hub would drop: denser lists, a
+pessimistic case), added as that shard's entries (`HubIndex.add`, as the hub step does, retraining included); no
+tables. The shards after those then run the real hub step against an index of the size the curve needs (the index's
+catch-up is skipped: it would remove the filled shards, which have no hub tables), and evaluation reads earlier
+vectors from the index instead of the tables.
+
 The quality pass is off (per-shard work that never reads earlier shards). Embeddings: a hashed bag of words (every
 distinct lower-cased word gets a fixed pseudo-random 256-d vector from its hash; a text is the normalized sum), so
 near-duplicate texts have near vectors and nothing downloads, and the bench measures the hub, not an embedding
@@ -133,6 +142,55 @@ def generate(root: str, k: int, n: int) -> dict:
     return {"candidates": len(texts)}
 
 
+def fill(root: str, k: int, n: int) -> dict:
+    """Shard k straight into the index (see the module's docstring): its personas, their band keys and vectors."""
+    sys.path.insert(0, str(BENCH))
+    from persona_corpus import persona_corpus
+
+    from persona_hub_dagster.lib.dedup import hub
+    from persona_hub_dagster.lib.dedup.index import ShardEntries
+    from persona_hub_dagster.lib.ids import content_ids
+    from persona_hub_dagster.lib.storage import DeltaStore
+
+    started, cpu_before = time.perf_counter(), _cpu_seconds()
+    texts, _ = persona_corpus(n - (PLANTED_ACROSS if k else 0), duplicate_share=0.1, seed=1000 + k)
+    settings = hub.HubSettings(quality_filter=False)
+    keys = hub.band_keys_of(texts, settings)
+    # Within the shard: a row goes when one of its band keys was first held by an earlier row.
+    bands = keys.shape[1]
+    tagged = keys ^ (np.arange(bands, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+    _, first, inverse = np.unique(tagged.reshape(-1), return_index=True, return_inverse=True)
+    first_row = (first // bands)[inverse.reshape(-1)].reshape(keys.shape)
+    keep = first_row.min(axis=1) == np.arange(len(texts))
+    with hub.open_index(DeltaStore(root=root)) as index:
+        prefix = [shard_name(j) for j in range(k)]
+        hits = index.band_hits(keys, index.ranks(prefix))
+        keep[hits[:, 0]] = False
+        rows = np.flatnonzero(keep)
+        kept_texts = [texts[i] for i in rows.tolist()]
+        embedder = HashedBagEmbedder()
+        entries = ShardEntries(
+            shard=shard_name(k),
+            run_id="fill",
+            positions=rows,
+            persona_ids=content_ids(kept_texts),
+            texts=kept_texts,
+            keys=keys[rows],
+            vector_positions=rows,
+            vectors=embedder.encode(kept_texts),
+            model=embedder.identity,
+        )
+        index.add(entries, hub.index_layout(settings))
+        stats = index.stats()
+    return {
+        "filled": True,
+        "fill_seconds": round(time.perf_counter() - started, 2),
+        "fill_cpu_seconds": round(_cpu_seconds() - cpu_before, 2),
+        "counts": {"candidates": len(texts), "kept": len(rows)},
+        **stats,
+    }
+
+
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -143,7 +201,7 @@ def _rchar() -> int:
         return int(next(line for line in io if line.startswith("rchar")).split()[1])
 
 
-def hub_step(root: str, k: int) -> dict:
+def hub_step(root: str, k: int, catch_up: bool = True) -> dict:
     from persona_hub_dagster.lib import tables
     from persona_hub_dagster.lib.dedup import hub
     from persona_hub_dagster.lib.storage import DeltaStore
@@ -158,7 +216,8 @@ def hub_step(root: str, k: int) -> dict:
     extra = {}
     if hasattr(hub, "build_shard"):  # the index
         with hub.open_index(store) as index:
-            hub.catch_up_index(index, store, settings, embedder)
+            if catch_up:
+                hub.catch_up_index(index, store, settings, embedder)
             result, _ = hub.build_shard(
                 store,
                 index,
@@ -206,7 +265,6 @@ def evaluate(root: str, k: int, sample: int) -> dict:
     import polars as pl
 
     from persona_hub_dagster.lib import tables
-    from persona_hub_dagster.lib.dedup.hub import _vector_array
     from persona_hub_dagster.lib.storage import DeltaStore
 
     store = DeltaStore(root=root)
@@ -229,12 +287,8 @@ def evaluate(root: str, k: int, sample: int) -> dict:
         for pid, s in zip(picked["duplicate_of"].to_list(), picked["duplicate_of_shard"].to_list(), strict=True)
         if s and s != shard
     }
-    for j in range(k):
-        stored = store.scan(tables.HUB_EMBEDDINGS, [shard_name(j)]).select("persona_id", "vector").collect()
-        if stored.is_empty():
-            continue
-        sims = queries @ _vector_array(stored["vector"]).T
-        ids = stored["persona_id"].to_list()
+    for ids, vectors in _earlier_vectors(store, k):
+        sims = queries @ vectors.T
         for q, row in zip(*np.nonzero(sims >= THRESHOLD), strict=True):
             if earliest[q] is None:
                 earliest[q] = ids[row]
@@ -262,11 +316,48 @@ def evaluate(root: str, k: int, sample: int) -> dict:
     }
 
 
+def _earlier_vectors(store, k: int):
+    """(persona ids, vectors) of each earlier shard's kept personas, in keep-first order: from the index where it
+    holds the shard (filled shards have no tables), else from the embeddings table (the code before the index)."""
+    from persona_hub_dagster.lib import tables
+    from persona_hub_dagster.lib.dedup.hub import _vector_array, open_index
+
+    index_folder = Path(store.table_uri(tables.HUB_INDEX_PATH))
+    index = open_index(store) if (index_folder / "manifest.json").exists() else None
+    try:
+        for j in range(k):
+            entry = index.manifest.shards.get(shard_name(j)) if index else None
+            if entry is not None:
+                if not entry.vectors:
+                    continue
+                vectors, positions = index._read_segment(entry.sid)
+                order = np.argsort(positions, kind="stable")  # stored by list; the earliest match wants hub order
+                vectors, positions = vectors[order], positions[order]
+                ids, _ = index.personas(np.full(len(positions), entry.sid, dtype=np.int64), positions)
+                yield ids, vectors
+                continue
+            stored = store.scan(tables.HUB_EMBEDDINGS, [shard_name(j)]).select("persona_id", "vector").collect()
+            if not stored.is_empty():
+                yield stored["persona_id"].to_list(), _vector_array(stored["vector"])
+    finally:
+        if index is not None:
+            index.close()
+
+
 def report(path: str) -> str:
     """The per-shard table of a run in markdown, with time fitted as a + b·ln P (over the shards after the last
     retraining of the index, and over all) and peak memory as a + b·P."""
     rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
-    lines = [
+    filled = [r for r in rows if r.get("filled")]
+    rows = [r for r in rows if not r.get("filled")]
+    lines = []
+    if filled:
+        lines.append(
+            f"Filled (index only): shards {filled[0]['shard']}-{filled[-1]['shard']}, "
+            f"{sum(r['counts']['kept'] for r in filled):,} personas, {sum(r['fill_seconds'] for r in filled):,.0f} s; "
+            f"slowest fill shard {max(r['fill_seconds'] for r in filled):.0f} s (nlist {filled[-1]['nlist']})\n"
+        )
+    lines += [
         "| shard | prior kept P | hub s | hub CPU s | peak RSS GB | MB read | cross-shard drops (minhash / semantic) "
         "| semantic recall vs exact | precision | planted found | nlist |",
         "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
@@ -329,16 +420,22 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--report", action="store_true", help="print --out's table and fits, run nothing")
     parser.add_argument("--until", help="UTC time HH:MM after which no new shard starts")
-    parser.add_argument("--step", choices=["generate", "hub", "evaluate"], help=argparse.SUPPRESS)
+    parser.add_argument("--fill-from", type=int, help="from this shard on, shards go straight into the index...")
+    parser.add_argument("--fill-personas", type=int, default=0, help="...until it holds this many (see above)")
+    parser.add_argument("--step", choices=["generate", "fill", "hub", "evaluate"], help=argparse.SUPPRESS)
+    parser.add_argument("--no-catch-up", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--k", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step == "generate":
         print(json.dumps(generate(args.root, args.k, args.per_shard)))
         return
+    if args.step == "fill":
+        print(json.dumps(fill(args.root, args.k, args.per_shard)))
+        return
     if args.step == "hub":
         if args.code:
             _use_code(args.code)
-        print(json.dumps(hub_step(args.root, args.k)))
+        print(json.dumps(hub_step(args.root, args.k, catch_up=not args.no_catch_up)))
         return
     if args.step == "evaluate":
         print(json.dumps(evaluate(args.root, args.k, args.sample)))
@@ -349,15 +446,25 @@ def main() -> None:
     out = Path(args.out)
     done = len(out.read_text().splitlines()) if out.exists() else 0
     common = ["--root", args.root, "--per-shard", str(args.per_shard), "--out", args.out]
-    prior = 0
+    prior, filled = 0, False
     for line in out.read_text().splitlines() if out.exists() else []:
         prior += json.loads(line)["counts"]["kept"]
+        filled = filled or bool(json.loads(line).get("filled"))
     for k in range(done, args.shards):
         if args.until and time.strftime("%H:%M", time.gmtime()) >= args.until:
             print(f"stopped before shard {k}: it is past {args.until} UTC", flush=True)
             break
+        if args.fill_from is not None and k >= args.fill_from and prior < args.fill_personas:
+            filled = True
+            row = {"shard": k, "prior_kept": prior, **_child([*common, "--step", "fill", "--k", str(k)], None)}
+            prior += row["counts"]["kept"]
+            with out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(json.dumps(row), flush=True)
+            continue
         _child([*common, "--step", "generate", "--k", str(k)], None)
-        row = {"shard": k, "prior_kept": prior, **_child([*common, "--step", "hub", "--k", str(k)], args.code)}
+        hub_args = ["--step", "hub", "--k", str(k), *(["--no-catch-up"] if filled else [])]
+        row = {"shard": k, "prior_kept": prior, **_child([*common, *hub_args], args.code)}
         if k and k % args.eval_every == 0:
             row.update(_child([*common, "--step", "evaluate", "--k", str(k), "--sample", str(args.sample)], None))
         row.update(date=str(date.today()), machine=f"{platform.machine()}, {os.cpu_count()} cores")
