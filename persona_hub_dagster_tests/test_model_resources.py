@@ -1,13 +1,16 @@
 """The llm and embeddings resources inside real Dagster runs, and their configuration from the environment."""
 
+import dataclasses
+
 import dagster as dg
 import polars as pl
 import pytest
 
-from persona_hub_dagster.defs.models import EmbeddingsResource, LLMResource, usage_metadata
+from persona_hub_dagster.defs.models import EmbeddingsResource, JudgeResource, LLMResource, usage_metadata
 from persona_hub_dagster.defs.partitions import text_shards
 from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
-from persona_hub_dagster.lib.llm import LLMRequest, SamplingParams
+from persona_hub_dagster.lib.llm import LLMRequest, LLMSettings, SamplingParams
+from persona_hub_dagster.lib.llm.settings import setting_description
 from persona_hub_dagster.lib.tables import LLM_RESPONSES
 
 
@@ -109,3 +112,65 @@ def test_counts_from_the_environment_are_checked_with_a_clear_message(monkeypatc
     monkeypatch.setenv("PERSONA_HUB_LLM_MAX_IN_FLIGHT", "lots")
     with pytest.raises(LLMConfigError, match="PERSONA_HUB_LLM_MAX_IN_FLIGHT must be a whole number"):
         LLMSettings.from_env()
+
+
+@pytest.fixture
+def no_llm_environment(monkeypatch):
+    from persona_hub_dagster.lib.llm.settings import ENV, JUDGE_ENV, TOKEN_BUDGET_ENV
+
+    for variable in (*ENV.values(), *JUDGE_ENV.values(), TOKEN_BUDGET_ENV):
+        monkeypatch.delenv(variable, raising=False)
+
+
+@pytest.mark.parametrize("resource_type", [LLMResource, JudgeResource])
+def test_every_llm_setting_is_a_resource_field_with_its_default_and_doc(resource_type, no_llm_environment):
+    """The resources are built from LLMSettings: one definition of each setting's type, default and doc, in lib."""
+    judge = resource_type is JudgeResource
+    schema = resource_type.to_config_schema().as_field().config_type.fields
+    resource = resource_type()
+    for setting in dataclasses.fields(LLMSettings):
+        field = resource_type.model_fields[setting.name]
+        assert field.description == setting_description(setting.name, judge=judge)
+        assert field.description.startswith(setting.metadata["doc"])
+        assert schema[setting.name].description == field.description
+        assert getattr(resource, setting.name) == setting.default, setting.name
+        # A default set by a variable is read when the resource is built; the others are plain config defaults.
+        if setting.metadata["env"]:
+            assert not schema[setting.name].default_provided and f"${setting.metadata['env']}" in field.description
+        else:
+            assert schema[setting.name].default_value == setting.default
+    assert resource.settings() == LLMSettings()
+    # The resource's own fields besides the settings: what a run spends and whether it replays the cache.
+    assert set(resource_type.model_fields) - {f.name for f in dataclasses.fields(LLMSettings)} == {
+        "token_budget",
+        "response_cache",
+    }
+
+
+def test_the_resources_read_the_variables_when_built(monkeypatch, no_llm_environment):
+    monkeypatch.setenv("PERSONA_HUB_LLM_BACKEND", "openai")
+    monkeypatch.setenv("PERSONA_HUB_LLM_MODEL", "generator")
+    monkeypatch.setenv("PERSONA_HUB_JUDGE_MODEL", "judge")
+    monkeypatch.setenv("PERSONA_HUB_LLM_THREADS", "3")
+    assert LLMResource().settings() == LLMSettings.from_env()
+    assert JudgeResource().settings() == LLMSettings.from_env(judge=True)
+    assert (LLMResource().model, JudgeResource().model, JudgeResource().backend) == ("generator", "judge", "openai")
+    assert JudgeResource().n_threads == 3
+    monkeypatch.setenv("PERSONA_HUB_LLM_MODEL", "later")
+    assert LLMResource().model == "later"  # not frozen when the module was imported
+
+
+@pytest.mark.parametrize("resource_type", [LLMResource, JudgeResource])
+def test_run_config_sets_every_setting(resource_type, no_llm_environment):
+    @dg.asset
+    def configured(llm: LLMResource) -> dg.MaterializeResult:
+        return dg.MaterializeResult(metadata={"settings": dg.MetadataValue.json(llm.settings().describe())})
+
+    values = {"model": "run-model", "n_ctx": 512, "server_startup_timeout_s": 30.0, "max_model_len": 2048}
+    result = dg.materialize(
+        [configured],
+        resources={"llm": resource_type.configure_at_launch()},
+        run_config={"resources": {"llm": {"config": values}}},
+    )
+    described = result.asset_materializations_for_node("configured")[0].metadata["settings"].value
+    assert described == {**LLMSettings().describe(), **values}

@@ -1,16 +1,23 @@
 """The model resources: `llm` (every generative stage) and `embeddings` (dedup, diversity), thin over lib.
 
-Configuration comes from the environment at code-location load (PERSONA_HUB_LLM_BACKEND, PERSONA_HUB_LLM_MODEL,
-PERSONA_HUB_LLM_BASE_URL, PERSONA_HUB_EMBEDDING_MODEL) and can be overridden per run in the Launchpad. The API key
+The `llm` and `judge` resources have one field per LLMSettings setting (lib/llm/settings.py: type, default, doc and
+the variable that sets its default, each said there once), built by `_settings_fields`. Defaults come from the
+environment when a resource is built (PERSONA_HUB_LLM_BACKEND, _MODEL, _BASE_URL, ..., PERSONA_HUB_JUDGE_* for the
+judge, PERSONA_HUB_EMBEDDING_MODEL) and can be overridden per run in the Launchpad. The API key
 is never a field, nor which variable holds it: keys are bound to endpoints by the deployment's environment
 (lib/llm/settings.configured_endpoints), and a run may only choose among those endpoints.
 """
 
 import contextlib
+import dataclasses
+import functools
 import os
+import typing
 from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
+import pydantic
 from pydantic import Field, PrivateAttr
 
 from persona_hub_dagster.defs.storage import metadata_value
@@ -18,12 +25,13 @@ from persona_hub_dagster.lib.embeddings import EMBEDDING_MODEL_ENV, Embedder, La
 from persona_hub_dagster.lib.llm.cache import ResponseCache, cache_namespace
 from persona_hub_dagster.lib.llm.client import Backend, LLMClient, TokenBudget, UsageStats
 from persona_hub_dagster.lib.llm.settings import (
-    ENV,
-    JUDGE_ENV,
     TOKEN_BUDGET_ENV,
     LLMSettings,
     env_count,
+    env_default,
+    env_variables,
     open_backend,
+    setting_description,
 )
 from persona_hub_dagster.lib.storage import DeltaStore
 
@@ -32,45 +40,28 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name) or default
 
 
-class LLMResource(dg.ConfigurableResource):
-    """The LLM behind every generative stage. The backend is opened on first use in a run and closed (a managed
-    vLLM server stopped) when the run's step finishes, however it finishes."""
+def _settings_fields(*, judge: bool = False) -> dict[str, Any]:
+    """Resource fields made from LLMSettings' fields (each one's type, default and doc, said once in lib); a default
+    that a deployment's variable sets (with `judge`, the judge's variable first) is read when the resource is built,
+    so a run sees the environment of its process."""
+    hints = typing.get_type_hints(LLMSettings)
+    built: dict[str, Any] = {}
+    for setting in dataclasses.fields(LLMSettings):
+        description = setting_description(setting.name, judge=judge)
+        if env_variables(setting.name, judge=judge):
+            default = functools.partial(env_default, setting.name, judge=judge)
+            field = Field(default_factory=default, description=description)
+        else:
+            field = Field(default=setting.default, description=description)
+        built[setting.name] = (hints[setting.name], field)
+    return built
 
-    backend: str = Field(
-        default_factory=lambda: _env(ENV["backend"], "llama_cpp"),
-        description="llama_cpp (embedded CPU model, default) | openai (any OpenAI-compatible server) | vllm",
-    )
-    model: str | None = Field(
-        default_factory=lambda: _env(ENV["model"]),
-        description="llama_cpp: path of a .gguf (default: packaged SmolLM2-135M-Instruct); openai/vllm: model name",
-    )
-    base_url: str | None = Field(
-        default_factory=lambda: _env(ENV["base_url"]),
-        description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1. vllm without it: start `vllm serve`.",
-    )
-    n_ctx: int = Field(default=4096, description="llama_cpp context length (prompt + output tokens).")
-    n_threads: int | None = Field(
-        default_factory=lambda: env_count(ENV["n_threads"]),
-        description="llama_cpp threads; null: the cores idle when a stage starts (PERSONA_HUB_LLM_THREADS sets it). "
-        "More threads than idle cores collapse throughput when another process uses a core.",
-    )
-    reuse_prefix: bool = Field(
-        default=True,
-        description="llama_cpp: reuse the KV cache of shared prompt prefixes (1.6x faster here). False: each request "
-        "is bit-reproducible on its own, whatever ran before it.",
-    )
-    max_in_flight: int = Field(
-        default_factory=lambda: env_count(ENV["max_in_flight"], 256),
-        description="openai/vllm: requests in flight at once (a window refilled as answers arrive; it halves on "
-        "429s and grows back). Default $PERSONA_HUB_LLM_MAX_IN_FLIGHT, else 256 (vLLM's default max_num_seqs).",
-    )
-    timeout_s: float = Field(default=120.0, description="Per-request timeout for HTTP backends.")
-    max_retries: int = Field(default=4, description="Transport retries (429/5xx/connection) with backoff.")
-    tensor_parallel_size: int = Field(default=1, description="vllm serve --tensor-parallel-size")
-    max_num_seqs: int = Field(default=256, description="vllm serve --max-num-seqs")
-    gpu_memory_utilization: float = Field(default=0.90, description="vllm serve --gpu-memory-utilization")
-    max_model_len: int | None = Field(default=None, description="vllm serve --max-model-len")
-    max_attempts: int = Field(default=3, description="Attempts per request when a structured output is invalid.")
+
+class LLMResource(pydantic.create_model("LLMSettingsFields", __base__=dg.ConfigurableResource, **_settings_fields())):
+    """The LLM behind every generative stage. The backend is opened on first use in a run and closed (a managed
+    vLLM server stopped) when the run's step finishes, however it finishes. Its fields are LLMSettings' (one field
+    per setting, lib/llm/settings.py), and the run's own: token_budget and response_cache."""
+
     token_budget: int | None = Field(
         default_factory=lambda: env_count(TOKEN_BUDGET_ENV),
         description="Tokens (prompt + completion) this run's calls to this model may spend; answers replayed from "
@@ -84,22 +75,7 @@ class LLMResource(dg.ConfigurableResource):
     _budget: TokenBudget | None = PrivateAttr(default=None)
 
     def settings(self) -> LLMSettings:
-        return LLMSettings(
-            backend=self.backend,
-            model=self.model,
-            base_url=self.base_url,
-            n_ctx=self.n_ctx,
-            n_threads=self.n_threads,
-            reuse_prefix=self.reuse_prefix,
-            max_in_flight=self.max_in_flight,
-            timeout_s=self.timeout_s,
-            max_retries=self.max_retries,
-            tensor_parallel_size=self.tensor_parallel_size,
-            max_num_seqs=self.max_num_seqs,
-            gpu_memory_utilization=self.gpu_memory_utilization,
-            max_model_len=self.max_model_len,
-            max_attempts=self.max_attempts,
-        )
+        return LLMSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LLMSettings)})
 
     @contextlib.contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator["LLMResource"]:
@@ -126,22 +102,9 @@ class LLMResource(dg.ConfigurableResource):
         return client
 
 
-class JudgeResource(LLMResource):
+class JudgeResource(pydantic.create_model("JudgeSettingsFields", __base__=LLMResource, **_settings_fields(judge=True))):
     """The LLM that judges the evaluation stages' rubrics: the generator's model unless PERSONA_HUB_JUDGE_BACKEND,
     _MODEL or _BASE_URL name another (each overrides the generator's setting of the same name)."""
-
-    backend: str = Field(
-        default_factory=lambda: _env(JUDGE_ENV["backend"]) or _env(ENV["backend"], "llama_cpp"),
-        description="llama_cpp | openai | vllm (default: the generator's)",
-    )
-    model: str | None = Field(
-        default_factory=lambda: _env(JUDGE_ENV["model"]) or _env(ENV["model"]),
-        description="The judge's model (default: the generator's)",
-    )
-    base_url: str | None = Field(
-        default_factory=lambda: _env(JUDGE_ENV["base_url"]) or _env(ENV["base_url"]),
-        description="The judge's OpenAI-compatible endpoint (default: the generator's)",
-    )
 
 
 class EmbeddingsResource(dg.ConfigurableResource):

@@ -19,7 +19,8 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import Any, get_args, get_type_hints
 
 from persona_hub_dagster.lib.llm.backends.llama_cpp import LlamaCppBackend
 from persona_hub_dagster.lib.llm.backends.managed_server import ManagedServer, free_port, vllm_serve_command
@@ -27,15 +28,9 @@ from persona_hub_dagster.lib.llm.backends.openai_compatible import API_KEY_ENV, 
 from persona_hub_dagster.lib.llm.client import Backend
 
 BACKENDS = ("llama_cpp", "openai", "vllm")
-ENV = {
-    "backend": "PERSONA_HUB_LLM_BACKEND",
-    "model": "PERSONA_HUB_LLM_MODEL",
-    "base_url": "PERSONA_HUB_LLM_BASE_URL",
-    "max_in_flight": "PERSONA_HUB_LLM_MAX_IN_FLIGHT",
-    "n_threads": "PERSONA_HUB_LLM_THREADS",
-}
-# The judge of the evaluation stages: the same model unless these name another (a stronger model judging a cheaper
-# one is the usual set-up); each one set overrides the generator's.
+# The generator's variables are declared on LLMSettings' fields (ENV, below, lists them). The judge of the evaluation
+# stages: the same model unless these name another (a stronger model judging a cheaper one is the usual set-up); each
+# one set overrides the generator's.
 JUDGE_ENV = {
     "backend": "PERSONA_HUB_JUDGE_BACKEND",
     "model": "PERSONA_HUB_JUDGE_MODEL",
@@ -149,37 +144,66 @@ def _endpoint(url: str) -> str:
     return url.strip().rstrip("/")
 
 
+def llm_setting(default: Any, doc: str, *, env: str | None = None) -> Any:
+    """A field of LLMSettings: like `lib.settings.setting(default, doc)`, and the environment variable (if any) that
+    sets its default in a deployment. The `llm` and `judge` resources' run config is built from these fields."""
+    return field(default=default, metadata={"doc": doc, "env": env})
+
+
 @dataclass(frozen=True)
 class LLMSettings:
-    backend: str = "llama_cpp"
-    model: str | None = None
-    base_url: str | None = None
+    backend: str = llm_setting(
+        "llama_cpp",
+        "llama_cpp (embedded CPU model, default) | openai (any OpenAI-compatible server) | vllm.",
+        env="PERSONA_HUB_LLM_BACKEND",
+    )
+    model: str | None = llm_setting(
+        None,
+        "llama_cpp: path of a .gguf (default: packaged SmolLM2-135M-Instruct); openai/vllm: model name.",
+        env="PERSONA_HUB_LLM_MODEL",
+    )
+    base_url: str | None = llm_setting(
+        None,
+        "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1. vllm without it: start `vllm serve`.",
+        env="PERSONA_HUB_LLM_BASE_URL",
+    )
     # llama_cpp (in-process)
-    n_ctx: int = 4096
-    n_threads: int | None = None  # None: the cores idle when the backend opens (llama_cpp.free_cores)
-    reuse_prefix: bool = True  # KV reuse of shared prompt prefixes; False: every request bit-reproducible alone
+    n_ctx: int = llm_setting(4096, "llama_cpp context length (prompt + output tokens).")
+    n_threads: int | None = llm_setting(
+        None,
+        "llama_cpp threads; null: the cores idle when a stage starts (llama_cpp.free_cores). More threads than idle "
+        "cores collapse throughput when another process uses a core.",
+        env="PERSONA_HUB_LLM_THREADS",
+    )
+    reuse_prefix: bool = llm_setting(
+        True,
+        "llama_cpp: reuse the KV cache of shared prompt prefixes (1.6x faster here). False: each request is "
+        "bit-reproducible on its own, whatever ran before it.",
+    )
     # openai / vllm over HTTP
-    max_in_flight: int = 256  # the streaming window (vLLM's default max_num_seqs); halves on 429s, grows back
-    timeout_s: float = 120.0
-    max_retries: int = 4
+    max_in_flight: int = llm_setting(
+        256,
+        "openai/vllm: requests in flight at once (a window refilled as answers arrive; it halves on 429s and grows "
+        "back). 256 is vLLM's default max_num_seqs.",
+        env="PERSONA_HUB_LLM_MAX_IN_FLIGHT",
+    )
+    timeout_s: float = llm_setting(120.0, "Per-request timeout for HTTP backends.")
+    max_retries: int = llm_setting(4, "Transport retries (429/5xx/connection) with backoff.")
     # vllm, when this process starts the server
-    tensor_parallel_size: int = 1
-    max_num_seqs: int = 256
-    gpu_memory_utilization: float = 0.90
-    max_model_len: int | None = None
-    server_startup_timeout_s: float = 900.0
+    tensor_parallel_size: int = llm_setting(1, "vllm serve --tensor-parallel-size")
+    max_num_seqs: int = llm_setting(256, "vllm serve --max-num-seqs")
+    gpu_memory_utilization: float = llm_setting(0.90, "vllm serve --gpu-memory-utilization")
+    max_model_len: int | None = llm_setting(None, "vllm serve --max-model-len")
+    server_startup_timeout_s: float = llm_setting(
+        900.0, "vllm without a base_url: seconds the started `vllm serve` has to become healthy."
+    )
     # validation retries of invalid structured outputs (LLMClient)
-    max_attempts: int = 3
+    max_attempts: int = llm_setting(3, "Attempts per request when a structured output is invalid.")
 
     @classmethod
     def from_env(cls, *, judge: bool = False, **overrides) -> LLMSettings:
         """The generator's settings from PERSONA_HUB_LLM_*; with `judge`, PERSONA_HUB_JUDGE_* override them."""
-        values: dict[str, object] = {name: os.environ[var] for name, var in ENV.items() if os.environ.get(var)}
-        if judge:
-            values.update({name: os.environ[var] for name, var in JUDGE_ENV.items() if os.environ.get(var)})
-        for name in ("max_in_flight", "n_threads"):
-            if name in values:
-                values[name] = env_count(ENV[name])
+        values = {f.name: env_default(f.name, judge=judge) for f in fields(cls)}
         return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
 
     def __post_init__(self) -> None:
@@ -189,6 +213,38 @@ class LLMSettings:
     def describe(self) -> dict[str, object]:
         """For logs and metadata: the settings, with no secret in them (the key stays in its variable)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+_FIELDS = {f.name: f for f in fields(LLMSettings)}
+_HINTS = get_type_hints(LLMSettings)
+# The variable that sets each setting's default, by setting: {"backend": "PERSONA_HUB_LLM_BACKEND", ...}.
+ENV = {name: f.metadata["env"] for name, f in _FIELDS.items() if f.metadata["env"]}
+
+
+def env_variables(name: str, *, judge: bool = False) -> tuple[str, ...]:
+    """The variables that set setting `name`'s default, the first one set winning (the judge's own, then the
+    generator's)."""
+    variables = (JUDGE_ENV.get(name),) if judge else ()
+    return tuple(v for v in (*variables, ENV.get(name)) if v)
+
+
+def env_default(name: str, *, judge: bool = False) -> Any:
+    """Setting `name`'s default in this deployment: from its variables (a count is checked), else LLMSettings'.
+    Read at each call, so a resource built later sees the environment of then."""
+    for variable in env_variables(name, judge=judge):
+        if os.environ.get(variable):
+            is_count = int in (_HINTS[name], *get_args(_HINTS[name]))
+            return env_count(variable) if is_count else os.environ[variable]
+    return _FIELDS[name].default
+
+
+def setting_description(name: str, *, judge: bool = False) -> str:
+    """Setting `name`'s doc, with the variables that set its default: what its run config field says."""
+    doc, default = _FIELDS[name].metadata["doc"], _FIELDS[name].default
+    variables = env_variables(name, judge=judge)
+    if not variables:
+        return doc
+    return f"{doc} Default: ${', else $'.join(variables)}, else {'null' if default is None else default}."
 
 
 ServeCommand = Callable[[LLMSettings, int], list[str]]
