@@ -23,12 +23,12 @@ Per shard k, three fresh processes:
 
 Reaching 10^7 personas through the hub step takes ~4 hours of this machine, so `--fill-from A --fill-personas N`
 builds the index of shards A, A+1, ... directly, until it holds N personas: each shard's generated personas (without
-plants), minus those sharing a band key with an earlier row or an indexed persona (the MinHash pass without its
-Jaccard check; no semantic pass, so the index holds the near-duplicate vectors a real hub would drop: denser lists, a
-pessimistic case), added as that shard's entries (`HubIndex.add`, as the hub step does, retraining included); no
-tables. The shards after those then run the real hub step against an index of the size the curve needs (the index's
-catch-up is skipped: it would remove the filled shards, which have no hub tables), and evaluation reads earlier
-vectors from the index instead of the tables.
+plants) through the hub's MinHash pass (against the indexed shards, then within the shard), with no semantic pass, so
+the index also holds the near-duplicate vectors a real hub would drop (denser lists: a pessimistic case); its kept
+personas are added as the shard's entries (`HubIndex.add`, as the hub step does, retraining included); no tables. The
+shards after those then run the real hub step against an index of the size the curve needs (the index's catch-up is
+skipped: it would remove the filled shards, which have no hub tables), and evaluation reads earlier vectors from the
+index instead of the tables.
 
 The quality pass is off (per-shard work that never reads earlier shards). Embeddings: a hashed bag of words (every
 distinct lower-cased word gets a fixed pseudo-random 256-d vector from its hash; a text is the normalized sum), so
@@ -155,25 +155,19 @@ def fill(root: str, k: int, n: int) -> dict:
     started, cpu_before = time.perf_counter(), _cpu_seconds()
     texts, _ = persona_corpus(n - (PLANTED_ACROSS if k else 0), duplicate_share=0.1, seed=1000 + k)
     settings = hub.HubSettings(quality_filter=False)
-    keys = hub.band_keys_of(texts, settings)
-    # Within the shard: a row goes when one of its band keys was first held by an earlier row.
-    bands = keys.shape[1]
-    tagged = keys ^ (np.arange(bands, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
-    _, first, inverse = np.unique(tagged.reshape(-1), return_index=True, return_inverse=True)
-    first_row = (first // bands)[inverse.reshape(-1)].reshape(keys.shape)
-    keep = first_row.min(axis=1) == np.arange(len(texts))
+    ids = content_ids(texts)
     with hub.open_index(DeltaStore(root=root)) as index:
         prefix = [shard_name(j) for j in range(k)]
-        hits = index.band_hits(keys, index.ranks(prefix))
-        keep[hits[:, 0]] = False
-        rows = np.flatnonzero(keep)
+        decisions = hub.Decisions.start(ids)
+        keys = hub.minhash_pass(hub.IndexedPrior(index), shard_name(k), prefix, texts, decisions, settings)
+        rows = np.flatnonzero(decisions.alive)
         kept_texts = [texts[i] for i in rows.tolist()]
         embedder = HashedBagEmbedder()
         entries = ShardEntries(
             shard=shard_name(k),
             run_id="fill",
             positions=rows,
-            persona_ids=content_ids(kept_texts),
+            persona_ids=[ids[i] for i in rows.tolist()],
             texts=kept_texts,
             keys=keys[rows],
             vector_positions=rows,
