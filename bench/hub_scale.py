@@ -222,7 +222,11 @@ def hub_step(root: str, k: int, catch_up: bool = True) -> dict:
                 embedder=embedder,
                 run_id=f"bench-{k}",
             )
-            extra = {"vector_bytes_read": index.bytes_read, **index.stats()}
+            extra = {
+                "vector_bytes_read": index.bytes_read,
+                "index_seconds": getattr(index, "seconds", {}),
+                **index.stats(),
+            }
     else:  # today's code: whole-table lookups
         import polars as pl
 

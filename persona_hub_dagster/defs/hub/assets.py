@@ -74,7 +74,7 @@ def build_persona_hub(
             # Mirrored shard by shard: a run that dies mid-range loses no finished shard's entries.
             for key, value in index.publish().items():
                 published[key] += value
-        index_stats = index.stats()
+        index_stats, index_seconds = index.stats(), dict(index.seconds)
 
     totals: dict[str, int] = {}
 
@@ -92,7 +92,7 @@ def build_persona_hub(
         ),
         "hub_config": dg.MetadataValue.text(settings.fingerprint(embedder.identity if embedder else None)),
         "shards_in_order": dg.MetadataValue.json(shards),
-        "hub_index": dg.MetadataValue.json({**index_stats, "published": published}),
+        "hub_index": dg.MetadataValue.json({**index_stats, "published": published, "seconds": index_seconds}),
     }
     if len(per_shard) > 1:
         summary["per_shard"] = dg.MetadataValue.json(per_shard)

@@ -41,7 +41,9 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -144,6 +146,9 @@ class HubIndex:
         self.manifest = Manifest.load(self.folder / "manifest.json")
         self._db = None
         self.bytes_read = 0  # vector bytes read by lookups (RocksDB's reads are its own; see `stats`)
+        # Seconds spent in each part of the lookups and updates, summed over this object's life: where a hub step's
+        # time goes as the hub grows (the materialization and bench/hub_scale.py report it).
+        self.seconds: dict[str, float] = {}
 
     @classmethod
     def for_location(cls, location: str, cache_dir: str | None = None) -> HubIndex:
@@ -195,6 +200,14 @@ class HubIndex:
     def missing(self, prefix: Sequence[str]) -> list[str]:
         return [s for s in prefix if s not in self.manifest.shards]
 
+    @contextmanager
+    def _timed(self, part: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[part] = round(self.seconds.get(part, 0.0) + time.perf_counter() - started, 3)
+
     def _shard_of(self) -> dict[int, str]:
         return {e.sid: s for s, e in self.manifest.shards.items()}
 
@@ -206,7 +219,8 @@ class HubIndex:
         if not len(keys) or not ranks:
             return np.zeros((0, 3), dtype=np.int64)
         probe_keys, starts, rows = _band_probe(keys)
-        owner, entries = _entries(self.db.get(probe_keys))
+        with self._timed("band_lookup"):
+            owner, entries = _entries(self.db.get(probe_keys))
         keep = np.isin(entries["sid"], np.array(sorted(ranks), dtype=np.uint32))
         owner, entries = owner[keep], entries[keep]
         if not len(entries):
@@ -224,7 +238,9 @@ class HubIndex:
         keys = np.zeros(len(sid), dtype=_PERSONA_KEY)
         keys["tag"], keys["sid"], keys["pos"] = b"p", sid, pos
         ids, texts = [], []
-        for value in self.db.get(_as_bytes(keys)) if len(keys) else []:
+        with self._timed("persona_fetch"):
+            values = self.db.get(_as_bytes(keys)) if len(keys) else []
+        for value in values:
             if value is None:
                 raise LookupError("the hub index lacks a persona it lists: rebuild it (remove its folder)")
             persona_id, text = value.split(b"\0", 1)
@@ -245,8 +261,10 @@ class HubIndex:
         ]
         if n and segments:
             queries = np.ascontiguousarray(queries, dtype=np.float32)
-            probes = self._probe(queries)
-            self._scan(queries, probes, segments, threshold, best, similarity)
+            with self._timed("vector_probe"):
+                probes = self._probe(queries)
+            with self._timed("vector_scan"):
+                self._scan(queries, probes, segments, threshold, best, similarity)
         found = best != _NONE
         rank_to_sid = {rank: sid for sid, rank in ranks.items()}
         shard_of = self._shard_of()
@@ -405,8 +423,9 @@ class HubIndex:
         persona_keys["tag"], persona_keys["sid"], persona_keys["pos"] = b"p", sid, positions
         for key, pid, text in zip(_as_bytes(persona_keys), entries.persona_ids, entries.texts, strict=True):
             batch.put(key, pid.encode() + b"\0" + (text or "").encode())
-        self._rewrite_bands(batch, entries.keys, sid, positions, add=True)
-        db.write(batch)
+        with self._timed("band_update"):
+            self._rewrite_bands(batch, entries.keys, sid, positions, add=True)
+            db.write(batch)
         np.save(self._keys_path(sid), np.column_stack((positions.astype(np.uint64), entries.keys)))
         if len(entries.vectors):
             self.manifest.dim = entries.vectors.shape[1]
@@ -418,7 +437,8 @@ class HubIndex:
             )
         self.manifest.shards[entries.shard] = ShardEntry(sid, entries.run_id, len(positions), len(entries.vectors))
         self._save()
-        self._maybe_train()
+        with self._timed("train"):
+            self._maybe_train()
 
     def remove(self, shard: str) -> bool:
         """Remove exactly this shard's entries; False when the index does not hold it."""
