@@ -198,7 +198,7 @@ def test_a_run_killed_with_its_process_is_marked_failed_by_the_next_command(env,
 def test_a_failed_step_prints_its_root_cause_not_dagsters_wrapper():
     """The line `materialize` prints for a failure is the exception our code raised, not Dagster's wrapper
     (DagsterExecutionStepExecutionError, whose own line names only the op)."""
-    from persona_hub_dagster.cli import failure_cause
+    from persona_hub_dagster.cli.running import failure_cause
     from persona_hub_dagster.lib.evaluation.sandbox import SandboxUnavailable
 
     @dg.asset
@@ -227,7 +227,8 @@ def test_a_failed_step_prints_its_root_cause_not_dagsters_wrapper():
 
 
 def test_run_settings_from_a_file_set_and_sample_compose_and_typos_are_one_line(env, tmp_path):
-    from persona_hub_dagster.cli import main, run_settings
+    from persona_hub_dagster.cli import main
+    from persona_hub_dagster.cli.running import run_settings
 
     settings = tmp_path / "small.yaml"
     settings.write_text("synthesize_math: {personas: 5, prompting: few_shot}\ntext_to_persona: {max_texts: 100}\n")
@@ -251,6 +252,20 @@ def test_run_settings_from_a_file_set_and_sample_compose_and_typos_are_one_line(
         "prompting, samples_per_persona, seed, shots, temperature"
     ]
     assert main(["materialize", "s", "--set", "no_such_stage.x=1"]) == 2
+
+
+def test_prompt_and_export_offer_exactly_the_registered_tasks():
+    """The task commands take their choices from the synthesis task registry: a new task is on the command line
+    without a second list to keep."""
+    from persona_hub_dagster.cli.parser import build_parser
+    from persona_hub_dagster.lib.synthesis.tasks import TASKS
+
+    parser = build_parser(description="")
+    for name in TASKS:
+        assert parser.parse_args(["prompt", name]).task == name
+        assert parser.parse_args(["export", name, "--out", "release"]).task == name
+    with pytest.raises(SystemExit):
+        parser.parse_args(["prompt", "no_such_task"])
 
 
 @pytest.mark.slow

@@ -105,7 +105,7 @@ def test_the_readme_is_a_short_front_door_whose_links_resolve():
 def test_every_tutorial_command_is_one_the_suite_runs(monkeypatch):
     """The tutorials' and README's code blocks: each command parses with the real CLI (its settings resolve against
     the job), and a named test runs that command for real."""
-    from persona_hub_dagster.cli import run_settings
+    from persona_hub_dagster.cli.running import run_settings
 
     monkeypatch.chdir(REPO)
     shown = set()
