@@ -2,6 +2,10 @@
 persona, checked in this order. Anything without such evidence is kept: a persona's head noun is open-ended ("a
 fanatic of carousels", "a skeptic about the cryptocurrency hype"), so no list of person words can admit them all.
 
+Each rule is a small object (a `Rule`) holding its thresholds and its reason; `RULES` is the filter, applied in
+order, the first rule that rejects giving the reason, and `REASONS` is read from the rules. The reasons, in order
+(test_dedup_filters checks this list against RULES):
+
 - empty: nothing but whitespace.
 - truncated: a sentence cut off. It ends on a word that needs a continuation ("a self-proclaimed", "el", "的",
   "を"), on a comma, colon, dash or ellipsis, or leaves a bracket open.
@@ -19,8 +23,8 @@ fanatic of carousels", "a skeptic about the cryptocurrency hype"), so no list of
   text reads as recipe steps.
 
 The head noun is found in English, German and Spanish (the noun that ends the first noun phrase, or starts it in
-Spanish) and by the measure word in Chinese (一款 a product, 一座 a place, 一场 an event, 一道 a dish); texts in
-other languages are judged by the other rules only.
+Spanish) and by the measure word in Chinese (一款 a product, 一座 a place, 一场 an event, 一道 a dish; head_nouns.py);
+texts in other languages are judged by the other rules only.
 
 Before the rules, `strip_prompt_frame` removes a leftover frame of the Text-to-Persona prompt ("The person who is
 likely to dislike the text above is a ...", "Persona: ...") and keeps the persona inside it.
@@ -30,30 +34,18 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, ClassVar
 
 import polars as pl
 
+from persona_hub_dagster.lib.dedup.head_nouns import CATEGORIES, MAX_NOUN_PHRASE, head_category
 from persona_hub_dagster.lib.dedup.scripts import CONTINUA, LETTER_WORD, length_frame
 
 MIN_WORDS = 4
 MAX_WORDS = 120
-
-REASONS = (
-    "empty",
-    "truncated",
-    "too_short",
-    "too_long",
-    "refusal",
-    "template_echo",
-    "mostly_non_letters",
-    "repetitive",
-    "bare_name",
-    "food_or_recipe",
-    "place",
-    "event",
-    "product_or_work",
-)
 
 _REFUSAL = (
     r"(?i)\b(i['’]m sorry|i am sorry|i apologi[sz]e|i can(?:no|['’])t|i am unable|i['’]m unable|as an ai\b|"
@@ -122,204 +114,240 @@ _LAST_WORD = r"([^\W\d_]+(?:['’-][^\W\d_]+)*)[\s.!?]*$"
 _PAIRS = (("(", ")"), ("[", "]"), ("“", "”"), ("«", "»"), ("「", "」"), ("（", "）"))
 
 
-def _truncated(text: str, measures: dict) -> bool:
-    if measures["dangling_end"]:
-        return True
-    if any(text.count(left) > text.count(right) for left, right in _PAIRS):
-        return True
-    # As written: a capital "A" ends "Plan A", a lower-case one is an article with its noun cut off.
-    return measures["last_word"] in _DANGLING_WORDS
-
-
-# --- evidence of a name, a thing, a place, an event ---------------------------------------------------------------
+# --- evidence of a bare name, of a recipe ---------------------------------------------------------------------
 _HONORIFIC = re.compile(
     r"^(?:mr|mrs|ms|mx|miss|dr|prof|sir|dame|lord|lady|mlle|mme|m|herr|frau|sr|sra|srta|don|doña|dott|sig|sig\.ra)\.?"
     r"(?:\s+|$)",
     re.IGNORECASE,
 )
 _NAME_PARTICLES = frozenset("de la del van von der den du da di dos das bin ibn al el y le".split())
-_HEAD_CATEGORIES = {
-    "food_or_recipe": """
-        recipe recipes dish dishes cake cakes soup stew salad bread pie pies cookie cookies pasta curry sauce dessert
-        meal cocktail beverage snack sandwich pizza burger casserole smoothie pastry cuisine
-        rezept rezepte gericht kuchen suppe eintopf salat brot torte
-        receta recetas plato platos pastel sopa guiso ensalada postre tarta
-        """,
-    "place": """
-        city town village country region island mountain river lake park museum restaurant cafe café hotel resort
-        beach street neighborhood neighbourhood building tower bridge castle cathedral temple palace monument
-        university campus airport station stadium market mall district province valley desert forest landmark
-        stadt dorf land insel berg fluss see museum hotel strand straße gebäude turm brücke schloss kirche bahnhof
-        ciudad pueblo país isla montaña río lago parque museo restaurante hotel playa calle edificio torre puente
-        castillo catedral mercado barrio
-        """,
-    "event": """
-        festival conference concert event tournament championship exhibition fair ceremony celebration summit
-        competition marathon parade webinar symposium convention expo gala carnival
-        festival konferenz konzert veranstaltung turnier meisterschaft ausstellung messe zeremonie
-        festival conferencia concierto evento torneo campeonato exposición feria ceremonia celebración
-        """,
-    "product_or_work": """
-        product device smartphone phone laptop computer app application software gadget machine vehicle car novel
-        film movie documentary album song article essay poem painting website platform toy brand company startup
-        organization organisation corporation charity nonprofit franchise textbook guidebook handbook manual
-        podcast newsletter magazine newspaper
-        produkt gerät handy laptop computer software maschine fahrzeug auto roman film buch lied album artikel
-        gedicht gemälde webseite plattform spielzeug marke firma unternehmen organisation zeitschrift
-        producto dispositivo teléfono portátil computadora aplicación máquina vehículo coche novela película libro
-        canción álbum artículo poema pintura plataforma juguete marca empresa organización revista
-        """,
-}
-_HEAD_CATEGORY = {word: category for category, words in _HEAD_CATEGORIES.items() for word in words.split()}
-_HEAD_LANGUAGES = {
-    # language: (determiners that open the text, words that end the first noun phrase, where its head is)
-    "en": (
-        "a an the this one some",
-        # Prepositions, relatives, conjunctions, verbs and participles, articles (a second noun phrase starts).
-        "of for with in on at from by about to near through across along around over under between during after"
-        " before against among within without into onto via every each who that which whose where when who's"
-        " that's and or is are was were has had located known made held set written published released directed"
-        " produced designed built founded based created inspired named called offering served featuring a an the",
-        "last",
-    ),
-    "de": (
-        "ein eine einer der die das dieser diese",
-        "von für mit in im auf an am aus bei zu zum zur über nahe der die das den dem dessen deren wo und oder ist"
-        " sind war hat",
-        "last",
-    ),
-    "es": (
-        "un una el la este esta",
-        "de del para con en sobre por que cuyo cuya donde y o es son fue tiene",
-        "first",
-    ),
-}
-_HEAD_LANGUAGES = {
-    lang: (frozenset(d.split()), frozenset(b.split()), where) for lang, (d, b, where) in _HEAD_LANGUAGES.items()
-}
-_FUNCTION_WORDS = {
-    "en": frozenset("the a an and of with in on for to at by from who that is".split()),
-    "de": frozenset("der die das und mit von für ein eine einer ist im zu auf den".split()),
-    "es": frozenset("el la los las de del y con en un una que para por es".split()),
-}
 _RECIPE_STEPS = (
     r"(?i)\b(?:preheat|tablespoons?|teaspoons?|tbsp|tsp|ingredients\s*:|bake for|stir in|simmer for|serves \d)\b"
 )
-_CLAUSE_END = re.compile(r"[,.;:!?()\[\]—–]|\s-\s")
-_HEAD_WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")  # head nouns are looked for in Latin-script languages
-MAX_NOUN_PHRASE = 6
-# Chinese measure words after 一 (one): they name the kind of thing counted; persons are counted by 位, 名, 个.
-_CHINESE_MEASURE = re.compile(r"^(?:这是)?一(?:款|座|道|场|部|本|台|首|篇|辆|件|所|家位于)")
-_CHINESE_MEASURE_CATEGORY = {
-    "款": "product_or_work",
-    "部": "product_or_work",
-    "本": "product_or_work",
-    "台": "product_or_work",
-    "首": "product_or_work",
-    "篇": "product_or_work",
-    "辆": "product_or_work",
-    "件": "product_or_work",
-    "座": "place",
-    "所": "place",
-    "家位于": "place",
-    "场": "event",
-    "道": "food_or_recipe",
-}
 
 
-def quality_filter(personas: Sequence[str | None]) -> list[str | None]:
+# --- the rules ----------------------------------------------------------------------------------------------------
+Measures = Mapping[str, Any]
+_TEXT = pl.col("text")
+
+
+class Rule:
+    """One quality rule: it rejects a text for `reason` on evidence that the text is not a persona.
+
+    `columns` are what the rule measures over the whole batch, as polars expressions (the patterns run in Rust) of the
+    stripped `text` and of the lengths of scripts.length_frame. A rule decided by its columns alone names its verdict
+    column after its reason; a rule that needs Python for each text overrides `check`, which sees the text and its row
+    of measures (the rules' columns, `words`: lower-case letter words, `continua`: whether a continua script occurs).
+    """
+
+    reason: ClassVar[str]
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """Every reason this rule can give."""
+        return (self.reason,)
+
+    def columns(self) -> dict[str, pl.Expr]:
+        return {}
+
+    def check(self, text: str, measures: Measures) -> str | None:
+        """The reason this rule rejects `text` for, or None."""
+        return self.reason if measures[self.reason] else None
+
+
+@dataclass(frozen=True)
+class Empty(Rule):
+    """Nothing but whitespace."""
+
+    reason: ClassVar[str] = "empty"
+
+    def columns(self) -> dict[str, pl.Expr]:
+        return {self.reason: _TEXT == ""}
+
+
+@dataclass(frozen=True)
+class Truncated(Rule):
+    """A sentence cut off: it ends on a word that needs a continuation (`dangling_words`) or on a comma, colon, dash
+    or ellipsis (`dangling_end`), or it leaves one of the `brackets` open."""
+
+    reason: ClassVar[str] = "truncated"
+    dangling_end: str = _DANGLING_END
+    dangling_words: frozenset[str] = _DANGLING_WORDS
+    brackets: tuple[tuple[str, str], ...] = _PAIRS
+
+    def columns(self) -> dict[str, pl.Expr]:
+        open_bracket = [
+            _TEXT.str.count_matches(left, literal=True) > _TEXT.str.count_matches(right, literal=True)
+            for left, right in self.brackets
+        ]
+        # As written: a capital "A" ends "Plan A", a lower-case one is an article with its noun cut off.
+        dangling_word = _TEXT.str.extract(_LAST_WORD, 1).is_in(sorted(self.dangling_words)).fill_null(False)
+        return {self.reason: _TEXT.str.contains(self.dangling_end) | pl.any_horizontal(open_bracket) | dangling_word}
+
+
+@dataclass(frozen=True)
+class TooShort(Rule):
+    """Under `min_words` words (continua scripts counted in words, scripts.py): a role label, not a persona."""
+
+    reason: ClassVar[str] = "too_short"
+    min_words: int = MIN_WORDS
+
+    def columns(self) -> dict[str, pl.Expr]:
+        return {self.reason: pl.col("length_in_words") < self.min_words}
+
+
+@dataclass(frozen=True)
+class TooLong(Rule):
+    """Over `max_words` words: a story or an essay rather than a description."""
+
+    reason: ClassVar[str] = "too_long"
+    max_words: int = MAX_WORDS
+
+    def columns(self) -> dict[str, pl.Expr]:
+        return {self.reason: pl.col("length_in_words") > self.max_words}
+
+
+@dataclass(frozen=True)
+class Refusal(Rule):
+    """The model declined or talked about itself."""
+
+    reason: ClassVar[str] = "refusal"
+    pattern: str = _REFUSAL
+
+    def columns(self) -> dict[str, pl.Expr]:
+        return {self.reason: _TEXT.str.contains(self.pattern)}
+
+
+@dataclass(frozen=True)
+class TemplateEcho(Rule):
+    """Prompt scaffolding leaked into the output: JSON, our text markers, template braces."""
+
+    reason: ClassVar[str] = "template_echo"
+    pattern: str = _TEMPLATE
+
+    def columns(self) -> dict[str, pl.Expr]:
+        return {self.reason: _TEXT.str.contains(self.pattern) | _TEXT.str.ends_with("{") | _TEXT.str.ends_with("}")}
+
+
+@dataclass(frozen=True)
+class MostlyNonLetters(Rule):
+    """Under `min_letter_share` of the visible characters are letters (with their marks): markup, numbers, emoji."""
+
+    reason: ClassVar[str] = "mostly_non_letters"
+    min_letter_share: float = 0.5
+
+    def columns(self) -> dict[str, pl.Expr]:
+        return {self.reason: pl.col("letters") < self.min_letter_share * pl.col("visible")}
+
+
+@dataclass(frozen=True)
+class Repetitive(Rule):
+    """One word (of `min_word_chars`+ letters) over `max_word_share` of the words (from `min_words` words on), a
+    `phrase_words`-word phrase `repeats`+ times, or in continua scripts a run of `character_run` characters `repeats`+
+    times ("我喜欢我喜欢我喜欢..." has no words to count)."""
+
+    reason: ClassVar[str] = "repetitive"
+    min_words: int = 9
+    min_word_chars: int = 4
+    max_word_share: Fraction = Fraction(1, 3)
+    phrase_words: int = 3
+    repeats: int = 3
+    character_run: int = 6
+
+    def check(self, text: str, measures: Measures) -> str | None:
+        words, share = measures["words"], self.max_word_share
+        top = max(Counter(w for w in words if len(w) >= self.min_word_chars).values(), default=0)
+        if len(words) >= self.min_words and top * share.denominator > share.numerator * len(words):  # top > share·n
+            return self.reason
+        phrases = Counter(zip(*(words[i:] for i in range(self.phrase_words)), strict=False))
+        if phrases and phrases.most_common(1)[0][1] >= self.repeats:
+            return self.reason
+        return self.reason if measures["continua"] and self._repeated_run(text) else None
+
+    def _repeated_run(self, text: str) -> bool:
+        compact = re.sub(r"\s+", "", text)
+        runs = Counter(compact[i : i + self.character_run] for i in range(len(compact) - self.character_run + 1))
+        return bool(runs) and runs.most_common(1)[0][1] >= self.repeats
+
+
+@dataclass(frozen=True)
+class BareName(Rule):
+    """A name with an honorific and nothing else: up to `max_names` words after it, each capitalized or a name
+    particle ("Mlle. Anne Marie Bélanger")."""
+
+    reason: ClassVar[str] = "bare_name"
+    max_names: int = 6
+
+    def check(self, text: str, measures: Measures) -> str | None:
+        if not _HONORIFIC.match(text):
+            return None
+        names = _HONORIFIC.sub("", text, count=1).strip(" .,").split()
+        named = 0 < len(names) <= self.max_names and all(w[:1].isupper() or w.lower() in _NAME_PARTICLES for w in names)
+        return self.reason if named else None
+
+
+@dataclass(frozen=True)
+class NotAPerson(Rule):
+    """The text describes a dish, a place, an event or a product, organization or work instead of a person: its head
+    noun names one (English, German, Spanish: in a first noun phrase of at most `max_noun_phrase` words; Chinese: by
+    the measure word; head_nouns.py), or it reads as recipe steps (`min_recipe_markers`+ of them). Its reason is the
+    category."""
+
+    max_noun_phrase: int = MAX_NOUN_PHRASE
+    min_recipe_markers: int = 2
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        return CATEGORIES
+
+    def columns(self) -> dict[str, pl.Expr]:
+        return {"recipe_steps": _TEXT.str.count_matches(_RECIPE_STEPS) >= self.min_recipe_markers}
+
+    def check(self, text: str, measures: Measures) -> str | None:
+        if measures["recipe_steps"]:
+            return "food_or_recipe"
+        return head_category(text, measures["words"], max_phrase=self.max_noun_phrase)
+
+
+# The filter: the rules in order; a text's reason is that of the first rule that rejects it.
+RULES: tuple[Rule, ...] = (
+    Empty(),
+    Truncated(),
+    TooShort(),
+    TooLong(),
+    Refusal(),
+    TemplateEcho(),
+    MostlyNonLetters(),
+    Repetitive(),
+    BareName(),
+    NotAPerson(),
+)
+REASONS = tuple(reason for rule in RULES for reason in rule.reasons)
+
+
+def quality_filter(personas: Sequence[str | None], rules: Sequence[Rule] = RULES) -> list[str | None]:
     """For each persona, the reason it is rejected (one of REASONS), or None when it passes."""
     texts = [(p or "").strip() for p in personas]
-    column = pl.Series(texts, dtype=pl.String)
-    # The patterns run in polars (Rust regex, over the whole batch); what needs a text's words runs in Python.
-    measures = length_frame(texts).with_columns(
+    checks = [rule.check for rule in rules]
+    return [_first_reason(checks, text, row) for text, row in zip(texts, measure(texts, rules), strict=True)]
+
+
+def measure(texts: Sequence[str], rules: Sequence[Rule] = RULES) -> list[dict[str, Any]]:
+    """Each (stripped) text's measures: the rules' columns, its letter `words` and whether it has `continua` script."""
+    column = pl.Series("text", texts, dtype=pl.String)
+    frame = length_frame(texts).with_columns(
+        column,
         # Letter words of the space-separated scripts (with their marks: Devanagari vowel signs stay in the word).
-        words=column.str.to_lowercase().str.extract_all(LETTER_WORD),
+        words=column.str.to_lowercase().str.extract_all(LETTER_WORD).fill_null([]),
         continua=column.str.contains(f"[{CONTINUA}]"),
-        dangling_end=column.str.contains(_DANGLING_END),
-        last_word=column.str.extract(_LAST_WORD, 1),
-        refusal=column.str.contains(_REFUSAL),
-        template_echo=column.str.contains(_TEMPLATE) | column.str.ends_with("{") | column.str.ends_with("}"),
-        recipe_steps=column.str.count_matches(_RECIPE_STEPS) >= 2,
     )
-    return [_rejection(text, row) for text, row in zip(texts, measures.iter_rows(named=True), strict=True)]
+    columns = {name: expression for rule in rules for name, expression in rule.columns().items()}
+    return list(frame.with_columns(**columns).drop("text").iter_rows(named=True))
 
 
-def _rejection(text: str, measures: dict) -> str | None:
-    if not text:
-        return "empty"
-    words = measures["words"] or []
-    if _truncated(text, measures):
-        return "truncated"
-    if measures["length_in_words"] < MIN_WORDS:
-        return "too_short"
-    if measures["length_in_words"] > MAX_WORDS:
-        return "too_long"
-    if measures["refusal"]:
-        return "refusal"
-    if measures["template_echo"]:
-        return "template_echo"
-    if measures["letters"] < 0.5 * measures["visible"]:
-        return "mostly_non_letters"
-    if _repetitive(words) or (measures["continua"] and _repetitive_characters(text)):
-        return "repetitive"
-    if _HONORIFIC.match(text) and _name_only(text):
-        return "bare_name"
-    return _not_a_person(text, words, measures["recipe_steps"])
-
-
-def _repetitive(words: list[str]) -> bool:
-    counts = Counter(w for w in words if len(w) > 3)
-    if counts and len(words) >= 9 and counts.most_common(1)[0][1] > len(words) / 3:
-        return True
-    trigrams = Counter(zip(words, words[1:], words[2:], strict=False))
-    return bool(trigrams) and trigrams.most_common(1)[0][1] >= 3
-
-
-def _repetitive_characters(text: str, run: int = 6) -> bool:
-    """A run of `run` characters (no spaces) that recurs 3+ times: "我喜欢我喜欢我喜欢..." has no words to count."""
-    compact = re.sub(r"\s+", "", text)
-    runs = Counter(compact[i : i + run] for i in range(len(compact) - run + 1))
-    return bool(runs) and runs.most_common(1)[0][1] >= 3
-
-
-def _name_only(text: str) -> bool:
-    """Every word after the honorific starts with a capital letter or is a name particle."""
-    rest = _HONORIFIC.sub("", text, count=1).strip(" .,")
-    names = rest.split()
-    return 0 < len(names) <= 6 and all(w[:1].isupper() or w.lower() in _NAME_PARTICLES for w in names)
-
-
-def _not_a_person(text: str, words: list[str], recipe_steps: bool) -> str | None:
-    """The category of what the text describes instead of a person (a REASONS entry), or None."""
-    if recipe_steps:
-        return "food_or_recipe"
-    measure = _CHINESE_MEASURE.match(text)
-    if measure:
-        return _CHINESE_MEASURE_CATEGORY[measure.group(0).removeprefix("这是")[1:]]
-    language = _language(words)
-    if language is None:
-        return None
-    first_clause = _CLAUSE_END.split(text, maxsplit=1)[0]
-    clause_words = [w.lower() for w in _HEAD_WORD.findall(first_clause)]
-    return _HEAD_CATEGORY.get(_head_noun(clause_words, *_HEAD_LANGUAGES[language]) or "")
-
-
-def _language(words: list[str]) -> str | None:
-    """The language among those with head-noun rules whose function words the text uses most (None on a tie)."""
-    scores = sorted(((sum(w in vocabulary for w in words), lang) for lang, vocabulary in _FUNCTION_WORDS.items()))
-    (second, _), (best, language) = scores[-2], scores[-1]
-    return language if best > second else None
-
-
-def _head_noun(words: list[str], determiners: frozenset, boundaries: frozenset, where: str) -> str | None:
-    """The noun of the text's first noun phrase: its last word (English, German) or its first (Spanish)."""
-    start = 1 if words and words[0] in determiners else 0
-    phrase = []
-    for word in words[start:]:
-        if word in boundaries or (where == "last" and word.endswith("ing")):  # "a curator preparing an exhibition"
-            break
-        phrase.append(word)
-    if not phrase or len(phrase) > MAX_NOUN_PHRASE:  # no plain noun phrase opens the text: no evidence
-        return None
-    return phrase[-1] if where == "last" else phrase[0]
+def _first_reason(checks: Sequence[Callable[[str, Measures], str | None]], text: str, measures: Measures) -> str | None:
+    for check in checks:
+        reason = check(text, measures)
+        if reason is not None:
+            return reason
+    return None
