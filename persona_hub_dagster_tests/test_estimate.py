@@ -71,8 +71,10 @@ def test_evaluations_price_their_solutions_and_judgments(monkeypatch):
     running, skipped = shard(**{"synthetic/math": 10}), shard(**{"synthetic/math": 10})
     monkeypatch.setattr(running, "programs_run", lambda: True)
     monkeypatch.setattr(skipped, "programs_run", lambda: False)
-    assert math_eval.estimate(settings, running).calls == 30
-    assert math_eval.estimate(settings, skipped).calls == 20  # no program is asked for where none can run
+    assert math_eval.stage(TASKS["math"]).estimate(settings, running).calls == 30
+    assert (
+        math_eval.stage(TASKS["math"]).estimate(settings, skipped).calls == 20
+    )  # no program is asked for where none can run
     judged = EVALUATIONS["instructions"].estimate(
         EVALUATIONS["instructions"].settings(), shard(**{"synthetic/instructions": 7})
     )

@@ -15,6 +15,7 @@ from persona_hub_dagster.lib.evaluation.sandbox import ProgramExecution
 from persona_hub_dagster.lib.generation import StageCall
 from persona_hub_dagster.lib.llm.client import LLMClient
 from persona_hub_dagster.lib.llm.types import Completion
+from persona_hub_dagster.lib.synthesis.tasks import TASKS
 from persona_hub_dagster_tests.helpers.scripted_backend import ScriptedBackend
 
 # A small benchmark written for this test: grade-school problems in the style of a public test split.
@@ -174,7 +175,7 @@ def judge_call(answer, store=None) -> StageCall:
 
 
 def test_the_judge_scores_each_criterion_passes_at_the_threshold_and_keeps_malformed_outputs():
-    rubric = judge.RUBRICS["instructions"]
+    rubric = TASKS["instructions"].evaluations[0].rubric
 
     def answer(request):
         if "Help." in request.messages[-1]["content"]:
@@ -182,34 +183,38 @@ def test_the_judge_scores_each_criterion_passes_at_the_threshold_and_keeps_malfo
         low = 2 if "tides" in request.messages[-1]["content"] else 4
         return json.dumps({"specific": 5, "answerable": low, "in_voice": 4, "rationale": "Concrete  request."})
 
-    checks, rejects = judge.judge_items(rubric, ITEMS, judge_call(answer), judge.JudgeSettings(threshold=3))
+    checks, rejects = judge.judge_items(
+        rubric, "instructions", ITEMS, judge_call(answer), judge.JudgeSettings(threshold=3)
+    )
     rows = {r["item_id"]: r for r in checks.iter_rows(named=True)}
     assert rows["i1"]["passed"] and rows["i1"]["min_score"] == 4 and rows["i1"]["rationale"] == "Concrete request."
     assert not rows["i2"]["passed"] and rows["i2"]["judged"] and rows["i2"]["score_answerable"] == 2
     assert not rows["i3"]["passed"] and not rows["i3"]["judged"]
     assert len(rejects) == 1 and rejects[0]["raw_output"] == "I think this is fine"
     assert rejects[0]["stage"] == "eval/instructions" and rejects[0]["reason"].startswith("invalid_json")
-    lenient, _ = judge.judge_items(rubric, ITEMS, judge_call(answer), judge.JudgeSettings(threshold=2))
+    lenient, _ = judge.judge_items(rubric, "instructions", ITEMS, judge_call(answer), judge.JudgeSettings(threshold=2))
     assert lenient.filter(pl.col("item_id") == "i2")["passed"][0]
 
 
 def test_scores_without_a_rationale_are_not_a_judgment():
-    rubric = judge.RUBRICS["instructions"]
+    rubric = TASKS["instructions"].evaluations[0].rubric
 
     def answer(request):
         return json.dumps({"specific": 1, "answerable": 1, "in_voice": 1, "rationale": "..."})
 
-    checks, rejects = judge.judge_items(rubric, ITEMS.head(1), judge_call(answer), judge.JudgeSettings())
+    checks, rejects = judge.judge_items(
+        rubric, "instructions", ITEMS.head(1), judge_call(answer), judge.JudgeSettings()
+    )
     assert not checks["judged"][0] and rejects[0]["reason"].startswith("placeholder_echo")
 
 
 def test_every_rubric_describes_its_criteria_and_asks_for_them():
-    for rubric in judge.RUBRICS.values():
+    for rubric in [e.rubric for task in TASKS.values() for e in task.evaluations if e.rubric]:
         schema = rubric.schema()
         assert schema["required"] == [*rubric.criteria, "rationale"]
         assert all(schema["properties"][c]["enum"] == [1, 2, 3, 4, 5] for c in rubric.criteria)
     with pytest.raises(ValueError, match="does not describe"):
-        judge.Rubric("instructions", "judge_instructions", ("specific", "funny"), lambda row: {})
+        judge.Rubric("judge_instructions", ("specific", "funny"), lambda row: {})
 
 
 def test_reasoning_passes_when_enough_solutions_reach_the_intended_answer():

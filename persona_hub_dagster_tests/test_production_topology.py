@@ -26,6 +26,7 @@ from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.storage import DeltaStore
 from persona_hub_dagster_tests.conftest import REPO, S3_ENV
 from persona_hub_dagster_tests.helpers.postgres import postgres_bin, postgres_server
+from persona_hub_dagster_tests.helpers.small_settings import small_ops
 from persona_hub_dagster_tests.helpers.topology import Topology, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.servers, pytest.mark.timeout(1500)]
@@ -40,14 +41,23 @@ SAMPLE = (REPO / "persona_hub_dagster" / "data" / "sample_corpus.jsonl").read_te
 # Automated and backfilled runs carry no run config: the deployment's stage settings file sizes them.
 TINY_STAGES = {
     "text_to_persona": {"max_texts": 2, "relations_per_text": 1, "max_tokens": 48},
-    "derive_demonstration_personas": {"tasks": ["instructions"], "max_tokens": 48},  # the one persona_few_shot task
-    **{f"synthesize_{task}": {"personas": 1} for task in ("math", "reasoning", "knowledge", "npc", "tools")},
-    "synthesize_reasoning": {"personas": 1, "prompting": "few_shot", "shots": 1},
-    "synthesize_instructions": {"personas": 1, "prompting": "persona_few_shot"},
-    "synthesize_conversations": {"personas": 1, "turns": 2, "max_tokens": 120},
-    "evaluate_math": {"reasoning_solutions": 1, "program_solutions": 1, "min_agreement": 1},
-    "evaluate_reasoning": {"solutions": 1, "min_agreement": 1, "max_tokens": 128},
-    **{f"evaluate_{task}": {"max_tokens": 64} for task in ("instructions", "conversations", "knowledge", "npc")},
+    # Every task at its declared small size, one persona each; where this test asks for less (zero-shot, shorter
+    # answers, single solutions), its own entries:
+    **small_ops(
+        personas=1,
+        ops={
+            "derive_demonstration_personas": {"max_tokens": 48},
+            **{f"synthesize_{task}": {"personas": 1} for task in ("knowledge", "npc")},
+            "synthesize_reasoning": {"personas": 1, "prompting": "few_shot", "shots": 1},
+            "synthesize_instructions": {"personas": 1, "prompting": "persona_few_shot"},
+            "synthesize_conversations": {"personas": 1, "turns": 2, "max_tokens": 120},
+            "evaluate_math": {"reasoning_solutions": 1, "program_solutions": 1, "min_agreement": 1},
+            "evaluate_reasoning": {"solutions": 1, "min_agreement": 1, "max_tokens": 128},
+            **{
+                f"evaluate_{task}": {"max_tokens": 64} for task in ("instructions", "conversations", "knowledge", "npc")
+            },
+        },
+    ),
 }
 
 

@@ -13,9 +13,11 @@ from persona_hub_dagster.lib.llm.cache import ResponseCache
 from persona_hub_dagster.lib.llm.client import LLMClient
 from persona_hub_dagster.lib.llm.types import Completion
 from persona_hub_dagster.lib.storage import DeltaStore
-from persona_hub_dagster.lib.synthesis import demonstrations, generate, validators
+from persona_hub_dagster.lib.synthesis import demonstrations, generate
 from persona_hub_dagster.lib.synthesis.steps import Item, Step, SynthesisTask, TaskContext, TemplateInputError
-from persona_hub_dagster.lib.synthesis.tasks import TASKS, npc_schema
+from persona_hub_dagster.lib.synthesis.tasks import TASKS
+from persona_hub_dagster.lib.synthesis.tasks.instructions import instruction
+from persona_hub_dagster.lib.synthesis.tasks.npc import npc_schema
 from persona_hub_dagster.lib.synthesis.world import WorldSheetError, load_world, parse_world
 from persona_hub_dagster_tests.helpers.scripted_backend import ScriptedBackend
 from persona_hub_dagster_tests.helpers.synthetic_answers import GOOD_CODE, PERSONAS, SPEC, good_answer, npc_answer
@@ -368,6 +370,6 @@ def test_a_template_reading_an_undeclared_variable_fails_when_the_task_is_declar
         "typo_problem", 1, "{% block user %}{{ persona }} and {{ persona_name }}{% endblock %}"
     )
     with pytest.raises(TemplateInputError, match=r"typo_problem\.v1.*\{\{ persona_name \}\}.*declared inputs: "):
-        SynthesisTask("typo", "x", (Step("problem", typo, validators.instruction),), {"instruction": pl.String})
+        SynthesisTask("typo", "x", (Step("problem", typo, instruction),), {"instruction": pl.String})
     # Declared, it loads; a step's `reads` declare earlier fields.
-    SynthesisTask("ok", "x", (Step("p", typo, validators.instruction),), {}, inputs=("persona", "persona_name"))
+    SynthesisTask("ok", "x", (Step("p", typo, instruction),), {}, inputs=("persona", "persona_name"))

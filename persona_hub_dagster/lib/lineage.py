@@ -1,6 +1,6 @@
 """Lineage through the Delta tables alone: from any synthetic item or evaluation row back to the web text.
 
-    eval/math.item_id -> synthetic/<task>.persona_id -> persona_hub (source: text_personas or expanded_personas)
+    eval/<task>.item_id -> synthetic/<task>.persona_id -> persona_hub (source: text_personas or expanded_personas)
       -> expanded_personas.parent_persona_id ... (hop by hop) -> text_personas.text_id -> raw_text
 
 (and synthetic/<task>.demonstration_ids -> demonstrations.demonstration_id for the few-shot modes)
@@ -20,7 +20,6 @@ from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.personas import GIVEN
 from persona_hub_dagster.lib.storage import DeltaStore
 
-SYNTHETIC_MATH = tables.synthetic("math").table
 HUB = tables.PERSONA_HUB
 TEXT_PERSONAS = tables.TEXT_PERSONAS
 EXPANDED_PERSONAS = tables.EXPANDED_PERSONAS
@@ -93,8 +92,11 @@ def _one(store: DeltaStore, table: tables.Table, shard: str, **equal: str) -> di
     return rows.row(0, named=True) if rows.height else None
 
 
-def trace_item(store: DeltaStore, shard: str, item_id: str, *, task: str = "math") -> Trace:
-    """Walk from a synthetic item (and its evaluation row, when there is one) to its source text."""
+def trace_item(store: DeltaStore, shard: str, item_id: str, *, task: str | None = None) -> Trace:
+    """Walk from a synthetic item of `task` (default: the task that has it) and its evaluation row, when there is
+    one, to its source text."""
+    if task is None:
+        task = _task_of(store, shard, item_id)
     table = tables.synthetic(task).table
     item = _one(store, table, shard, item_id=item_id)
     if item is None:
@@ -106,6 +108,16 @@ def trace_item(store: DeltaStore, shard: str, item_id: str, *, task: str = "math
         raise LookupError(f"Persona {item['persona_id']!r} of item {item_id!r} is not in the hub of shard {shard!r}")
     chain, text = trace_persona(store, shard, hub_persona)
     return Trace(evaluation=evaluation, item=item, hub_persona=hub_persona, chain=chain, text=text)
+
+
+def _task_of(store: DeltaStore, shard: str, item_id: str) -> str:
+    from persona_hub_dagster.lib.synthesis.tasks import TASKS
+
+    for name in TASKS:
+        table = tables.synthetic(name).table
+        if store.exists(table) and _one(store, table, shard, item_id=item_id) is not None:
+            return name
+    raise LookupError(f"No item {item_id!r} of any task for shard {shard!r}")
 
 
 def trace_persona(
@@ -128,37 +140,40 @@ def trace_persona(
 
 
 def print_traced_example(store: DeltaStore, shard: str, width: int = 110) -> None:
-    """The demo's closing example: one evaluated problem, its persona, the persona's ancestors, the source text."""
-    if not store.exists(SYNTHETIC_MATH) or store.row_count(SYNTHETIC_MATH, [shard]) == 0:
-        print("\n(no synthetic math items to trace)")
+    """The demo's closing example: one evaluated item (of the first task in the registry that has items in the
+    shard), its persona, the persona's ancestors, the source text."""
+    from persona_hub_dagster.lib.synthesis.tasks import TASKS
+
+    task = next(
+        (t for t in TASKS.values() if store.exists(t.stage.table) and store.row_count(t.stage.table, [shard]) > 0),
+        None,
+    )
+    if task is None:
+        print("\n(no synthetic items to trace)")
         return
-    items = store.scan(SYNTHETIC_MATH, [shard]).select("item_id", "persona_id").collect()
+    items = store.scan(task.stage.table, [shard]).select("item_id", "persona_id").collect()
     hub = store.scan(HUB, [shard]).select("persona_id", "source").collect()
     ranked = items.join(hub, on="persona_id", how="left").with_columns(
         expanded=(pl.col("source") == "expanded_personas")
     )
-    if store.exists(tables.EVAL_MATH):
-        verified = store.scan(tables.EVAL_MATH, [shard]).select("item_id", "verified").collect()
-        ranked = ranked.join(verified, on="item_id", how="left")
+    evaluated = tables.evaluation(task.name, "").table
+    if store.exists(evaluated):
+        passed = store.scan(evaluated, [shard]).select("item_id", "passed").collect()
+        ranked = ranked.join(passed, on="item_id", how="left")
     else:
-        ranked = ranked.with_columns(verified=pl.lit(None, dtype=pl.Boolean))
-    # Prefer a problem whose persona came from expansion (it shows the chain of parents), verified if possible.
-    chosen = ranked.sort(["expanded", "verified", "item_id"], descending=[True, True, False], nulls_last=True)
-    trace = trace_item(store, shard, chosen["item_id"][0])
+        ranked = ranked.with_columns(passed=pl.lit(None, dtype=pl.Boolean))
+    # Prefer an item whose persona came from expansion (it shows the chain of parents), one that passed if possible.
+    chosen = ranked.sort(["expanded", "passed", "item_id"], descending=[True, True, False], nulls_last=True)
+    trace = trace_item(store, shard, chosen["item_id"][0], task=task.name)
 
     def show(label: str, text: str | None) -> None:
         text = " ".join((text or "").split())
         print(f"  {label:<14} {text[:width] + (' ...' if len(text) > width else '')}")
 
     print("\nOne traced example (every step is a join on the Delta tables; see lib/lineage.py):")
-    show("math problem", trace.item.get("problem"))
+    show(f"{task.name} item", task.item_text(trace.item))
     if trace.evaluation is not None:
-        ev = trace.evaluation
-        show(
-            "evaluation",
-            f"{ev['agreement']} of {ev['n_solutions']} solutions agree on {ev['answer']!r}; "
-            f"answers {ev['answers']}; verified={ev['verified']}",
-        )
+        show("evaluation", _evaluation_flags(trace.evaluation))
     show_chain(trace.chain, trace.text, show)
     expanded = (
         store.scan(HUB, [shard]).filter(pl.col("source") == "expanded_personas").sort("hop", "persona_id").collect()
@@ -169,6 +184,15 @@ def print_traced_example(store: DeltaStore, shard: str, width: int = 110) -> Non
         # This item's persona came straight from a text; show a Persona-to-Persona chain of the hub as well.
         print("\nAnd one Persona-to-Persona chain of the hub, from the deepest hop back to its text:")
         show_chain(*trace_persona(store, shard, expanded.row(expanded.height - 1, named=True)), show)
+
+
+def _evaluation_flags(ev: dict[str, Any]) -> str:
+    flags = [f"passed={ev.get('passed')}"]
+    if ev.get("duplicate_of"):
+        flags.append(f"near-duplicate of {ev['duplicate_of']}")
+    if ev.get("contaminated"):
+        flags.append(f"contaminated ({ev['contamination_benchmark']} #{ev['contamination_index']})")
+    return ", ".join(flags)
 
 
 def show_chain(chain: list[dict[str, Any]], text: dict[str, Any] | None, show) -> None:
@@ -197,13 +221,7 @@ def format_trace(trace: Trace, width: int = 110) -> str:
 
         show("content", TASKS[trace.task].item_text(item) if trace.task in TASKS else "")
     if trace.evaluation is not None:
-        ev = trace.evaluation
-        flags = [f"passed={ev.get('passed')}"]
-        if ev.get("duplicate_of"):
-            flags.append(f"near-duplicate of {ev['duplicate_of']}")
-        if ev.get("contaminated"):
-            flags.append(f"contaminated ({ev['contamination_benchmark']} #{ev['contamination_index']})")
-        show("evaluation", ", ".join(flags))
+        show("evaluation", _evaluation_flags(trace.evaluation))
     show_chain(trace.chain, trace.text, show)
     if trace.text is not None and "record_index" in trace.text:
         show("record", f"{trace.text['source_uri']} #{trace.text['record_index']}")

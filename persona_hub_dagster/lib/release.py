@@ -37,15 +37,6 @@ from persona_hub_dagster.lib.synthesis.steps import SynthesisTask
 FORMATS = ("parquet", "jsonl", "chat")
 LINEAGE_COLUMNS = ("source", "text_id", "parent_persona_id", "root_persona_id", "hop")
 MESSAGE = pl.Struct({"role": pl.String, "content": pl.String})
-TASK_CATEGORIES = {
-    "math": ["question-answering", "text-generation"],
-    "reasoning": ["question-answering", "text-generation"],
-    "instructions": ["text-generation"],
-    "conversations": ["text-generation"],
-    "knowledge": ["text-generation"],
-    "npc": ["text-generation"],
-    "tools": ["text-generation"],
-}
 
 
 @dataclass(frozen=True)
@@ -71,6 +62,7 @@ class Release:
     models: list[str] = field(default_factory=list)
     prompt_versions: list[str] = field(default_factory=list)
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    categories: tuple[str, ...] = ("text-generation",)  # the dataset card's task_categories (the task's release spec)
 
     def counts(self) -> dict[str, int]:
         return {split: int((self.rows["split"] == split).sum()) for split in ("train", "test")}
@@ -94,8 +86,11 @@ def build(store: DeltaStore, task: SynthesisTask, settings: ReleaseSettings | No
         missing = synthetic if not store.exists(synthetic) else evaluated
         raise LookupError(f"{missing.name} has not been materialized: materialize it before releasing {task.name}")
     items = store.read(synthetic)
+    spec = task.release
+    if spec is None:
+        raise LookupError(f"Task {task.name!r} declares no release (lib/synthesis/tasks/{task.name}.py)")
     evals = store.read(evaluated).select(
-        "item_id", "shard", "passed", "duplicate_of", "contaminated", *(["answer"] if task.name == "math" else [])
+        "item_id", "shard", "passed", "duplicate_of", "contaminated", *spec.eval_columns
     )
     joined = items.join(evals, on=["item_id", "shard"], how="left")
     checked = bool(joined["contaminated"].is_not_null().any())
@@ -113,9 +108,9 @@ def build(store: DeltaStore, task: SynthesisTask, settings: ReleaseSettings | No
         keep = keep.filter(pl.col("contaminated").is_not_null())
     hub = _personas(store)
     keep = keep.join(hub, on=["persona_id", "shard"], how="left")
-    if task.name == "math":
-        keep = keep.join(_math_solutions(store), on=["item_id", "shard"], how="left")
-    messages = [task.chat(row) for row in keep.iter_rows(named=True)] if task.chat else [[] for _ in range(keep.height)]
+    if spec.joins is not None:
+        keep = keep.join(spec.joins(store), on=["item_id", "shard"], how="left")
+    messages = [spec.chat(row) for row in keep.iter_rows(named=True)]
     rows = (
         keep.drop("messages", strict=False)
         .with_columns(
@@ -142,6 +137,7 @@ def build(store: DeltaStore, task: SynthesisTask, settings: ReleaseSettings | No
     }
     return Release(
         task=task.name,
+        categories=spec.categories,
         rows=rows.sort("split", "item_id"),
         considered=items.height,
         dropped=dropped,
@@ -154,7 +150,8 @@ def build(store: DeltaStore, task: SynthesisTask, settings: ReleaseSettings | No
 
 def lineage(task: SynthesisTask) -> dict[str, tuple[tuple[tables.Table, str], ...]]:
     """Column lineage of release/<task>: items from synthetic/<task>, personas and their ids from the hub, the
-    split from the item id, messages from the item (and, for math, the verified solution)."""
+    split from the item id, messages from the item (and what the task's release joins in: math's verified
+    solution)."""
     synthetic, hub = task.stage.table, tables.PERSONA_HUB
     deps: dict[str, tuple[tuple[tables.Table, str], ...]] = {
         column: ((synthetic, column),)
@@ -162,9 +159,8 @@ def lineage(task: SynthesisTask) -> dict[str, tuple[tuple[tables.Table, str], ..
     }
     deps.update({column: ((hub, column),) for column in ("persona", *LINEAGE_COLUMNS)})
     deps["split"] = ((synthetic, "item_id"),)
-    deps["messages"] = tuple((synthetic, c) for c in task.columns) + (
-        ((tables.EVAL_MATH_SOLUTIONS, "solution"),) if task.name == "math" else ()
-    )
+    joined = task.release.joined_from if task.release else ()
+    deps["messages"] = tuple((synthetic, c) for c in task.columns) + tuple(joined)
     return deps
 
 
@@ -174,26 +170,6 @@ def _personas(store: DeltaStore) -> pl.DataFrame:
         if column not in hub.columns:
             hub = hub.with_columns(pl.lit(None, dtype=pl.Int32 if column == "hop" else pl.String).alias(column))
     return hub.select("persona_id", "shard", "persona", *LINEAGE_COLUMNS).unique(["persona_id", "shard"])
-
-
-def _math_solutions(store: DeltaStore) -> pl.DataFrame:
-    """For each verified problem, a solution that reached the agreed answer: a step-by-step one when there is one."""
-    if not store.exists(tables.EVAL_MATH_SOLUTIONS):
-        return pl.DataFrame(schema={"item_id": pl.String, "shard": pl.String, "solution": pl.String})
-    agreed = store.read(tables.EVAL_MATH).select("item_id", "shard", agreed=pl.col("answer"))
-    solutions = (
-        store.read(tables.EVAL_MATH_SOLUTIONS)
-        .join(agreed, on=["item_id", "shard"])
-        .filter(pl.col("answer") == pl.col("agreed"))
-        .sort("item_id", pl.col("kind") != "reasoning", "solution_index")
-        .unique(["item_id", "shard"], keep="first", maintain_order=True)
-    )
-    text = (
-        pl.when(pl.col("kind") == "reasoning")
-        .then(pl.col("output") + pl.lit("\n\nAnswer: ") + pl.col("raw_answer"))
-        .otherwise(pl.lit("```python\n") + pl.col("output") + pl.lit("\n```\n\nAnswer: ") + pl.col("answer"))
-    )
-    return solutions.select("item_id", "shard", solution=text)
 
 
 # ---------------------------------------------------------------------------------------------------- writing
@@ -453,7 +429,7 @@ def dataset_card(release: Release, formats: tuple[str, ...] = FORMATS) -> str:
     header = (
         "---\n"
         'license: ""  # fill in: the licence of your corpus and of the model\'s outputs decide what this can be\n'
-        f"task_categories:\n{''.join(f'  - {c}' + chr(10) for c in TASK_CATEGORIES[release.task])}"
+        f"task_categories:\n{''.join(f'  - {c}' + chr(10) for c in release.categories)}"
         "language:\n  - en\n"
         f"size_categories:\n  - {size}\n"
         "tags:\n  - synthetic\n  - persona-hub\n"

@@ -50,9 +50,14 @@ def deployment_overrides() -> dict[str, dict[str, Any]]:
     return read_stage_settings(path) if path else {}
 
 
+# `synthesis_tasks: small` in a settings file: every synthesis task and its evaluations at the small size their
+# declarations give (lib/synthesis/small.py); the file's own entries for those ops are applied over it.
+SMALL_TASKS_KEY, SMALL_TASKS_VALUE = "synthesis_tasks", "small"
+
+
 def read_stage_settings(path: str) -> dict[str, dict[str, Any]]:
     """`{op: {setting: value}}` from a YAML or JSON file (local or `s3://`) shaped like a run config's `ops:` block
-    (with or without each op's `config:` level)."""
+    (with or without each op's `config:` level), plus, with `synthesis_tasks: small`, the tasks' small settings."""
     import yaml
 
     from persona_hub_dagster.lib import filesystems
@@ -62,9 +67,20 @@ def read_stage_settings(path: str) -> dict[str, dict[str, Any]]:
             loaded = yaml.safe_load(handle.read().decode("utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         raise StageSettingsError(f"{STAGE_SETTINGS_ENV}={path}: cannot read it ({error})") from error
+    small = loaded.pop(SMALL_TASKS_KEY, None) if isinstance(loaded, dict) else None
+    if small not in (None, SMALL_TASKS_VALUE):
+        raise StageSettingsError(
+            f"{STAGE_SETTINGS_ENV}={path}: {SMALL_TASKS_KEY} takes {SMALL_TASKS_VALUE!r}, not {small!r}"
+        )
     if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
         raise StageSettingsError(f"{STAGE_SETTINGS_ENV}={path}: expected a mapping of op name to settings")
-    return {op: dict(values.get("config", values)) for op, values in loaded.items()}
+    ops = {op: dict(values.get("config", values)) for op, values in loaded.items()}
+    if small:
+        from persona_hub_dagster.lib.synthesis.small import small_stage_settings
+
+        derived = small_stage_settings()
+        ops = {**derived, **{op: {**derived.get(op, {}), **values} for op, values in ops.items()}}
+    return ops
 
 
 def deployment_defaults(settings_type: type[T], op: str, overrides: Mapping[str, Mapping[str, Any]]) -> T:

@@ -1,5 +1,6 @@
 """Good answers for every synthesis task's steps, written from the request the way a model would (grounded in the
-prompt), and the personas they are asked about: the scripted model of test_synthesis_tasks and test_eval_report."""
+prompt), and the personas they are asked about: the scripted model of test_synthesis_tasks and test_eval_report.
+A task without an answer here gets one of its own demonstrations, about the persona."""
 
 import json
 
@@ -63,5 +64,21 @@ def good_answer(request) -> str:
     }
     if step == "assistant":
         return f"Answer to turn {request.request_id.split(':')[3]}."
+    if step not in answers:  # a task written after these answers: one of its own demonstrations
+        return json.dumps(demonstrated_answer(step, request.request_id, persona))
     wanted = request.json_schema["properties"]  # math and reasoning both call their step "problem"
     return json.dumps({key: value for key, value in answers[step].items() if key in wanted})
+
+
+def demonstrated_answer(step: str, request_id: str, persona: str) -> dict:
+    """For a task's first step: an entry of its demonstration pool (chosen by the request), its first text field
+    opened with the persona, so that it is about the persona and differs from persona to persona."""
+    from persona_hub_dagster.lib.ids import content_id
+    from persona_hub_dagster.lib.synthesis import demonstrations
+    from persona_hub_dagster.lib.synthesis.tasks import TASKS
+
+    task = next(t for t in TASKS.values() if t.demonstrated.name == step)
+    pool = demonstrations.load_pool(task).demonstrations
+    fields = dict(pool[int(content_id(request_id)[:8], 16) % len(pool)].fields)
+    first = next(key for key, value in fields.items() if isinstance(value, str))
+    return {**fields, first: f"As {persona}: {fields[first]}"}

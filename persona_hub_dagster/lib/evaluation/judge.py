@@ -1,6 +1,7 @@
-"""LLM-judged evaluations (instructions, conversations, knowledge, npc): a versioned rubric per task, one 1-5 score
-per criterion and a one-line rationale, as structured output; an item passes when every criterion meets the
-threshold. The judge is the `judge` resource: the generator's model unless PERSONA_HUB_JUDGE_* names another.
+"""LLM-judged evaluations (instructions, conversations, knowledge, npc): a versioned rubric per task (declared in
+the task's module, lib/synthesis/tasks/), one 1-5 score per criterion and a one-line rationale, as structured
+output; an item passes when every criterion meets the threshold. The judge is the `judge` resource: the
+generator's model unless PERSONA_HUB_JUDGE_* names another.
 
 A judge output that is not valid JSON for the rubric (after the client's retries) goes to `eval/<task>_rejects`
 with its raw text; the item's row says `judged` false and does not pass.
@@ -8,7 +9,6 @@ with its raw text; the item's row says `judged` false and does not pass.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,8 +33,7 @@ from persona_hub_dagster.lib.generation import (
 )
 from persona_hub_dagster.lib.llm.types import LLMResponse, SamplingParams
 from persona_hub_dagster.lib.settings import setting
-from persona_hub_dagster.lib.synthesis.tasks import TASKS
-from persona_hub_dagster.lib.synthesis.world import load_world
+from persona_hub_dagster.lib.synthesis.steps import SynthesisTask
 
 
 @dataclass(frozen=True)
@@ -54,23 +53,21 @@ class JudgeSettings:
 
 @dataclass(frozen=True)
 class Rubric:
-    task: str
+    """A task's judge: declared in the task's module (`Evaluation(rubric=Rubric(...))`)."""
+
     template: str  # lib/prompts/judge_<task>.v<N>.jinja: the criteria, described, and the answer format
     criteria: tuple[str, ...]  # the scores it asks for, in order (each a column `score_<criterion>`)
-    show: Callable[[Mapping[str, Any]], dict[str, str]]  # an item row -> the template's variables besides `persona`
+    show: Callable[[Mapping[str, Any]], dict[str, str]]  # an item row -> the template's inputs besides `persona`
+    inputs: tuple[str, ...] = ("item",)  # what `show` returns: the template's inputs besides `persona`
 
     def __post_init__(self) -> None:
         source, variables = self.prompt().source, self.prompt().variables
         missing = [c for c in self.criteria if f"- {c}:" not in source]
         if missing:
             raise ValueError(f"Rubric template {self.template} does not describe {missing}")
-        unknown = sorted(variables - {"persona", *self.show_names})
+        unknown = sorted(variables - {"persona", *self.inputs})
         if unknown:
             raise ValueError(f"Rubric template {self.template} reads {unknown}, which the rubric does not pass")
-
-    @property
-    def show_names(self) -> tuple[str, ...]:
-        return ("item", "world") if self.task == "npc" else ("item",)
 
     def prompt(self) -> prompts.PromptTemplate:
         return prompts.load(self.template)
@@ -94,49 +91,12 @@ class Rubric:
         }
 
 
-def _transcript(row: Mapping[str, Any]) -> str:
-    return "\n\n".join(f"{m['role'].title()}: {m['content']}" for m in row["messages"])
-
-
-def _npc(row: Mapping[str, Any]) -> dict[str, str]:
-    fields = {k: row[k] for k in ("name", "role", "faction", "location", "backstory", "personality", "quest_hook")}
-    character = json.dumps({**fields, "dialogue": list(row["dialogue"])}, ensure_ascii=False, indent=1)
-    world = load_world(row.get("world_uri"))
-    return {"item": prompts.delimited("npc", character), "world": prompts.delimited("world", world.prompt_text)}
-
-
-RUBRICS = {
-    rubric.task: rubric
-    for rubric in (
-        Rubric(
-            "instructions",
-            "judge_instructions",
-            ("specific", "answerable", "in_voice"),
-            lambda row: {"item": prompts.delimited("instruction", row["instruction"])},
-        ),
-        Rubric(
-            "conversations",
-            "judge_conversations",
-            ("coherent", "in_persona", "helpful"),
-            lambda row: {"item": prompts.delimited("conversation", _transcript(row))},
-        ),
-        Rubric(
-            "knowledge",
-            "judge_knowledge",
-            ("accurate", "informative", "on_expertise"),
-            lambda row: {"item": prompts.delimited("article", f"{row['title']}\n\n{row['body']}")},
-        ),
-        Rubric("npc", "judge_npc", ("world_consistent", "self_consistent", "playable"), _npc),
-    )
-}
-
-
 def judge_items(
-    rubric: Rubric, items: pl.DataFrame, call: StageCall, settings: JudgeSettings
+    rubric: Rubric, name: str, items: pl.DataFrame, call: StageCall, settings: JudgeSettings
 ) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
-    """(one checks row per item, the rejected judge outputs)."""
+    """(one checks row per item of eval/<name>, the rejected judge outputs)."""
     prompt = rubric.prompt()
-    run = StageRun(f"eval/{rubric.task}", call.shard, call.run_id, call.client.backend.model, prompt.version)
+    run = StageRun(f"eval/{name}", call.shard, call.run_id, call.client.backend.model, prompt.version)
     planned = [
         Planned(
             row["item_id"],
@@ -184,12 +144,12 @@ def judge_items(
 TYPICAL_JUDGMENT_TOKENS = 70  # three scores and a one-line rationale as JSON
 
 
-def stage(rubric: Rubric) -> LLMStage:
-    task = TASKS[rubric.task]
+def stage(task: SynthesisTask, rubric: Rubric, name: str) -> LLMStage:
+    """eval/<name> (the task's own name for its first evaluation): the task's items judged against the rubric."""
 
     def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: JudgeSettings) -> StageResult:
         items = shard_items(inputs, call, task)
-        checks, rejects = judge_items(rubric, items, call, settings)
+        checks, rejects = judge_items(rubric, name, items, call, settings)
         stamp = {"model": call.client.backend.model, "prompt_version": rubric.prompt().version, "run_id": call.run_id}
         rows, metadata = finish(task, items, checks, call, check_columns=["judged", "meets_threshold"], stamp=stamp)
         scored = rows.filter(pl.col("judged"))
@@ -202,7 +162,7 @@ def stage(rubric: Rubric) -> LLMStage:
         return StageResult({evaluated.table: rows, evaluated.rejects: rejects_frame(rejects)}, metadata)
 
     evaluated = tables.evaluation(
-        task.name,
+        name,
         f"synthetic/{task.name} judged by the `judge` model against a versioned rubric ({', '.join(rubric.criteria)}; "
         "1-5 each, with a one-line rationale); `passed` when every criterion meets the threshold. Plus each item's "
         "near-duplicate, persona-grounding and contamination columns.",
@@ -223,7 +183,7 @@ def stage(rubric: Rubric) -> LLMStage:
 
     return LLMStage(
         evaluated,
-        op=f"evaluate_{task.name}",
+        op=f"evaluate_{name}",
         settings=JudgeSettings,
         run=run,
         prompts=lambda settings: [rubric.prompt().version],

@@ -44,7 +44,7 @@ from persona_hub_dagster.lib.llm.client import LLMClient
 from persona_hub_dagster.lib.llm.types import LLMResponse, SamplingParams
 from persona_hub_dagster.lib.settings import setting
 from persona_hub_dagster.lib.synthesis.generate import TYPICAL_ANSWER_SHARE
-from persona_hub_dagster.lib.synthesis.tasks import TASKS
+from persona_hub_dagster.lib.synthesis.steps import SynthesisTask
 
 REASONING_TEMPLATE = "math_solution"
 PROGRAM_TEMPLATE = "math_program"
@@ -254,66 +254,66 @@ CHECKS = {
 }
 
 
-def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: MathEvalSettings) -> StageResult:
-    task = TASKS["math"]
-    items = shard_items(inputs, call, task)
-    output = evaluate_math(
-        items.select("item_id", "persona_id", "problem"),
-        call.client,
-        settings,
-        shard=call.shard,
-        run_id=call.run_id,
-        batch_size=call.batch_size,
+def stage(task: SynthesisTask) -> LLMStage:
+    """eval/math: the task's problems (its `problem` column) solved and checked for agreement."""
+
+    def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: MathEvalSettings) -> StageResult:
+        items = shard_items(inputs, call, task)
+        output = evaluate_math(
+            items.select("item_id", "persona_id", "problem"),
+            call.client,
+            settings,
+            shard=call.shard,
+            run_id=call.run_id,
+            batch_size=call.batch_size,
+        )
+        checks = frame(output.rows, {"item_id": pl.String, **CHECKS}).with_columns(passed=pl.col("verified"))
+        stamp = {"model": call.client.backend.model, "prompt_version": prompt_version(), "run_id": call.run_id}
+        rows, metadata = finish(task, items, checks, call, check_columns=["verified"], stamp=stamp)
+        solutions = frame(output.solutions, SOLUTIONS_SCHEMA).sort("item_id", "solution_index")
+        programs = solutions.filter(pl.col("kind") == "program")
+        usage = call.client.usage
+        return StageResult(
+            {
+                tables.EVAL_MATH: rows,
+                tables.MATH_EVALUATION.rejects: rejects_frame(output.rejects),
+                tables.EVAL_MATH_SOLUTIONS: solutions,
+            },
+            {
+                **metadata,
+                "agreement_rate": metadata["pass_rate"],
+                "rejection_rate": rate(len(output.rejects), int(rows["n_solutions"].sum()) if rows.height else 0),
+                "program_failure_rate": rate(programs["error"].is_not_null().sum(), programs.height),
+                "token_cost": usage.prompt_tokens + usage.completion_tokens,
+            },
+        )
+
+    def estimate(settings: MathEvalSettings, shard: Estimating) -> StageEstimate:
+        """Every solution of every problem: programs only where they can run (else no program is asked for)."""
+        asked = settings.n_solutions if shard.programs_run() else settings.reasoning_solutions
+        items, calls, prompt = shard.items(task.stage.table.name, asked, template=REASONING_TEMPLATE)
+        reasoning, programs = settings.reasoning_solutions, asked - settings.reasoning_solutions
+        longest = reasoning * settings.reasoning_max_tokens + programs * settings.program_max_tokens
+        return shard.cost(
+            tables.EVAL_MATH.name,
+            calls,
+            prompt=prompt,
+            completion=TYPICAL_ANSWER_SHARE * longest / asked,
+            max_tokens=None,
+            rows={tables.EVAL_MATH.name: items},
+        )
+
+    return LLMStage(
+        tables.MATH_EVALUATION,
+        op="evaluate_math",
+        settings=MathEvalSettings,
+        run=run,
+        prompts=lambda settings: prompt_version().split(","),
+        samplings=lambda settings: [settings.reasoning_sampling, settings.program_sampling],
+        reads=(task.stage.table,),
+        estimate=estimate,
+        uses=(tables.PERSONA_HUB,),
+        resources=("llm", "embeddings", "benchmarks"),
+        lineage=eval_lineage(task),
+        warnings=(PROGRAMS_RAN,),
     )
-    checks = frame(output.rows, {"item_id": pl.String, **CHECKS}).with_columns(passed=pl.col("verified"))
-    stamp = {"model": call.client.backend.model, "prompt_version": prompt_version(), "run_id": call.run_id}
-    rows, metadata = finish(task, items, checks, call, check_columns=["verified"], stamp=stamp)
-    solutions = frame(output.solutions, SOLUTIONS_SCHEMA).sort("item_id", "solution_index")
-    programs = solutions.filter(pl.col("kind") == "program")
-    usage = call.client.usage
-    return StageResult(
-        {
-            tables.EVAL_MATH: rows,
-            tables.MATH_EVALUATION.rejects: rejects_frame(output.rejects),
-            tables.EVAL_MATH_SOLUTIONS: solutions,
-        },
-        {
-            **metadata,
-            "agreement_rate": metadata["pass_rate"],
-            "rejection_rate": rate(len(output.rejects), int(rows["n_solutions"].sum()) if rows.height else 0),
-            "program_failure_rate": rate(programs["error"].is_not_null().sum(), programs.height),
-            "token_cost": usage.prompt_tokens + usage.completion_tokens,
-        },
-    )
-
-
-def estimate(settings: MathEvalSettings, shard: Estimating) -> StageEstimate:
-    """Every solution of every problem: programs only where they can run (else no program is asked for)."""
-    asked = settings.n_solutions if shard.programs_run() else settings.reasoning_solutions
-    items, calls, prompt = shard.items(TASKS["math"].stage.table.name, asked, template=REASONING_TEMPLATE)
-    reasoning, programs = settings.reasoning_solutions, asked - settings.reasoning_solutions
-    longest = reasoning * settings.reasoning_max_tokens + programs * settings.program_max_tokens
-    return shard.cost(
-        tables.EVAL_MATH.name,
-        calls,
-        prompt=prompt,
-        completion=TYPICAL_ANSWER_SHARE * longest / asked,
-        max_tokens=None,
-        rows={tables.EVAL_MATH.name: items},
-    )
-
-
-STAGE = LLMStage(
-    tables.MATH_EVALUATION,
-    op="evaluate_math",
-    settings=MathEvalSettings,
-    run=run,
-    prompts=lambda settings: prompt_version().split(","),
-    samplings=lambda settings: [settings.reasoning_sampling, settings.program_sampling],
-    reads=(tables.synthetic("math").table,),
-    estimate=estimate,
-    uses=(tables.PERSONA_HUB,),
-    resources=("llm", "embeddings", "benchmarks"),
-    lineage=eval_lineage(TASKS["math"]),
-    warnings=(PROGRAMS_RAN,),
-)

@@ -30,7 +30,7 @@ from persona_hub_dagster.lib.generation import (
 from persona_hub_dagster.lib.llm.types import SamplingParams
 from persona_hub_dagster.lib.settings import setting
 from persona_hub_dagster.lib.synthesis.generate import TYPICAL_ANSWER_SHARE
-from persona_hub_dagster.lib.synthesis.tasks import TASKS
+from persona_hub_dagster.lib.synthesis.steps import SynthesisTask
 
 TEMPLATE = "reasoning_solution"
 SOLUTION_SCHEMA = {
@@ -144,49 +144,51 @@ EVALUATION = tables.evaluation(
 )
 
 
-def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: ReasoningEvalSettings) -> StageResult:
-    task = TASKS["reasoning"]
-    items = shard_items(inputs, call, task)
-    checks, solutions, rejects = evaluate(items, call, settings)
-    stamp = {
-        "model": call.client.backend.model,
-        "prompt_version": prompts.load(TEMPLATE).version,
-        "run_id": call.run_id,
-    }
-    rows, metadata = finish(task, items, checks, call, check_columns=["agrees_with_intended"], stamp=stamp)
-    return StageResult(
-        {
-            EVALUATION.table: rows,
-            EVALUATION.rejects: rejects_frame(rejects),
-            tables.EVAL_REASONING_SOLUTIONS: frame(solutions, SOLUTIONS_SCHEMA).sort("item_id", "solution_index"),
-        },
-        metadata,
+def stage(task: SynthesisTask) -> LLMStage:
+    """eval/reasoning: the task's questions solved independently, each answer compared with the intended one."""
+
+    def run(
+        inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: ReasoningEvalSettings
+    ) -> StageResult:
+        items = shard_items(inputs, call, task)
+        checks, solutions, rejects = evaluate(items, call, settings)
+        stamp = {
+            "model": call.client.backend.model,
+            "prompt_version": prompts.load(TEMPLATE).version,
+            "run_id": call.run_id,
+        }
+        rows, metadata = finish(task, items, checks, call, check_columns=["agrees_with_intended"], stamp=stamp)
+        return StageResult(
+            {
+                EVALUATION.table: rows,
+                EVALUATION.rejects: rejects_frame(rejects),
+                tables.EVAL_REASONING_SOLUTIONS: frame(solutions, SOLUTIONS_SCHEMA).sort("item_id", "solution_index"),
+            },
+            metadata,
+        )
+
+    def estimate(settings: ReasoningEvalSettings, shard: Estimating) -> StageEstimate:
+        items, calls, prompt = shard.items(task.stage.table.name, settings.solutions, template=TEMPLATE)
+        return shard.cost(
+            EVALUATION.table.name,
+            calls,
+            prompt=prompt,
+            completion=TYPICAL_ANSWER_SHARE * settings.max_tokens,
+            max_tokens=settings.max_tokens,
+            rows={EVALUATION.table.name: items},
+        )
+
+    return LLMStage(
+        EVALUATION,
+        op="evaluate_reasoning",
+        settings=ReasoningEvalSettings,
+        run=run,
+        prompts=lambda settings: [prompts.load(TEMPLATE).version],
+        samplings=lambda settings: [settings.sampling],
+        version_extra=lambda settings: (settings.solutions, settings.min_agreement),
+        reads=(task.stage.table,),
+        estimate=estimate,
+        uses=(tables.PERSONA_HUB,),
+        resources=("llm", "embeddings", "benchmarks"),
+        lineage=eval_lineage(task),
     )
-
-
-def estimate(settings: ReasoningEvalSettings, shard: Estimating) -> StageEstimate:
-    items, calls, prompt = shard.items(TASKS["reasoning"].stage.table.name, settings.solutions, template=TEMPLATE)
-    return shard.cost(
-        EVALUATION.table.name,
-        calls,
-        prompt=prompt,
-        completion=TYPICAL_ANSWER_SHARE * settings.max_tokens,
-        max_tokens=settings.max_tokens,
-        rows={EVALUATION.table.name: items},
-    )
-
-
-STAGE = LLMStage(
-    EVALUATION,
-    op="evaluate_reasoning",
-    settings=ReasoningEvalSettings,
-    run=run,
-    prompts=lambda settings: [prompts.load(TEMPLATE).version],
-    samplings=lambda settings: [settings.sampling],
-    version_extra=lambda settings: (settings.solutions, settings.min_agreement),
-    reads=(TASKS["reasoning"].stage.table,),
-    estimate=estimate,
-    uses=(tables.PERSONA_HUB,),
-    resources=("llm", "embeddings", "benchmarks"),
-    lineage=eval_lineage(TASKS["reasoning"]),
-)

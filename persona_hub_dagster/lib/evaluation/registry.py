@@ -1,19 +1,46 @@
-"""The evaluation registry: one evaluation stage per synthesis task (`eval/<task>`), mirroring the task registry.
-A new task's evaluation is one entry here: a judge rubric (judge.RUBRICS), or a stage of its own."""
+"""The evaluation registry, derived from the task registry: every evaluation each task declares, as a stage.
+
+A task's first evaluation writes eval/<task>, any further one eval/<task>_<name> (`SynthesisTask.evaluation_names`);
+EVALUATIONS is keyed by that name. A judged evaluation's stage is built from its rubric (judge.stage), any other by
+the function the task names (e.g. math_eval.stage).
+"""
 
 from __future__ import annotations
 
-from persona_hub_dagster.lib.evaluation import judge, math_eval, reasoning_eval, tools_eval
+from persona_hub_dagster.lib import tables
+from persona_hub_dagster.lib.evaluation import judge
 from persona_hub_dagster.lib.generation import LLMStage
+from persona_hub_dagster.lib.synthesis.steps import SynthesisTask
 from persona_hub_dagster.lib.synthesis.tasks import TASKS
 
-EVALUATIONS: dict[str, LLMStage] = {
-    "math": math_eval.STAGE,
-    "reasoning": reasoning_eval.STAGE,
-    "tools": tools_eval.STAGE,
-    **{task: judge.stage(rubric) for task, rubric in judge.RUBRICS.items()},
-}
 
-_missing = sorted(set(TASKS) - set(EVALUATIONS))
-if _missing:
-    raise RuntimeError(f"Synthesis tasks without an evaluation: {_missing}; add one to lib/evaluation/registry.py")
+def evaluation_stages(task: SynthesisTask) -> dict[str, LLMStage]:
+    """{eval name: its stage} for one task; an evaluation whose stage writes another table than its name is an error."""
+    if not task.evaluations:
+        raise RuntimeError(f"Task {task.name!r} declares no evaluation (lib/synthesis/tasks/{task.name}.py)")
+    stages: dict[str, LLMStage] = {}
+    for name, evaluation in zip(task.evaluation_names(), task.evaluations, strict=True):
+        stage = judge.stage(task, evaluation.rubric, name) if evaluation.rubric else evaluation.stage(task)
+        expected = tables.evaluation(name, "").table
+        if stage.stage.table != expected:
+            raise RuntimeError(
+                f"Task {task.name!r}: its evaluation {name!r} writes {stage.stage.table.name}, not {expected.name}"
+            )
+        stages[name] = stage
+    return stages
+
+
+EVALUATIONS: dict[str, LLMStage] = {
+    name: stage for task in TASKS.values() for name, stage in evaluation_stages(task).items()
+}
+# Evaluations that run model-written programs (in the sandbox).
+RUNS_PROGRAMS = frozenset(
+    name
+    for task in TASKS.values()
+    for name, evaluation in zip(task.evaluation_names(), task.evaluations, strict=True)
+    if evaluation.runs_programs
+)
+_written = [table for stage in EVALUATIONS.values() for table in stage.stage.tables]
+_clashes = sorted({table.name for table in _written if _written.count(table) > 1})
+if _clashes:
+    raise RuntimeError(f"Two evaluations write {', '.join(_clashes)}: rename one (Evaluation(name=...))")

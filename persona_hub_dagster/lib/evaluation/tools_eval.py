@@ -26,8 +26,8 @@ from persona_hub_dagster.lib.evaluation.common import PROGRAMS_RAN, eval_lineage
 from persona_hub_dagster.lib.evaluation.sandbox import ProgramExecution, SandboxLimits, program_execution, run_python
 from persona_hub_dagster.lib.generation import LLMStage, StageCall, StageResult, frame
 from persona_hub_dagster.lib.settings import setting
-from persona_hub_dagster.lib.synthesis.tasks import TASKS
-from persona_hub_dagster.lib.synthesis.validators import check_tool_code
+from persona_hub_dagster.lib.synthesis.steps import SynthesisTask
+from persona_hub_dagster.lib.synthesis.tasks.tools import check_tool_code
 
 CHECK_ORDER = ("static", "imports", "has_function", "signature_matches", "returns", "json_serializable")
 CHECKS = {
@@ -128,38 +128,39 @@ EVALUATION = tables.evaluation(
 )
 
 
-def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: ToolsEvalSettings) -> StageResult:
-    task = TASKS["tools"]
-    items = shard_items(inputs, call, task)
-    rows = items.to_dicts()
-    execution = program_execution()
-    with ThreadPoolExecutor(max_workers=settings.parallel or None) as pool:
-        results = list(pool.map(lambda row: check_tool(row, settings.limits, execution), rows))
-    checks = frame(
-        [{"item_id": row["item_id"], **result} for row, result in zip(rows, results, strict=True)],
-        {"item_id": pl.String, **CHECKS},
-    ).with_columns(
-        # A tool that was not run has neither passed nor failed.
-        passed=pl.when(pl.col("not_run").is_null()).then(pl.all_horizontal(*CHECK_ORDER)) if rows else pl.lit(False)
+def stage(task: SynthesisTask) -> LLMStage:
+    """eval/tools: the task's tools (name, parameters, example_arguments, code) run in the sandbox."""
+
+    def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: ToolsEvalSettings) -> StageResult:
+        items = shard_items(inputs, call, task)
+        rows = items.to_dicts()
+        execution = program_execution()
+        with ThreadPoolExecutor(max_workers=settings.parallel or None) as pool:
+            results = list(pool.map(lambda row: check_tool(row, settings.limits, execution), rows))
+        checks = frame(
+            [{"item_id": row["item_id"], **result} for row, result in zip(rows, results, strict=True)],
+            {"item_id": pl.String, **CHECKS},
+        ).with_columns(
+            # A tool that was not run has neither passed nor failed.
+            passed=pl.when(pl.col("not_run").is_null()).then(pl.all_horizontal(*CHECK_ORDER)) if rows else pl.lit(False)
+        )
+        stamp = {"model": "", "prompt_version": HARNESS_VERSION, "run_id": call.run_id}
+        evaluated, metadata = finish(task, items, checks, call, check_columns=list(CHECK_ORDER), stamp=stamp)
+        failed = evaluated["failed_check"].drop_nulls().value_counts()
+        metadata["failed_check"] = dict(failed.iter_rows()) if failed.height else {}
+        return StageResult({EVALUATION.table: evaluated}, metadata)
+
+    return LLMStage(
+        EVALUATION,
+        op="evaluate_tools",
+        settings=ToolsEvalSettings,
+        run=run,
+        prompts=lambda settings: [HARNESS_VERSION],
+        samplings=lambda settings: [],
+        version_extra=lambda settings: (HARNESS, settings.timeout_s, settings.memory_mb),
+        reads=(task.stage.table,),
+        uses=(tables.PERSONA_HUB,),
+        resources=("embeddings", "benchmarks"),
+        lineage=eval_lineage(task),
+        warnings=(PROGRAMS_RAN,),
     )
-    stamp = {"model": "", "prompt_version": HARNESS_VERSION, "run_id": call.run_id}
-    evaluated, metadata = finish(task, items, checks, call, check_columns=list(CHECK_ORDER), stamp=stamp)
-    failed = evaluated["failed_check"].drop_nulls().value_counts()
-    metadata["failed_check"] = dict(failed.iter_rows()) if failed.height else {}
-    return StageResult({EVALUATION.table: evaluated}, metadata)
-
-
-STAGE = LLMStage(
-    EVALUATION,
-    op="evaluate_tools",
-    settings=ToolsEvalSettings,
-    run=run,
-    prompts=lambda settings: [HARNESS_VERSION],
-    samplings=lambda settings: [],
-    version_extra=lambda settings: (HARNESS, settings.timeout_s, settings.memory_mb),
-    reads=(TASKS["tools"].stage.table,),
-    uses=(tables.PERSONA_HUB,),
-    resources=("embeddings", "benchmarks"),
-    lineage=eval_lineage(TASKS["tools"]),
-    warnings=(PROGRAMS_RAN,),
-)

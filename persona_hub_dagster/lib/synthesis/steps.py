@@ -7,6 +7,11 @@ order for every item, `rounds` times (a conversation's turns), and passes each t
 engine's own (`examples`, `round`) and the earlier steps' fields the step `reads`. Templates are checked against
 exactly those names when a task is declared, i.e. when the definitions load: a typo is an error naming the template
 and the variable, never a hole in a prompt at run time.
+
+Beside its steps, a task declares what the rest of the platform needs from it, so that a task is one module
+(lib/synthesis/tasks/<task>.py): its evaluation(s) (`Evaluation`: a judge rubric, or a stage of its own), its
+release (`ReleaseSpec`: the dataset card's categories, the eval columns it carries, the chat messages) and its small
+settings (the demo's and the tests' size).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -22,6 +27,11 @@ from persona_hub_dagster.lib import prompts, tables
 from persona_hub_dagster.lib.ids import content_id
 from persona_hub_dagster.lib.llm.types import SamplingParams
 from persona_hub_dagster.lib.settings import setting
+
+if TYPE_CHECKING:
+    from persona_hub_dagster.lib.evaluation.judge import Rubric
+    from persona_hub_dagster.lib.generation import LLMStage
+    from persona_hub_dagster.lib.storage import DeltaStore
 
 PROMPTING_MODES = ("zero_shot", "few_shot", "persona_few_shot")
 # What the engine passes every step's template, besides the task's declared inputs and the fields the step reads:
@@ -119,6 +129,44 @@ class Step:
         )
 
 
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation of a task's items: a judge rubric (lib/evaluation/judge.py builds its stage) or a stage of the
+    task's own (a function of the task that returns its `LLMStage`, e.g. lib/evaluation/math_eval.py's `stage`).
+    A task's first evaluation writes eval/<task>; any further one is named and writes eval/<task>_<name>."""
+
+    rubric: Rubric | None = None
+    stage: Callable[[SynthesisTask], LLMStage] | None = None
+    name: str | None = None  # only for a second (third, ...) evaluation of a task: its table is eval/<task>_<name>
+    runs_programs: bool = False  # runs model-written programs in the sandbox (its asset carries the `python` kind)
+    small: Mapping[str, Any] = field(default_factory=dict)  # its settings in the demo and the tests
+
+    def __post_init__(self) -> None:
+        if (self.rubric is None) == (self.stage is None):
+            raise ValueError(
+                "An evaluation is either a judge rubric or a stage of its own, not "
+                + ("both: declare two evaluations, the second one named" if self.rubric else "neither")
+            )
+        if self.name is not None and (not self.name.isidentifier() or self.name == "rejects"):
+            raise ValueError(f"An evaluation's name is an identifier other than 'rejects', not {self.name!r}")
+
+
+@dataclass(frozen=True)
+class ReleaseSpec:
+    """How release/<task> is built from the task's items that passed eval/<task> (lib/release.py)."""
+
+    chat: Callable[[Mapping[str, Any]], Messages]  # a released row as chat `messages`
+    categories: tuple[str, ...] = ("text-generation",)  # the dataset card's task_categories
+    eval_columns: tuple[str, ...] = ()  # columns of eval/<task> the release carries (math: the agreed `answer`)
+    # More columns per item, by (item_id, shard), that `chat` may read (math: the verified solution), and the tables
+    # and columns they come from (the release's column lineage).
+    joins: Callable[[DeltaStore], pl.DataFrame] | None = None
+    joined_from: tuple[tuple[tables.Table, str], ...] = ()
+
+
 @dataclass(frozen=True)
 class SynthesisTask:
     name: str  # the asset is synthetic/<name>
@@ -131,7 +179,9 @@ class SynthesisTask:
     rounds: Callable[[Any], int] = lambda settings: 1  # how often the steps run in turn (a conversation's turns)
     pool_filter: Callable[[Mapping[str, Any], Any], bool] | None = None  # which pool entries fit the settings
     text: Callable[[Mapping[str, Any]], str] | None = None  # a row's text, for diversity, grounding, contamination
-    chat: Callable[[Mapping[str, Any]], list[dict[str, str]]] | None = None  # a released row as chat `messages`
+    evaluations: tuple[Evaluation, ...] = ()  # the first writes eval/<name>
+    release: ReleaseSpec | None = None
+    small: Mapping[str, Any] | None = None  # its settings in the demo and the tests (a few personas, short answers)
 
     def item_text(self, row: Mapping[str, Any]) -> str:
         """What an item says, as one text (default: its string columns, one per line)."""
@@ -142,6 +192,14 @@ class SynthesisTask:
     def __post_init__(self) -> None:
         if not self.steps:
             raise ValueError(f"Task {self.name!r} has no steps")
+        further = [e.name for e in self.evaluations[1:]]
+        if self.evaluations and self.evaluations[0].name is not None or None in further:
+            raise ValueError(
+                f"Task {self.name!r}: its first evaluation writes eval/{self.name} and takes no name; every further "
+                "one needs a name (its table is eval/<task>_<name>)"
+            )
+        if len(set(further)) < len(further):
+            raise ValueError(f"Task {self.name!r}: two evaluations share a name ({further})")
         for step in self.steps:
             template = step.prompt()
             allowed = {*self.inputs, *ENGINE_INPUTS, *step.reads}
@@ -160,6 +218,15 @@ class SynthesisTask:
             f"{self.description} One row per item: item_id, the persona_id it was created for (joins persona_hub), "
             f"sample, prompting, demonstration_ids, context_version, {', '.join(self.columns)}, and provenance.",
         )
+
+    @property
+    def runs_programs(self) -> bool:
+        """Whether evaluating it runs model-written programs (in the sandbox)."""
+        return any(evaluation.runs_programs for evaluation in self.evaluations)
+
+    def evaluation_names(self) -> list[str]:
+        """The name of each evaluation, i.e. its table eval/<name>: the task's own name first."""
+        return [self.name, *(f"{self.name}_{e.name}" for e in self.evaluations[1:])]
 
     @property
     def demonstrated(self) -> Step:

@@ -1,9 +1,8 @@
-"""What makes an answer usable, per task: each parser turns a schema-valid answer into row fields, or raises
-`Rejected` with a reason (`<code>: <detail>`) that lands in the task's rejects table beside the raw output.
+"""tools: tools a persona would need, in two steps as the paper describes: an interface spec (name, description,
+JSON Schema parameters, return value, example call), then a Python implementation of it.
 
-The schema (enforced by the backend where it can, always validated by the client) already guarantees the shape;
-these checks are about content: a math problem that gives its answer away, a tool whose code defines another
-signature, an NPC in a place the world does not have.
+Evaluated by running every implementation in the sandbox (lib/evaluation/tools_eval.py): the static checks here
+again, then imports, the function, its signature, the spec's example call.
 """
 
 from __future__ import annotations
@@ -11,24 +10,18 @@ from __future__ import annotations
 import ast
 import json
 import keyword
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import jsonschema
+import polars as pl
 import regex
 
-from persona_hub_dagster.lib.generation import Rejected, normalize_description, placeholder_echo
-from persona_hub_dagster.lib.synthesis.steps import Item, TaskContext
+from persona_hub_dagster.lib.generation import Rejected
+from persona_hub_dagster.lib.llm.types import SamplingParams
+from persona_hub_dagster.lib.synthesis.steps import Evaluation, ReleaseSpec, Step, SynthesisTask
+from persona_hub_dagster.lib.synthesis.tasks.common import Item, TaskContext, chat_turns, json_object, string, text
 
-# A question or problem that gives its own answer away: "Solution:", "Answer: 42", "the answer is".
-_LEAKED_ANSWER = re.compile(r"(?im)^\s*(solution|answer)\s*[:：]|\bthe (final |correct )?answer is\b")
-# A model talking about itself or the request instead of writing the text.
-_META_TALK = re.compile(
-    r"(?i)\bas an ai\b|\b(?:an? |the )?(?:ai )?language model\b|\bI(?:'m| am) (?:just )?an? (?:ai|assistant)\b|"
-    r"\bI (?:cannot|can't|am unable to) (?:write|help|provide)\b|\bhere(?:'s| is) (?:an?|the|your) (?:article|answer)\b"
-)
-MIN_KNOWLEDGE_WORDS = 150
 # What a tool's implementation may import: computation, text and dates; nothing that reaches files, processes or
 # the network.
 ALLOWED_IMPORTS = frozenset(
@@ -58,125 +51,36 @@ ALLOWED_IMPORTS = frozenset(
     }
 )
 
-
-def _text(answer: Mapping[str, Any], key: str) -> str:
-    return normalize_description(str(answer.get(key) or ""))
-
-
-def _words(text: str) -> int:
-    return len(text.split())
-
-
-# ---------------------------------------------------------------------------------------------------- math
-
-
-def math_problem(answer: Mapping[str, Any], item: Item, context: TaskContext) -> dict[str, Any]:
-    problem = _text(answer, "problem")
-    if len(problem) < 40:
-        raise Rejected(f"too_short: a {len(problem)}-character problem cannot be challenging")
-    if _LEAKED_ANSWER.search(answer["problem"]):
-        raise Rejected("contains_solution: the problem states its answer or solution")
-    if not re.search(r"\d", problem):
-        raise Rejected("no_numbers: the problem gives no quantities to compute with")
-    return {"problem": problem}
-
-
-# ---------------------------------------------------------------------------------------------------- reasoning
-
-
-def reasoning_problem(answer: Mapping[str, Any], item: Item, context: TaskContext) -> dict[str, Any]:
-    question, solution, why = _text(answer, "question"), _text(answer, "answer"), _text(answer, "justification")
-    if len(question) < 30:
-        raise Rejected(f"too_short: a {len(question)}-character question")
-    if not solution or placeholder_echo(solution):
-        raise Rejected("no_answer: the intended answer is empty")
-    if len(why) < 10 or placeholder_echo(why):
-        raise Rejected("no_justification: the answer comes without a justification")
-    stated = _words(solution) >= 4 and _folded(solution).rstrip(".") in _folded(question)
-    if _LEAKED_ANSWER.search(answer["question"]) or stated:
-        raise Rejected("states_answer: the question gives its own answer away")
-    return {"question": question, "answer": solution, "justification": why}
-
-
-def _folded(text: str) -> str:
-    return re.sub(r"[^\w ]+", "", text.casefold()).strip()
-
-
-# ---------------------------------------------------------------------------------------------------- instructions
-
-
-def instruction(answer: Mapping[str, Any], item: Item, context: TaskContext) -> dict[str, Any]:
-    text = _text(answer, "instruction")
-    if len(text) < 15 or placeholder_echo(text):
-        raise Rejected(f"too_short: a {len(text)}-character instruction")
-    return {"instruction": text}
-
-
-# ---------------------------------------------------------------------------------------------------- conversations
-
-
-def user_turn(answer: Mapping[str, Any], item: Item, context: TaskContext) -> dict[str, Any]:
-    message = _text(answer, "message")
-    if len(message) < 10 or placeholder_echo(message):
-        raise Rejected(f"too_short: a {len(message)}-character user message")
-    earlier = [m["content"].casefold() for m in item.fields.get("messages", []) if m["role"] == "user"]
-    if message.casefold() in earlier:
-        raise Rejected("repeated_turn: the user repeated an earlier message")
-    return _with_message(item, "user", message)
-
-
-def assistant_turn(answer: str, item: Item, context: TaskContext) -> dict[str, Any]:
-    reply = answer.strip()
-    if len(reply) < 2:
-        raise Rejected("empty: the assistant said nothing")
-    return _with_message(item, "assistant", reply)
-
-
-def _with_message(item: Item, role: str, content: str) -> dict[str, Any]:
-    messages = [*item.fields.get("messages", []), {"role": role, "content": content}]
-    transcript = "\n\n".join(f"{m['role'].title()}: {m['content']}" for m in messages)
-    return {"messages": messages, "transcript": transcript}
-
-
-# ---------------------------------------------------------------------------------------------------- knowledge
-
-
-def knowledge_article(answer: Mapping[str, Any], item: Item, context: TaskContext) -> dict[str, Any]:
-    title = _text(answer, "title")
-    body = str(answer.get("body") or "").strip()
-    if len(title) < 3 or placeholder_echo(title):
-        raise Rejected("no_title: the article has no title")
-    words = _words(body)
-    if words < MIN_KNOWLEDGE_WORDS:
-        raise Rejected(f"too_short: {words} words (at least {MIN_KNOWLEDGE_WORDS})")
-    if _META_TALK.search(title) or _META_TALK.search(body):
-        raise Rejected("meta_talk: the text talks about being an AI or about the request instead of the subject")
-    return {"title": title, "body": body}
-
-
-# ---------------------------------------------------------------------------------------------------- npc
-
-NPC_TEXT_FIELDS = ("name", "role", "backstory", "personality", "quest_hook")
-
-
-def npc_character(answer: Mapping[str, Any], item: Item, context: TaskContext) -> dict[str, Any]:
-    fields = {key: _text(answer, key) for key in (*NPC_TEXT_FIELDS, "faction", "location")}
-    empty = [key for key in NPC_TEXT_FIELDS if not fields[key] or placeholder_echo(fields[key])]
-    if empty:
-        raise Rejected(f"missing_fields: {', '.join(empty)} empty")
-    lines = [normalize_description(str(line)) for line in answer.get("dialogue") or []]
-    lines = [line for line in lines if line and not placeholder_echo(line)]
-    if not lines:
-        raise Rejected("missing_fields: no sample dialogue")
-    world = context.world
-    if fields["location"] not in world.locations:
-        raise Rejected(f"unknown_location: {fields['location']!r} is not a location of {world.name}")
-    if fields["faction"] not in world.factions:
-        raise Rejected(f"unknown_faction: {fields['faction']!r} is not a faction of {world.name}")
-    return {**fields, "dialogue": lines}
-
-
-# ---------------------------------------------------------------------------------------------------- tools
+# The shape of a tool spec. Each parameter is at least a JSON type and a description, so a grammar-constrained model
+# writes a real JSON Schema; the parser still checks the whole of it with jsonschema's meta-schema.
+TOOL_SPEC_SCHEMA = json_object(
+    name={"type": "string", "pattern": "^[a-z][a-z0-9_]*$", "minLength": 1, "maxLength": 80},
+    description=string(1000),
+    parameters={
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "enum": ["object"]},
+            "properties": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object",
+                    "properties": {
+                        "type": {
+                            "type": "string",
+                            "enum": ["string", "number", "integer", "boolean", "array", "object"],
+                        },
+                        "description": {"type": "string"},
+                    },
+                    "required": ["type", "description"],
+                },
+            },
+            "required": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["type", "properties", "required"],
+    },
+    returns=string(500),
+    example_arguments={"type": "object"},
+)
 
 
 # A tool's parameters are a schema the model wrote, so it is untrusted like any answer: a `pattern` is a regex the
@@ -217,7 +121,7 @@ def tool_spec(answer: Mapping[str, Any], item: Item, context: TaskContext) -> di
     name = str(answer.get("name") or "").strip()
     if not name.isidentifier() or keyword.iskeyword(name):
         raise Rejected(f"invalid_name: {name!r} is not a Python identifier")
-    description = _text(answer, "description")
+    description = text(answer, "description")
     if len(description) < 10:
         raise Rejected("no_description: the tool is not described")
     parameters = answer.get("parameters")
@@ -248,7 +152,7 @@ def tool_spec(answer: Mapping[str, Any], item: Item, context: TaskContext) -> di
         "name": name,
         "description": description,
         "parameters": parameters,
-        "returns": _text(answer, "returns"),
+        "returns": text(answer, "returns"),
         "example_arguments": example,
     }
     # The row keeps the JSON columns; the code step's prompt shows the whole spec.
@@ -308,3 +212,56 @@ def _without_fence(code: str) -> str:
             lines = lines[:-1]
         stripped = "\n".join(lines)
     return stripped.strip() + "\n"
+
+
+def _evaluation(task: SynthesisTask):
+    # Imported when the registry builds the stage: tools_eval imports this module's check_tool_code.
+    from persona_hub_dagster.lib.evaluation import tools_eval
+
+    return tools_eval.stage(task)
+
+
+def _tool_spec(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "name": row["name"],
+        "description": row["description"],
+        "parameters": json.loads(row["parameters"]),
+        "returns": row["returns"],
+    }
+
+
+TASK = SynthesisTask(
+    name="tools",
+    description="Tools a persona would need, in two steps as the paper describes: an interface spec (name, "
+    "description, JSON Schema parameters, return value, example call), then a Python implementation of it.",
+    steps=(
+        Step(
+            "spec", "tool_spec", tool_spec, TOOL_SPEC_SCHEMA, sampling=SamplingParams(temperature=0.8, max_tokens=384)
+        ),
+        Step(
+            "code",
+            "tool_code",
+            tool_code,
+            json_object(code=string(6000)),
+            sampling=SamplingParams(temperature=0.4, max_tokens=480),
+            reads=("spec",),
+        ),
+    ),
+    columns={
+        "name": pl.String,
+        "description": pl.String,
+        "parameters": pl.String,  # JSON Schema, as JSON
+        "returns": pl.String,
+        "example_arguments": pl.String,  # as JSON
+        "code": pl.String,
+    },
+    text=lambda row: f"{row['name']}: {row['description']}\n{row['returns']}",
+    evaluations=(Evaluation(stage=_evaluation, runs_programs=True),),
+    release=ReleaseSpec(
+        chat=lambda row: chat_turns(
+            ("user", "Implement this tool as one Python function:\n" + json.dumps(_tool_spec(row), indent=2)),
+            ("assistant", f"```python\n{row['code']}```"),
+        )
+    ),
+    small={"personas": 2},
+)
