@@ -12,9 +12,9 @@ from persona_hub_dagster.lib.evaluation import contamination, diversity, judge, 
 from persona_hub_dagster.lib.evaluation.answers import same_answer
 from persona_hub_dagster.lib.evaluation.properties import set_properties
 from persona_hub_dagster.lib.evaluation.sandbox import ProgramExecution
-from persona_hub_dagster.lib.generation import StageCall
 from persona_hub_dagster.lib.llm.client import LLMClient
 from persona_hub_dagster.lib.llm.types import Completion
+from persona_hub_dagster.lib.stage import StageCall
 from persona_hub_dagster.lib.synthesis.tasks import TASKS
 from persona_hub_dagster_tests.helpers.scripted_backend import ScriptedBackend
 

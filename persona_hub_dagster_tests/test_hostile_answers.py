@@ -17,12 +17,12 @@ import polars as pl
 import pytest
 
 from persona_hub_dagster.lib import tables
-from persona_hub_dagster.lib.generation import REJECT_ADVICE, empty_table_explanation
 from persona_hub_dagster.lib.llm import LLMClient, LLMRequest, ResponseCache, structured
 from persona_hub_dagster.lib.llm import client as client_module
 from persona_hub_dagster.lib.llm.structured import parse_structured
 from persona_hub_dagster.lib.llm.types import BackendFailure, Completion
 from persona_hub_dagster.lib.personas.text_to_persona import PERSONA_SCHEMA
+from persona_hub_dagster.lib.stage import REJECT_ADVICE, empty_table_explanation
 from persona_hub_dagster_tests.helpers.fault_server import FaultServer, completion
 from persona_hub_dagster_tests.helpers.scripted_backend import ScriptedBackend
 

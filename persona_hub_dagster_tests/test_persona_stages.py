@@ -10,9 +10,9 @@ import pytest
 from persona_hub_dagster.lib import prompts
 from persona_hub_dagster.lib.evaluation.math_eval import MathEvalSettings, evaluate_math
 from persona_hub_dagster.lib.evaluation.sandbox import ProgramExecution
-from persona_hub_dagster.lib.generation import persona_id
 from persona_hub_dagster.lib.llm.client import LLMClient
 from persona_hub_dagster.lib.llm.types import Completion
+from persona_hub_dagster.lib.personas import persona_id
 from persona_hub_dagster.lib.personas.persona_to_persona import ExpansionSettings, expand_personas
 from persona_hub_dagster.lib.personas.text_to_persona import (
     TextToPersonaSettings,

@@ -134,7 +134,7 @@ def test_a_token_budget_stops_the_stage_writes_what_it_has_and_says_how_to_go_on
 
 
 def test_an_empty_table_explains_itself_with_its_top_reject_reasons_and_what_would_help():
-    from persona_hub_dagster.lib.generation import empty_table_explanation
+    from persona_hub_dagster.lib.stage import empty_table_explanation
 
     reasons = ["too_short: 80 words (at least 150)"] * 5 + ["truncated: cut at max_tokens"] * 2 + ["invalid_json: x"]
     why = empty_table_explanation(reasons, top=2)

@@ -8,10 +8,10 @@ import polars as pl
 import pytest
 
 from persona_hub_dagster.lib import prompts
-from persona_hub_dagster.lib.generation import Rejected
 from persona_hub_dagster.lib.llm.cache import ResponseCache
 from persona_hub_dagster.lib.llm.client import LLMClient
 from persona_hub_dagster.lib.llm.types import Completion
+from persona_hub_dagster.lib.stage import Rejected
 from persona_hub_dagster.lib.storage import DeltaStore
 from persona_hub_dagster.lib.synthesis import demonstrations, generate
 from persona_hub_dagster.lib.synthesis.steps import Item, Step, SynthesisTask, TaskContext, TemplateInputError

@@ -1,7 +1,7 @@
 """The one factory for LLM stage assets, and what every stage asset shares: asset keys from the catalog, run config
 from a stage's settings, code versions, and writing a stage's tables for one shard.
 
-A stage is declared in lib/ (`lib.generation.LLMStage`: its tables, inputs, settings and `run`); `llm_stage_asset`
+A stage is declared in lib/ (`lib.stage.LLMStage`: its tables, inputs, settings and `run`); `llm_stage_asset`
 turns that declaration into a multi-asset: one spec per table, the upstream partition loaded by the IO manager,
 run config generated from the settings dataclass (its defaults and docs, said once in lib/), the response-cached LLM
 client, and every table written atomically for the partition with its metadata and the LLM usage.
@@ -24,7 +24,6 @@ from persona_hub_dagster.defs.partitions import text_shards
 from persona_hub_dagster.defs.storage import commit_metadata, metadata_value, table_write_metadata
 from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.estimate import Estimating, token_counter
-from persona_hub_dagster.lib.generation import LLMStage, StageCall, StageResult, empty_table_explanation
 from persona_hub_dagster.lib.ids import content_id
 from persona_hub_dagster.lib.llm.client import UsageStats
 from persona_hub_dagster.lib.llm.progress import Progress
@@ -37,6 +36,7 @@ from persona_hub_dagster.lib.settings import (
     settings_from,
 )
 from persona_hub_dagster.lib.shards import holds_given_personas
+from persona_hub_dagster.lib.stage import LLMStage, StageCall, StageResult, empty_table_explanation
 from persona_hub_dagster.lib.storage import DeltaStore
 from persona_hub_dagster.lib.tables import Stage, Table
 

@@ -17,3 +17,8 @@ def content_id(text: str) -> str:
 def content_ids(texts: Iterable[str]) -> list[str]:
     blake2b = hashlib.blake2b
     return [blake2b(t.encode("utf-8"), digest_size=16).hexdigest() for t in texts]
+
+
+def stable_rank(*parts: object) -> str:
+    """A deterministic pseudo-random sort key (sampling that is the same on every machine and run)."""
+    return content_id("\x1f".join(str(p) for p in parts))

@@ -8,9 +8,9 @@ import polars as pl
 
 from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.evaluation.registry import EVALUATIONS
-from persona_hub_dagster.lib.generation import StageCall, frame
 from persona_hub_dagster.lib.llm.client import LLMClient
 from persona_hub_dagster.lib.llm.types import Completion
+from persona_hub_dagster.lib.stage import StageCall, frame
 from persona_hub_dagster.lib.storage import DeltaStore
 from persona_hub_dagster.lib.synthesis import generate
 from persona_hub_dagster.lib.synthesis.tasks import TASKS

@@ -12,7 +12,7 @@ import polars as pl
 from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.evaluation.properties import PROPERTY_COLUMNS, set_properties
 from persona_hub_dagster.lib.evaluation.sandbox import ENABLE_HINT
-from persona_hub_dagster.lib.generation import StageCall, StageWarning, rate, same_columns
+from persona_hub_dagster.lib.stage import StageCall, StageWarning, rate, same_columns
 from persona_hub_dagster.lib.synthesis.steps import SynthesisTask
 
 KEY_COLUMNS = {"item_id": pl.String, "persona_id": pl.String, "shard": pl.String, "passed": pl.Boolean}

@@ -18,7 +18,10 @@ import polars as pl
 from persona_hub_dagster.lib import prompts, tables
 from persona_hub_dagster.lib.estimate import PERSONA_TOKENS, Estimating, StageEstimate
 from persona_hub_dagster.lib.evaluation.common import eval_lineage, finish, shard_items
-from persona_hub_dagster.lib.generation import (
+from persona_hub_dagster.lib.llm.types import LLMResponse, SamplingParams
+from persona_hub_dagster.lib.prompts import placeholder_echo
+from persona_hub_dagster.lib.settings import setting
+from persona_hub_dagster.lib.stage import (
     LLMStage,
     Planned,
     Rejected,
@@ -27,12 +30,9 @@ from persona_hub_dagster.lib.generation import (
     StageRun,
     chat_request,
     frame,
-    placeholder_echo,
     rejects_frame,
     run_requests,
 )
-from persona_hub_dagster.lib.llm.types import LLMResponse, SamplingParams
-from persona_hub_dagster.lib.settings import setting
 from persona_hub_dagster.lib.synthesis.steps import SynthesisTask
 
 

@@ -26,7 +26,10 @@ from persona_hub_dagster.lib.estimate import Estimating, StageEstimate
 from persona_hub_dagster.lib.evaluation import answers
 from persona_hub_dagster.lib.evaluation.common import PROGRAMS_RAN, eval_lineage, finish, shard_items
 from persona_hub_dagster.lib.evaluation.sandbox import ProgramExecution, SandboxLimits, program_execution, run_python
-from persona_hub_dagster.lib.generation import (
+from persona_hub_dagster.lib.llm.client import LLMClient
+from persona_hub_dagster.lib.llm.types import LLMResponse, SamplingParams
+from persona_hub_dagster.lib.settings import setting
+from persona_hub_dagster.lib.stage import (
     LLMStage,
     Planned,
     StageCall,
@@ -40,9 +43,6 @@ from persona_hub_dagster.lib.generation import (
     request_keys,
     run_requests,
 )
-from persona_hub_dagster.lib.llm.client import LLMClient
-from persona_hub_dagster.lib.llm.types import LLMResponse, SamplingParams
-from persona_hub_dagster.lib.settings import setting
 from persona_hub_dagster.lib.synthesis.generate import TYPICAL_ANSWER_SHARE
 from persona_hub_dagster.lib.synthesis.steps import SynthesisTask
 

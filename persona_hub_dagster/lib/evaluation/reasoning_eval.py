@@ -15,7 +15,9 @@ from persona_hub_dagster.lib import prompts, tables
 from persona_hub_dagster.lib.estimate import Estimating, StageEstimate
 from persona_hub_dagster.lib.evaluation.answers import same_answer
 from persona_hub_dagster.lib.evaluation.common import eval_lineage, finish, shard_items
-from persona_hub_dagster.lib.generation import (
+from persona_hub_dagster.lib.llm.types import SamplingParams
+from persona_hub_dagster.lib.settings import setting
+from persona_hub_dagster.lib.stage import (
     LLMStage,
     Planned,
     StageCall,
@@ -27,8 +29,6 @@ from persona_hub_dagster.lib.generation import (
     request_keys,
     run_requests,
 )
-from persona_hub_dagster.lib.llm.types import SamplingParams
-from persona_hub_dagster.lib.settings import setting
 from persona_hub_dagster.lib.synthesis.generate import TYPICAL_ANSWER_SHARE
 from persona_hub_dagster.lib.synthesis.steps import SynthesisTask
 

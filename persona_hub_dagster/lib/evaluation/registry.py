@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.evaluation import judge
-from persona_hub_dagster.lib.generation import LLMStage
+from persona_hub_dagster.lib.stage import LLMStage
 from persona_hub_dagster.lib.synthesis.steps import SynthesisTask
 from persona_hub_dagster.lib.synthesis.tasks import TASKS
 

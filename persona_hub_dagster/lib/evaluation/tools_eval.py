@@ -24,8 +24,8 @@ import polars as pl
 from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.evaluation.common import PROGRAMS_RAN, eval_lineage, finish, shard_items
 from persona_hub_dagster.lib.evaluation.sandbox import ProgramExecution, SandboxLimits, program_execution, run_python
-from persona_hub_dagster.lib.generation import LLMStage, StageCall, StageResult, frame
 from persona_hub_dagster.lib.settings import setting
+from persona_hub_dagster.lib.stage import LLMStage, StageCall, StageResult, frame
 from persona_hub_dagster.lib.synthesis.steps import SynthesisTask
 from persona_hub_dagster.lib.synthesis.tasks.tools import check_tool_code
 

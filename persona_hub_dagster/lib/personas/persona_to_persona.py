@@ -17,7 +17,14 @@ import polars as pl
 
 from persona_hub_dagster.lib import prompts, tables
 from persona_hub_dagster.lib.estimate import PERSONA_TOKENS, Estimating, StageEstimate
-from persona_hub_dagster.lib.generation import (
+from persona_hub_dagster.lib.ids import stable_rank
+from persona_hub_dagster.lib.llm.client import LLMClient
+from persona_hub_dagster.lib.llm.types import LLMResponse, SamplingParams
+from persona_hub_dagster.lib.personas import MIN_PERSONA_CHARS, normalize_description, persona_id
+from persona_hub_dagster.lib.prompts import placeholder_echo
+from persona_hub_dagster.lib.settings import setting
+from persona_hub_dagster.lib.shards import holds_given_personas
+from persona_hub_dagster.lib.stage import (
     LLMStage,
     Planned,
     Rejected,
@@ -27,19 +34,10 @@ from persona_hub_dagster.lib.generation import (
     StageRun,
     chat_request,
     frame,
-    normalize_description,
-    persona_id,
-    placeholder_echo,
     rejects_frame,
     run_requests,
     same_columns,
-    stable_rank,
 )
-from persona_hub_dagster.lib.llm.client import LLMClient
-from persona_hub_dagster.lib.llm.types import LLMResponse, SamplingParams
-from persona_hub_dagster.lib.personas import MIN_PERSONA_CHARS
-from persona_hub_dagster.lib.settings import setting
-from persona_hub_dagster.lib.shards import holds_given_personas
 
 TEMPLATE = "persona_to_persona"
 

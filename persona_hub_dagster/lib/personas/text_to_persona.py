@@ -11,7 +11,14 @@ import polars as pl
 
 from persona_hub_dagster.lib import prompts, tables
 from persona_hub_dagster.lib.estimate import Estimating, StageEstimate
-from persona_hub_dagster.lib.generation import (
+from persona_hub_dagster.lib.ids import stable_rank
+from persona_hub_dagster.lib.llm.client import LLMClient
+from persona_hub_dagster.lib.llm.types import LLMResponse, SamplingParams
+from persona_hub_dagster.lib.personas import GIVEN, MIN_PERSONA_CHARS, normalize_description, persona_id
+from persona_hub_dagster.lib.prompts import placeholder_echo
+from persona_hub_dagster.lib.settings import setting
+from persona_hub_dagster.lib.shards import holds_given_personas
+from persona_hub_dagster.lib.stage import (
     LLMStage,
     Planned,
     Rejected,
@@ -21,20 +28,11 @@ from persona_hub_dagster.lib.generation import (
     StageRun,
     chat_request,
     frame,
-    normalize_description,
-    persona_id,
-    placeholder_echo,
     rate,
     rejects_frame,
     run_requests,
     same_columns,
-    stable_rank,
 )
-from persona_hub_dagster.lib.llm.client import LLMClient
-from persona_hub_dagster.lib.llm.types import LLMResponse, SamplingParams
-from persona_hub_dagster.lib.personas import GIVEN, MIN_PERSONA_CHARS
-from persona_hub_dagster.lib.settings import setting
-from persona_hub_dagster.lib.shards import holds_given_personas
 
 TEMPLATE = "text_to_persona"
 # How each relation reads in the question "Who is likely to ... the text below?"

@@ -41,6 +41,7 @@ __all__ = [
     "load",
     "names",
     "neutralize",
+    "placeholder_echo",
     "special_tokens",
 ]
 
@@ -157,6 +158,15 @@ def _trie_regex(node: dict[str, dict]) -> str:
     if ends:  # a marker ends here and longer ones go on: prefer the longest
         return "(?:" + body + ")?"
     return body
+
+
+# What the templates' answer formats show where the answer goes: "<one sentence>", "...", "[the persona]".
+_PLACEHOLDER = re.compile(r"^(<[^<>]*>|\.{2,}|\[[^\[\]]*\])$")
+
+
+def placeholder_echo(text: str) -> bool:
+    """The model repeated the answer format's placeholder ("...", "<one sentence>") instead of answering."""
+    return bool(_PLACEHOLDER.match(text.strip()))
 
 
 def as_content(text: str) -> str:

@@ -27,11 +27,11 @@ import polars as pl
 
 from persona_hub_dagster.lib import filesystems, prompts, tables
 from persona_hub_dagster.lib.estimate import Estimating, StageEstimate
-from persona_hub_dagster.lib.generation import LLMStage, StageCall, StageResult, frame, rate, rejects_frame, stable_rank
-from persona_hub_dagster.lib.ids import content_id
+from persona_hub_dagster.lib.ids import content_id, stable_rank
 from persona_hub_dagster.lib.locations import join_location, normalize_location
 from persona_hub_dagster.lib.personas import text_to_persona
 from persona_hub_dagster.lib.settings import setting
+from persona_hub_dagster.lib.stage import LLMStage, StageCall, StageResult, frame, rate, rejects_frame
 from persona_hub_dagster.lib.synthesis.steps import SynthesisSettings, SynthesisTask
 from persona_hub_dagster.lib.synthesis.tasks import TASKS
 

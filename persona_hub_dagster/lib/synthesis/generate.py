@@ -21,7 +21,10 @@ import polars as pl
 
 from persona_hub_dagster.lib import prompts, tables
 from persona_hub_dagster.lib.estimate import Estimating, StageEstimate
-from persona_hub_dagster.lib.generation import (
+from persona_hub_dagster.lib.ids import content_id, stable_rank
+from persona_hub_dagster.lib.llm.client import LLMClient
+from persona_hub_dagster.lib.llm.types import LLMRequest, LLMResponse
+from persona_hub_dagster.lib.stage import (
     LLMStage,
     Planned,
     Rejected,
@@ -34,11 +37,7 @@ from persona_hub_dagster.lib.generation import (
     rejects_frame,
     run_requests,
     same_columns,
-    stable_rank,
 )
-from persona_hub_dagster.lib.ids import content_id
-from persona_hub_dagster.lib.llm.client import LLMClient
-from persona_hub_dagster.lib.llm.types import LLMRequest, LLMResponse
 from persona_hub_dagster.lib.storage import DeltaStore
 from persona_hub_dagster.lib.synthesis import demonstrations
 from persona_hub_dagster.lib.synthesis.steps import Item, Step, SynthesisSettings, SynthesisTask, TaskContext

@@ -30,7 +30,7 @@ from persona_hub_dagster.lib.settings import setting
 
 if TYPE_CHECKING:
     from persona_hub_dagster.lib.evaluation.judge import Rubric
-    from persona_hub_dagster.lib.generation import LLMStage
+    from persona_hub_dagster.lib.stage import LLMStage
     from persona_hub_dagster.lib.storage import DeltaStore
 
 PROMPTING_MODES = ("zero_shot", "few_shot", "persona_few_shot")

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from persona_hub_dagster.lib.generation import normalize_description
+from persona_hub_dagster.lib.personas import normalize_description
 from persona_hub_dagster.lib.synthesis.steps import Item, TaskContext
 
 __all__ = ["Item", "TaskContext"]  # what a validator is given besides the answer, for the task modules' signatures

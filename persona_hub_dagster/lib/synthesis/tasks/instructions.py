@@ -12,8 +12,9 @@ import polars as pl
 
 from persona_hub_dagster.lib import prompts
 from persona_hub_dagster.lib.evaluation.judge import Rubric
-from persona_hub_dagster.lib.generation import Rejected, placeholder_echo
 from persona_hub_dagster.lib.llm.types import SamplingParams
+from persona_hub_dagster.lib.prompts import placeholder_echo
+from persona_hub_dagster.lib.stage import Rejected
 from persona_hub_dagster.lib.synthesis.steps import Evaluation, ReleaseSpec, Step, SynthesisTask
 from persona_hub_dagster.lib.synthesis.tasks.common import Item, TaskContext, chat_turns, json_object, string, text
 

@@ -14,8 +14,8 @@ from typing import Any
 import polars as pl
 
 from persona_hub_dagster.lib import tables
-from persona_hub_dagster.lib.generation import Rejected
 from persona_hub_dagster.lib.settings import setting
+from persona_hub_dagster.lib.stage import Rejected
 from persona_hub_dagster.lib.storage import DeltaStore
 from persona_hub_dagster.lib.synthesis.steps import Evaluation, ReleaseSpec, Step, SynthesisSettings, SynthesisTask
 from persona_hub_dagster.lib.synthesis.tasks.common import (

@@ -11,9 +11,10 @@ from typing import Any
 
 import polars as pl
 
-from persona_hub_dagster.lib.generation import Rejected, placeholder_echo
 from persona_hub_dagster.lib.llm.types import SamplingParams
+from persona_hub_dagster.lib.prompts import placeholder_echo
 from persona_hub_dagster.lib.settings import setting
+from persona_hub_dagster.lib.stage import Rejected
 from persona_hub_dagster.lib.synthesis.steps import Evaluation, ReleaseSpec, Step, SynthesisSettings, SynthesisTask
 from persona_hub_dagster.lib.synthesis.tasks.common import (
     LEAKED_ANSWER,

@@ -17,8 +17,8 @@ import jsonschema
 import polars as pl
 import regex
 
-from persona_hub_dagster.lib.generation import Rejected
 from persona_hub_dagster.lib.llm.types import SamplingParams
+from persona_hub_dagster.lib.stage import Rejected
 from persona_hub_dagster.lib.synthesis.steps import Evaluation, ReleaseSpec, Step, SynthesisTask
 from persona_hub_dagster.lib.synthesis.tasks.common import Item, TaskContext, chat_turns, json_object, string, text
 

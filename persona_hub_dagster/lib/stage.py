@@ -16,8 +16,6 @@ reason.
 from __future__ import annotations
 
 import json
-import re
-import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,9 +46,6 @@ REJECTS_SCHEMA = {
     "run_id": pl.String,
     "rejected_at": pl.Datetime("us", "UTC"),
 }
-
-_SPACE_RE = re.compile(r"\s+")
-_QUOTES = "\"'“”‘’`"
 
 
 @dataclass(frozen=True)
@@ -261,29 +256,3 @@ def rejects_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
 def frame(rows: list[dict[str, Any]], schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
     """Rows as a frame with exactly the stage's columns, also when there are none."""
     return pl.DataFrame([{name: row.get(name) for name in schema} for row in rows], schema=dict(schema))
-
-
-def normalize_description(text: str) -> str:
-    """A model's one-sentence description, tidied: NFC, one line, no wrapping quotes."""
-    text = _SPACE_RE.sub(" ", unicodedata.normalize("NFC", text)).strip()
-    while len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
-        text = text[1:-1].strip()
-    return text
-
-
-_PLACEHOLDER = re.compile(r"^(<[^<>]*>|\.{2,}|\[[^\[\]]*\])$")
-
-
-def placeholder_echo(text: str) -> bool:
-    """The model repeated the answer format's placeholder ("...", "<one sentence>") instead of answering."""
-    return bool(_PLACEHOLDER.match(text.strip()))
-
-
-def persona_id(persona: str) -> str:
-    """Stable id of a persona: the hash of its normalized, case-folded description."""
-    return content_id(normalize_description(persona).casefold())
-
-
-def stable_rank(*parts: object) -> str:
-    """A deterministic pseudo-random sort key (sampling that is the same on every machine and run)."""
-    return content_id("\x1f".join(str(p) for p in parts))
