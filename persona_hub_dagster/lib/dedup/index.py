@@ -9,15 +9,10 @@ Two parts, in one folder that lives with the tables (`<root>/_index/persona_hub/
   RocksDB's bloom filters answer the probes that hit nothing (almost all of them) from memory, and its block cache
   is fixed, so a lookup's memory does not grow with the hub. A key's pairs are rewritten when a shard adds to it or
   leaves it (read-modify-write of the keys that shard holds, no merge operator needed).
-- Vectors, in an inverted file of our own built on FAISS's k-means: centroids trained once the index holds
-  TRAIN_AT vectors and again only when it has grown RETRAIN_GROWTH-fold (the one time segments are rewritten:
-  amortized, each vector is re-filed about once); until then one list, i.e. exact search. Each shard adds one
-  segment: its kept vectors sorted by list, as raw float32, with the list offsets and hub positions beside it. A
-  query batch reads the probed shards' segments in bounded list ranges (RANGE_BYTES) and compares its queries with
-  every vector of their probed lists in float32 (BLAS), so every reported similarity is exact; only the choice of
-  lists (nprobe of nlist) is approximate. FAISS's own OnDiskInvertedLists was the alternative: it cannot drop one
-  shard's vectors without rewriting the lists, and its per-query scan is slower than list-at-a-time matrix products
-  (semantic.py).
+- Vectors, in an inverted file of our own built on FAISS's k-means (vector_lists.py): one segment per shard, its
+  kept vectors sorted by list; a query batch reads the probed lists in bounded ranges and every reported
+  similarity is exact. FAISS's own OnDiskInvertedLists was the alternative: it cannot drop one shard's vectors
+  without rewriting the lists, and its per-query scan is slower than list-at-a-time matrix products (semantic.py).
 
 Keep-first over shards: every entry carries its shard's id; a lookup names the shards it may match (the shards
 registered before the one being deduplicated) with their rank, and the earliest match wins by (rank, position),
@@ -29,9 +24,8 @@ crash in between leaves entries nobody reads (dropped the next time their keys a
 the manifest with the hub's tables (which run of each shard is in the hub) and adds, replaces or removes shards
 until they agree: the upgrade path for hubs built before the index, and how re-runs and unregistered shards leave.
 
-Object storage: RocksDB needs a local disk. With an `s3://` root the index is worked on in a local cache folder and
-mirrored under the root: opening fetches the files the cache lacks (none when the cache persists between runs),
-`publish` uploads the files a shard created (its segment, RocksDB's new SST files) and the manifest last.
+Object storage: with an `s3://` root the index is worked on in a local cache folder and mirrored under the root
+(index_mirror.py).
 """
 
 from __future__ import annotations
@@ -48,25 +42,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.fs as pafs
 
-from persona_hub_dagster.lib import filesystems
+from persona_hub_dagster.lib.dedup.index_mirror import ObjectStoreMirror
+from persona_hub_dagster.lib.dedup.vector_lists import VectorLists
 from persona_hub_dagster.lib.locations import is_uri
 
 INDEX_CACHE_ENV = "PERSONA_HUB_INDEX_CACHE"
-TRAIN_AT = 50_000  # vectors: below this the index is one list, and a lookup is an exact search
-RETRAIN_GROWTH = 8  # retrain (and re-file) once the index holds this many times what the centroids were trained on
-NPROBE = 32
-RANGE_BYTES = 64 * 2**20  # vectors read per step of a lookup
-PRODUCT_BUDGET = 8 * 2**20  # similarities per matrix product (32 MB of float32)
 BLOCK_CACHE_BYTES = 64 * 2**20
 _NONE = np.iinfo(np.int64).max
 _ENTRY = np.dtype([("sid", "<u4"), ("pos", "<u4")])
 _BAND_KEY = np.dtype([("tag", "S1"), ("band", ">u2"), ("key", ">u8")])
 _PERSONA_KEY = np.dtype([("tag", "S1"), ("sid", ">u4"), ("pos", ">u4")])
-# Files that never change once written (unique names): the mirror sends them once. The others (the manifests,
-# RocksDB's CURRENT, MANIFEST-*, OPTIONS-*, its write-ahead log) are small and sent whenever the index is published.
-_IMMUTABLE_SUFFIXES = (".sst", ".f32", ".npz", ".npy")
 
 
 @dataclass
@@ -132,7 +118,7 @@ class Matches:
     similarity: np.ndarray
 
 
-class HubIndex:
+class HubIndex(VectorLists, ObjectStoreMirror):
     """The index in a local folder, optionally mirrored to an object-store location. Use as a context manager."""
 
     def __init__(self, folder: str | Path, mirror: str | None = None):
@@ -277,135 +263,6 @@ class HubIndex:
             shard[i], persona_id[i] = shard_of[sid], pid
         return Matches(shard, persona_id, positions, similarity)
 
-    def _shard_entry(self, sid: int) -> ShardEntry:
-        return next(e for e in self.manifest.shards.values() if e.sid == sid)
-
-    def _probe(self, queries: np.ndarray) -> np.ndarray:
-        if self.manifest.nlist == 1:
-            return np.zeros((len(queries), 1), dtype=np.int64)
-        return self._quantizer().search(queries, min(NPROBE, self.manifest.nlist))[1]
-
-    def _quantizer(self, generation: int | None = None):
-        import faiss
-
-        generation = self.manifest.generation if generation is None else generation
-        centroids = np.load(self.folder / "segments" / f"centroids-{generation}.npy")
-        quantizer = faiss.IndexFlatIP(centroids.shape[1])
-        quantizer.add(centroids)
-        return quantizer
-
-    def _scan(self, queries, probes, segments, threshold, best, similarity) -> None:
-        """For each query, the smallest key (and its cosine) with cosine >= threshold over the probed lists of the
-        segments, into `best` and `similarity`, reading the segments list range by list range. Only the best so far
-        is kept per query: memory stays O(queries) however many earlier near-duplicates a query has."""
-        nlist, dim = self.manifest.nlist, queries.shape[1]
-        flat = probes.ravel()
-        order = np.argsort(flat, kind="stable")
-        probing = np.repeat(np.arange(len(queries)), probes.shape[1])[order]
-        list_starts = np.searchsorted(flat[order], np.arange(nlist + 1))
-        sizes = sum(np.diff(offsets) for _, _, (offsets, _) in segments)
-        files = {sid: open(self._segment_path(sid, ".f32"), "rb") for sid, _, _ in segments}
-        try:
-            for lo, hi in _ranges_by_size(sizes * dim * 4, RANGE_BYTES):
-                if list_starts[hi] == list_starts[lo]:
-                    continue  # no query probes these lists
-                blocks, lists, keys = [], [], []
-                for sid, rank, (offsets, positions) in segments:
-                    a, b = int(offsets[lo]), int(offsets[hi])
-                    if a == b:
-                        continue
-                    raw = os.pread(files[sid].fileno(), (b - a) * dim * 4, a * dim * 4)
-                    self.bytes_read += len(raw)
-                    blocks.append(np.frombuffer(raw, dtype=np.float32).reshape(-1, dim))
-                    lists.append(np.repeat(np.arange(lo, hi), np.diff(offsets[lo : hi + 1])))
-                    keys.append((np.int64(rank) << 32) | positions[a:b].astype(np.int64))
-                if not blocks:
-                    continue
-                lists_all = np.concatenate(lists)
-                grouped = np.argsort(lists_all, kind="stable")
-                vectors = np.concatenate(blocks)[grouped]
-                keys_all = np.concatenate(keys)[grouped]
-                bounds = np.searchsorted(lists_all[grouped], np.arange(lo, hi + 1))
-                for lst in range(lo, hi):
-                    members = slice(bounds[lst - lo], bounds[lst - lo + 1])
-                    askers = probing[list_starts[lst] : list_starts[lst + 1]]
-                    if members.start == members.stop or not len(askers):
-                        continue
-                    stored = vectors[members]
-                    step = max(1, PRODUCT_BUDGET // len(stored))
-                    for start in range(0, len(askers), step):
-                        q = askers[start : start + step]
-                        sims = queries[q] @ stored.T
-                        rows, cols = np.nonzero(sims >= threshold)
-                        if len(rows):
-                            _keep_smallest(q[rows], keys_all[members][cols], sims[rows, cols], best, similarity)
-        finally:
-            for f in files.values():
-                f.close()
-
-    def _segment_path(self, sid: int, suffix: str, generation: int | None = None) -> Path:
-        generation = self.manifest.generation if generation is None else generation
-        return self.folder / "segments" / f"{sid:08d}-g{generation}{suffix}"
-
-    def _segment(self, sid: int) -> tuple[np.ndarray, np.ndarray]:
-        """(list offsets, hub positions in stored order) of a shard's segment."""
-        with np.load(self._segment_path(sid, ".npz")) as meta:
-            return meta["offsets"], meta["positions"]
-
-    def _write_segment(self, sid: int, vectors: np.ndarray, positions: np.ndarray, generation: int) -> None:
-        lists, nlist = self._assign(vectors, generation)
-        order = np.lexsort((positions, lists))
-        offsets = np.searchsorted(lists[order], np.arange(nlist + 1))
-        _atomic_bytes(self._segment_path(sid, ".f32", generation), np.ascontiguousarray(vectors[order]).tobytes())
-        tmp = self._segment_path(sid, ".tmp.npz", generation)
-        np.savez(tmp, offsets=offsets.astype(np.int64), positions=positions[order].astype(np.uint32))
-        os.replace(tmp, self._segment_path(sid, ".npz", generation))
-
-    def _assign(self, vectors: np.ndarray, generation: int) -> tuple[np.ndarray, int]:
-        """(each vector's list, the number of lists) under the centroids of `generation` (none: one list)."""
-        if generation == 0:
-            return np.zeros(len(vectors), dtype=np.int64), 1
-        quantizer = self._quantizer(generation)
-        return quantizer.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)[1][:, 0], quantizer.ntotal
-
-    def _read_segment(self, sid: int) -> tuple[np.ndarray, np.ndarray]:
-        """(vectors, positions) of a whole segment (for retraining only)."""
-        _, positions = self._segment(sid)
-        raw = self._segment_path(sid, ".f32").read_bytes()
-        return np.frombuffer(raw, dtype=np.float32).reshape(-1, self.manifest.dim), positions
-
-    def _maybe_train(self) -> None:
-        """Train centroids once the index is big enough, retrain after RETRAIN_GROWTH-fold growth: every segment is
-        re-filed under the new lists (the one time the index is rewritten), then the manifest switches."""
-        total = self.manifest.vectors
-        due = TRAIN_AT if self.manifest.nlist == 1 else RETRAIN_GROWTH * self.manifest.trained_on
-        if total < due:
-            return
-        from persona_hub_dagster.lib.dedup.semantic import _centroids
-
-        # ~2 sqrt(N) at the middle of the growth this training serves; k-means wants >= 39 points per centroid.
-        nlist = max(1, int(min(4 * np.sqrt(total), total / 39)))
-        with_vectors = [e.sid for e in self.manifest.shards.values() if e.vectors]
-        sample_size = min(total, nlist * 64)
-        rng = np.random.default_rng(0)
-        sample = []
-        for sid in with_vectors:
-            vectors, _ = self._read_segment(sid)
-            take = rng.random(len(vectors)) < sample_size / total
-            sample.append(vectors[take])
-        generation = self.manifest.generation + 1
-        centroids = _centroids(np.concatenate(sample), nlist, None)
-        _atomic_bytes_npy(self.folder / "segments" / f"centroids-{generation}.npy", centroids)
-        for sid in with_vectors:
-            vectors, positions = self._read_segment(sid)
-            self._write_segment(sid, vectors, positions, generation)
-        old = self.manifest.generation
-        self.manifest.generation, self.manifest.nlist, self.manifest.trained_on = generation, len(centroids), total
-        self._save()
-        for path in (self.folder / "segments").glob(f"*-g{old}.*"):
-            path.unlink()
-        (self.folder / "segments" / f"centroids-{old}.npy").unlink(missing_ok=True)
-
     # ------------------------------------------------------------------ adding and removing shards
 
     def add(self, entries: ShardEntries, layout: dict) -> None:
@@ -537,59 +394,6 @@ class HubIndex:
             "nlist": self.manifest.nlist,
         }
 
-    def publish(self) -> dict[str, int]:
-        """Mirror the local folder to the object store: new and changed files first, the manifest last, then the
-        files the index no longer has. Returns {"uploaded": files, "uploaded_bytes": ..., "deleted": files}."""
-        if not self.mirror:
-            return {"uploaded": 0, "uploaded_bytes": 0, "deleted": 0}
-        self.close()  # RocksDB's files are a consistent set only when it is closed
-        self._save()
-        fs, base = filesystems.resolve(self.mirror)
-        local = self._local_files()
-        uploaded = uploaded_bytes = 0
-        for name, size in sorted(local.items()):
-            if name == "manifest.json":
-                continue
-            if self._remote.get(name) == size and name.endswith(_IMMUTABLE_SUFFIXES):
-                continue
-            _upload(fs, self.folder / name, f"{base}/{name}")
-            uploaded, uploaded_bytes = uploaded + 1, uploaded_bytes + size
-            self._remote[name] = size
-        _upload(fs, self.folder / "manifest.json", f"{base}/manifest.json")
-        self._remote["manifest.json"] = local["manifest.json"]
-        gone = [name for name in self._remote if name not in local]
-        for name in gone:
-            fs.delete_file(f"{base}/{name}")
-            del self._remote[name]
-        return {"uploaded": uploaded + 1, "uploaded_bytes": uploaded_bytes, "deleted": len(gone)}
-
-    def _local_files(self) -> dict[str, int]:
-        found = {}
-        for path in self.folder.rglob("*"):
-            if path.is_file() and not path.name.startswith(("LOG", "LOCK")) and not path.name.endswith(".tmp"):
-                found[path.relative_to(self.folder).as_posix()] = path.stat().st_size
-        return found
-
-    def _fetch(self) -> None:
-        """Make the cache folder equal to the mirror: fetch what it lacks, delete what the mirror does not have."""
-        fs, base = filesystems.resolve(self.mirror)
-        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
-        self._remote = {
-            info.path[len(base) :].lstrip("/"): int(info.size or 0)
-            for info in fs.get_file_info(selector)
-            if info.type == pafs.FileType.File
-        }
-        local = self._local_files()
-        for name, size in self._remote.items():
-            if local.get(name) != size or not name.endswith(_IMMUTABLE_SUFFIXES):
-                target = self.folder / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with fs.open_input_stream(f"{base}/{name}") as source, open(target, "wb") as out:
-                    shutil.copyfileobj(source, out, 1 << 20)
-        for name in local:
-            if name not in self._remote:
-                (self.folder / name).unlink()
-
 
 def _band_probe(keys: np.ndarray) -> tuple[list[bytes], np.ndarray, np.ndarray]:
     """The distinct RocksDB keys of every (row, band) of `keys` (n, bands), in key order; where each one's rows start
@@ -617,43 +421,3 @@ def _as_bytes(records: np.ndarray) -> list[bytes]:
     size = records.dtype.itemsize
     buffer = records.tobytes()
     return [buffer[i : i + size] for i in range(0, len(buffer), size)]
-
-
-def _keep_smallest(q, key, sim, best, similarity) -> None:
-    """best[q] = min(best[q], key) with the cosine of the kept key, for hits (q, key, sim)."""
-    order = np.lexsort((key, q))
-    q, key, sim = q[order], key[order], sim[order]
-    first = np.concatenate(([True], q[1:] != q[:-1]))
-    q, key, sim = q[first], key[first], sim[first]
-    better = key < best[q]
-    best[q[better]], similarity[q[better]] = key[better], sim[better]
-
-
-def _ranges_by_size(sizes: np.ndarray, budget: int):
-    """Consecutive [lo, hi) ranges of lists whose total size stays within `budget` (a bigger list goes alone)."""
-    lo, total = 0, 0
-    for i, size in enumerate(sizes.tolist()):
-        if i > lo and total + size > budget:
-            yield lo, i
-            lo, total = i, 0
-        total += size
-    if lo < len(sizes):
-        yield lo, len(sizes)
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _atomic_bytes_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as out:
-        np.save(out, array)
-    os.replace(tmp, path)
-
-
-def _upload(fs: pafs.FileSystem, source: Path, target: str) -> None:
-    with open(source, "rb") as data, fs.open_output_stream(target) as out:
-        shutil.copyfileobj(data, out, 1 << 20)
