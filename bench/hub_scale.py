@@ -23,12 +23,13 @@ Per shard k, three fresh processes:
 
 Reaching 10^7 personas through the hub step takes ~4 hours of this machine, so `--fill-from A --fill-personas N`
 builds the index of shards A, A+1, ... directly, until it holds N personas: each shard's generated personas (without
-plants) through the hub's MinHash pass (against the indexed shards, then within the shard), with no semantic pass, so
-the index also holds the near-duplicate vectors a real hub would drop (denser lists: a pessimistic case); its kept
-personas are added as the shard's entries (`HubIndex.add`, as the hub step does, retraining included); no tables. The
-shards after those then run the real hub step against an index of the size the curve needs (the index's catch-up is
-skipped: it would remove the filled shards, which have no hub tables), and evaluation reads earlier vectors from the
-index instead of the tables.
+plants) are added whole as the shard's entries (band keys and vectors; `HubIndex.add`, as the hub step does,
+retraining included; no tables). No pass drops anything: the index holds the ~10% within-shard near-duplicates and the
+near-duplicate vectors a real hub would drop (longer band-key lists and denser vector lists than a real hub of that
+size: a pessimistic case; running the MinHash pass in the fill made it 3x slower and kept ~90% anyway). The shards
+after those then run the real hub step against an index of the size the curve needs (the index's catch-up is skipped:
+it would remove the filled shards, which have no hub tables), and evaluation reads earlier vectors from the index
+instead of the tables.
 
 The quality pass is off (per-shard work that never reads earlier shards). Embeddings: a hashed bag of words (every
 distinct lower-cased word gets a fixed pseudo-random 256-d vector from its hash; a text is the normalized sum), so
@@ -155,27 +156,21 @@ def fill(root: str, k: int, n: int) -> dict:
     started, cpu_before = time.perf_counter(), _cpu_seconds()
     texts, _ = persona_corpus(n - (PLANTED_ACROSS if k else 0), duplicate_share=0.1, seed=1000 + k)
     settings = hub.HubSettings(quality_filter=False)
-    ids = content_ids(texts)
+    rows, embedder = np.arange(len(texts)), HashedBagEmbedder()
+    entries = ShardEntries(
+        shard=shard_name(k),
+        run_id="fill",
+        positions=rows,
+        persona_ids=content_ids(texts),
+        texts=texts,
+        keys=hub.band_keys_of(texts, settings),
+        vector_positions=rows,
+        vectors=embedder.encode(texts),
+        model=embedder.identity,
+    )
     with hub.open_index(DeltaStore(root=root)) as index:
-        prefix = [shard_name(j) for j in range(k)]
-        decisions = hub.Decisions.start(ids)
-        keys = hub.minhash_pass(hub.IndexedPrior(index), shard_name(k), prefix, texts, decisions, settings)
-        rows = np.flatnonzero(decisions.alive)
-        kept_texts = [texts[i] for i in rows.tolist()]
-        embedder = HashedBagEmbedder()
-        entries = ShardEntries(
-            shard=shard_name(k),
-            run_id="fill",
-            positions=rows,
-            persona_ids=[ids[i] for i in rows.tolist()],
-            texts=kept_texts,
-            keys=keys[rows],
-            vector_positions=rows,
-            vectors=embedder.encode(kept_texts),
-            model=embedder.identity,
-        )
         index.add(entries, hub.index_layout(settings))
-        stats = index.stats()
+        stats = {**index.stats(), "index_seconds": getattr(index, "seconds", {})}
     return {
         "filled": True,
         "fill_seconds": round(time.perf_counter() - started, 2),
