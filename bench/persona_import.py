@@ -77,7 +77,8 @@ def materialize(path: str, root: str, file_format: str, selection: str, minilm: 
     from persona_hub_dagster.defs.stages import asset_key
     from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
     from persona_hub_dagster.lib import filesystems, tables
-    from persona_hub_dagster.lib.shards import ShardRegistry, shard_file
+    from persona_hub_dagster.lib.shard_files import shard_file
+    from persona_hub_dagster.lib.shards import ShardRegistry
     from persona_hub_dagster.lib.storage import DeltaStore
 
     store = DeltaStore(root=root)

@@ -23,7 +23,8 @@ from persona_hub_dagster.defs.synthesis.assets import demonstrations_asset, synt
 from persona_hub_dagster.lib import filesystems, tables
 from persona_hub_dagster.lib.evaluation import sandbox
 from persona_hub_dagster.lib.lineage import format_trace, trace_any, trace_item, trace_persona
-from persona_hub_dagster.lib.shards import ShardRegistry, shard_file
+from persona_hub_dagster.lib.shard_files import shard_file
+from persona_hub_dagster.lib.shards import ShardRegistry
 from persona_hub_dagster.lib.storage import DeltaStore
 from persona_hub_dagster.lib.synthesis.tasks import TASKS
 from persona_hub_dagster_tests.helpers.small_settings import run_config_ops, small_ops
@@ -134,10 +135,10 @@ def test_every_stage_materializes_the_shard(pipeline):
     # Every task ran on the embedded model, and every item it asked for is a row or a reject (nothing vanished).
     for task in TASKS.values():
         asked = TINY[f"synthesize_{task.name}"]["config"]["personas"]
-        stage = task.stage
-        assert store.row_count(stage.table, [SHARD]) + store.row_count(stage.rejects, [SHARD]) == asked, task.name
-        modes = set(store.read(stage.table)["prompting"]) | {
-            json.loads(r)["prompting"] for r in store.read(stage.rejects)["request"]
+        written = task.writes
+        assert store.row_count(written.table, [SHARD]) + store.row_count(written.rejects, [SHARD]) == asked, task.name
+        modes = set(store.read(written.table)["prompting"]) | {
+            json.loads(r)["prompting"] for r in store.read(written.rejects)["request"]
         }
         assert modes == {TINY[f"synthesize_{task.name}"]["config"].get("prompting", "zero_shot")}
     derived = store.read(tables.DEMONSTRATION_PERSONAS)
@@ -194,7 +195,7 @@ def test_an_item_of_any_task_walks_back_to_its_text_and_its_demonstrations(pipel
     store, _, _ = pipeline
     traced = 0
     for task in TASKS.values():
-        items = store.read(task.stage.table, [SHARD])
+        items = store.read(task.table, [SHARD])
         if items.is_empty():
             continue
         item = items.row(0, named=True)

@@ -14,7 +14,8 @@ from persona_hub_dagster.defs.raw_text.sensors import text_shard_sensor
 from persona_hub_dagster.defs.resources import ShardSourceResource
 from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
 from persona_hub_dagster.lib import filesystems
-from persona_hub_dagster.lib.shards import ShardRegistry, shard_file
+from persona_hub_dagster.lib.shard_files import shard_file
+from persona_hub_dagster.lib.shards import ShardRegistry
 from persona_hub_dagster.lib.storage import DeltaStore
 
 SAMPLE = Path(str(package_files.files("persona_hub_dagster") / "data" / "sample_corpus.jsonl"))

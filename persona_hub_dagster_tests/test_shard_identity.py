@@ -18,7 +18,9 @@ from persona_hub_dagster.defs.raw_text.sensors import text_shard_sensor
 from persona_hub_dagster.defs.resources import ShardSourceResource
 from persona_hub_dagster.defs.storage import DeltaStorageResource
 from persona_hub_dagster.lib import filesystems, tables
-from persona_hub_dagster.lib.shards import ShardRegistry, content_digest, shard_file
+from persona_hub_dagster.lib.shard_files import shard_file
+from persona_hub_dagster.lib.shard_identity import content_digest
+from persona_hub_dagster.lib.shards import ShardRegistry
 from persona_hub_dagster.lib.storage import DeltaStore
 
 

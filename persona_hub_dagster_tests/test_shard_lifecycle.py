@@ -18,13 +18,8 @@ from persona_hub_dagster.defs.storage import DeltaStorageResource
 from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.llm.cache import ResponseCache, cache_namespace
 from persona_hub_dagster.lib.llm.types import Completion
-from persona_hub_dagster.lib.shards import (
-    InvalidShard,
-    ShardFile,
-    ShardRegistry,
-    unregister_shard,
-    validate_shard_key,
-)
+from persona_hub_dagster.lib.shard_files import InvalidShard, ShardFile, validate_shard_key
+from persona_hub_dagster.lib.shards import ShardRegistry, unregister_shard
 from persona_hub_dagster.lib.storage import DeltaStore
 from persona_hub_dagster_tests.helpers.hub_run import NURSE, PILOT, SAILOR, TEACHER, check, personas
 

@@ -6,17 +6,15 @@ import boto3
 import pytest
 
 from persona_hub_dagster.lib import filesystems
-from persona_hub_dagster.lib.shards import (
+from persona_hub_dagster.lib.shard_files import (
     InvalidShard,
-    ShardConflict,
-    ShardRegistry,
-    UnknownShard,
     detect_format,
-    discover_shard_files,
     shard_file,
     shard_key_for,
     validate_shard_key,
 )
+from persona_hub_dagster.lib.shard_identity import discover_shard_files
+from persona_hub_dagster.lib.shards import ShardConflict, ShardRegistry, UnknownShard
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,8 @@ def prepare(home: Path, storage: Path, source: Path) -> None:
     from persona_hub_dagster.defs.personas.assets import persona_to_persona_asset, text_to_persona_asset
     from persona_hub_dagster.defs.raw_text.assets import ingest_raw_text
     from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
-    from persona_hub_dagster.lib.shards import ShardRegistry, discover_shard_files
+    from persona_hub_dagster.lib.shard_identity import discover_shard_files
+    from persona_hub_dagster.lib.shards import ShardRegistry
 
     lines = (REPO / "persona_hub_dagster" / "data" / "sample_corpus.jsonl").read_text().splitlines()
     for index, key in enumerate(TEXT_SHARDS):

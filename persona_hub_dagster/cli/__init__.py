@@ -27,7 +27,8 @@ from persona_hub_dagster.cli.estimates import cmd_estimate
 from persona_hub_dagster.cli.instance import ensure_dagster_home
 from persona_hub_dagster.cli.parser import build_parser
 from persona_hub_dagster.lib import release
-from persona_hub_dagster.lib.shards import InvalidShard, ShardConflict
+from persona_hub_dagster.lib.shard_files import InvalidShard
+from persona_hub_dagster.lib.shards import ShardConflict
 
 __all__ = ["main"]
 

@@ -21,7 +21,9 @@ from persona_hub_dagster.cli.running import (
 )
 from persona_hub_dagster.lib import filesystems, release
 from persona_hub_dagster.lib.locations import normalize_location, project_dir
-from persona_hub_dagster.lib.shards import ShardConflict, ShardRegistry, alike_registered, content_digest, shard_file
+from persona_hub_dagster.lib.shard_files import shard_file
+from persona_hub_dagster.lib.shard_identity import alike_registered, content_digest
+from persona_hub_dagster.lib.shards import ShardConflict, ShardRegistry
 from persona_hub_dagster.lib.storage import DeltaStore
 
 

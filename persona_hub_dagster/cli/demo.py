@@ -10,7 +10,7 @@ from persona_hub_dagster.cli.running import DEFAULT_JOB, DEMONSTRATIONS_JOB, mat
 from persona_hub_dagster.lib import filesystems
 from persona_hub_dagster.lib.lineage import print_traced_example
 from persona_hub_dagster.lib.settings import read_stage_settings
-from persona_hub_dagster.lib.shards import shard_file
+from persona_hub_dagster.lib.shard_files import shard_file
 from persona_hub_dagster.lib.storage import DeltaStore
 
 SAMPLE_SHARD = "sample"
@@ -74,7 +74,7 @@ def _print_tables(shard: str) -> None:
 def _print_task_examples(store: DeltaStore, shard: str, width: int = 110) -> None:
     """One item per synthesis task (or, when the model produced none, why its outputs were rejected and what would
     help)."""
-    from persona_hub_dagster.lib.stage import empty_table_explanation
+    from persona_hub_dagster.lib.generation import empty_table_explanation
     from persona_hub_dagster.lib.synthesis.tasks import TASKS
 
     print(f"\nOne example per synthesis task (shard {shard!r}):")

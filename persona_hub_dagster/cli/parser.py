@@ -6,7 +6,7 @@ from persona_hub_dagster.cli.demo import SAMPLE_SHARD
 from persona_hub_dagster.cli.estimates import DEFAULT_SERVED_LATENCY_S
 from persona_hub_dagster.cli.running import DEFAULT_JOB
 from persona_hub_dagster.lib.settings import STAGE_SETTINGS_ENV
-from persona_hub_dagster.lib.shards import DEFAULT_PERSONA_COLUMN, KINDS
+from persona_hub_dagster.lib.shard_files import DEFAULT_PERSONA_COLUMN, KINDS
 from persona_hub_dagster.lib.synthesis.generate import EXAMPLE_PERSONA
 from persona_hub_dagster.lib.synthesis.steps import PROMPTING_MODES
 from persona_hub_dagster.lib.synthesis.tasks import TASKS

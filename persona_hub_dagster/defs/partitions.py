@@ -4,7 +4,8 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from persona_hub_dagster.lib.shards import ShardFile, ShardRegistry, unregister_shard
+from persona_hub_dagster.lib.shard_files import ShardFile
+from persona_hub_dagster.lib.shards import ShardRegistry, unregister_shard
 from persona_hub_dagster.lib.storage import DeltaStore
 
 text_shards = dg.DynamicPartitionsDefinition(name="text_shards")

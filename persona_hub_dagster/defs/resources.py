@@ -9,7 +9,7 @@ from persona_hub_dagster.defs.models import EmbeddingsResource, JudgeResource, L
 from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
 from persona_hub_dagster.lib.evaluation.contamination import Benchmark, benchmark_from_spec, configured_benchmarks
 from persona_hub_dagster.lib.locations import PERSONAS_FOLDER_ENV, default_source_location
-from persona_hub_dagster.lib.shards import DEFAULT_PERSONAS_FOLDER
+from persona_hub_dagster.lib.shard_files import DEFAULT_PERSONAS_FOLDER
 
 
 class ShardSourceResource(dg.ConfigurableResource):

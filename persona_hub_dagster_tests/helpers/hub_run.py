@@ -10,7 +10,8 @@ from persona_hub_dagster.defs.models import EmbeddingsResource
 from persona_hub_dagster.defs.partitions import text_shards
 from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
 from persona_hub_dagster.lib.ids import content_id
-from persona_hub_dagster.lib.shards import ShardFile, ShardRegistry
+from persona_hub_dagster.lib.shard_files import ShardFile
+from persona_hub_dagster.lib.shards import ShardRegistry
 
 NURSE = "A pediatric nurse who works night shifts at a large city hospital and volunteers at a free clinic."
 SAILOR = "A retired sailor living in a coastal town who collects stamps from former colonies and restores boats."

@@ -9,7 +9,9 @@ from persona_hub_dagster.defs.jobs import land_text_shard
 from persona_hub_dagster.defs.partitions import text_shards
 from persona_hub_dagster.defs.resources import ShardSourceResource
 from persona_hub_dagster.defs.storage import DeltaStorageResource
-from persona_hub_dagster.lib.shards import ShardFile, ShardRegistry, list_shard_candidates, plan_shards
+from persona_hub_dagster.lib.shard_files import ShardFile, list_shard_candidates
+from persona_hub_dagster.lib.shard_identity import plan_shards
+from persona_hub_dagster.lib.shards import ShardRegistry
 
 
 def listing_digest(files: list[ShardFile]) -> str:
