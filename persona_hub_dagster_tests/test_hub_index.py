@@ -14,6 +14,7 @@ from persona_hub_dagster.defs.partitions import text_shards
 from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
 from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.dedup import index as index_module
+from persona_hub_dagster.lib.dedup import vector_lists
 from persona_hub_dagster.lib.dedup.hub import (
     HubSettings,
     dedup_shard,
@@ -116,8 +117,8 @@ def test_vector_lookup_finds_the_earliest_match_with_its_exact_cosine(tmp_path):
 def test_planted_cross_shard_duplicates_are_found_after_training_and_retraining(tmp_path, monkeypatch):
     """Past TRAIN_AT vectors the index is an inverted file (lists probed, not all); its recall against an exact
     search stays >= 0.99, and retraining re-files every vector without losing one."""
-    monkeypatch.setattr(index_module, "TRAIN_AT", 2_000)
-    monkeypatch.setattr(index_module, "RETRAIN_GROWTH", 2)
+    monkeypatch.setattr(vector_lists, "TRAIN_AT", 2_000)
+    monkeypatch.setattr(vector_lists, "RETRAIN_GROWTH", 2)
     rng = np.random.default_rng(2)
     # Clustered data, as embeddings are: 40 topics, personas around them.
     topics = unit(rng, 40)
