@@ -21,14 +21,14 @@ from persona_hub_dagster.defs.stages import asset_key
 from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
 from persona_hub_dagster.defs.synthesis.assets import demonstrations_asset, synthesis_assets
 from persona_hub_dagster.lib import filesystems, tables
-from persona_hub_dagster.lib.generation import StageCall, persona_id
 from persona_hub_dagster.lib.lineage import format_trace, trace_any
 from persona_hub_dagster.lib.llm.client import LLMClient
 from persona_hub_dagster.lib.llm.types import Completion
-from persona_hub_dagster.lib.personas import GIVEN, persona_to_persona
+from persona_hub_dagster.lib.personas import GIVEN, persona_id, persona_to_persona
 from persona_hub_dagster.lib.shard_files import shard_file
 from persona_hub_dagster.lib.shard_identity import discover_shard_files
 from persona_hub_dagster.lib.shards import ShardRegistry
+from persona_hub_dagster.lib.stage import StageCall
 from persona_hub_dagster.lib.storage import DeltaStore
 from persona_hub_dagster_tests.conftest import REPO, free_port
 from persona_hub_dagster_tests.helpers.cli import persona_hub

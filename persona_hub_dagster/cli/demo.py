@@ -74,7 +74,7 @@ def _print_tables(shard: str) -> None:
 def _print_task_examples(store: DeltaStore, shard: str, width: int = 110) -> None:
     """One item per synthesis task (or, when the model produced none, why its outputs were rejected and what would
     help)."""
-    from persona_hub_dagster.lib.generation import empty_table_explanation
+    from persona_hub_dagster.lib.stage import empty_table_explanation
     from persona_hub_dagster.lib.synthesis.tasks import TASKS
 
     print(f"\nOne example per synthesis task (shard {shard!r}):")
