@@ -148,7 +148,7 @@ def fill(root: str, k: int, n: int) -> dict:
     sys.path.insert(0, str(BENCH))
     from persona_corpus import persona_corpus
 
-    from persona_hub_dagster.lib.dedup import hub
+    from persona_hub_dagster.lib.dedup import build, hub
     from persona_hub_dagster.lib.dedup.index import ShardEntries
     from persona_hub_dagster.lib.ids import content_ids
     from persona_hub_dagster.lib.storage import DeltaStore
@@ -163,13 +163,13 @@ def fill(root: str, k: int, n: int) -> dict:
         positions=rows,
         persona_ids=content_ids(texts),
         texts=texts,
-        keys=hub.band_keys_of(texts, settings),
+        keys=build.band_keys_of(texts, settings),
         vector_positions=rows,
         vectors=embedder.encode(texts),
         model=embedder.identity,
     )
-    with hub.open_index(DeltaStore(root=root)) as index:
-        index.add(entries, hub.index_layout(settings))
+    with build.open_index(DeltaStore(root=root)) as index:
+        index.add(entries, build.index_layout(settings))
         stats = {**index.stats(), "index_seconds": getattr(index, "seconds", {})}
     return {
         "filled": True,
@@ -195,6 +195,10 @@ def hub_step(root: str, k: int, catch_up: bool = True) -> dict:
     from persona_hub_dagster.lib.dedup import hub
     from persona_hub_dagster.lib.storage import DeltaStore
 
+    try:
+        from persona_hub_dagster.lib.dedup import build
+    except ImportError:  # the code before the index
+        build = None
     store = DeltaStore(root=root)
     shard, prefix = shard_name(k), [shard_name(j) for j in range(k)]
     # The quality rules are per-shard work that never touches earlier shards (~0.5 ms a persona: 50 s per shard here);
@@ -203,11 +207,11 @@ def hub_step(root: str, k: int, catch_up: bool = True) -> dict:
     embedder = HashedBagEmbedder()
     read_before, started, cpu_before = _rchar(), time.perf_counter(), _cpu_seconds()
     extra = {}
-    if hasattr(hub, "build_shard"):  # the index
-        with hub.open_index(store) as index:
+    if build is not None:  # the index
+        with build.open_index(store) as index:
             if catch_up:
-                hub.catch_up_index(index, store, settings, embedder)
-            result, _ = hub.build_shard(
+                build.catch_up_index(index, store, settings, embedder)
+            result, _ = build.build_shard(
                 store,
                 index,
                 shard,
@@ -313,7 +317,7 @@ def _earlier_vectors(store, k: int):
     """(persona ids, vectors) of each earlier shard's kept personas, in keep-first order: from the index where it
     holds the shard (filled shards have no tables), else from the embeddings table (the code before the index)."""
     from persona_hub_dagster.lib import tables
-    from persona_hub_dagster.lib.dedup.hub import _vector_array, open_index
+    from persona_hub_dagster.lib.dedup.build import _vector_array, open_index
 
     index_folder = Path(store.table_uri(tables.HUB_INDEX_PATH))
     index = open_index(store) if (index_folder / "manifest.json").exists() else None

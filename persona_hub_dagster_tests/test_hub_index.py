@@ -15,13 +15,8 @@ from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResourc
 from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.dedup import index as index_module
 from persona_hub_dagster.lib.dedup import vector_lists
-from persona_hub_dagster.lib.dedup.hub import (
-    HubSettings,
-    dedup_shard,
-    index_layout,
-    load_candidates,
-    open_index,
-)
+from persona_hub_dagster.lib.dedup.build import index_layout, open_index
+from persona_hub_dagster.lib.dedup.hub import HubSettings, dedup_shard, load_candidates
 from persona_hub_dagster.lib.dedup.index import HubIndex, ShardEntries
 from persona_hub_dagster.lib.ids import content_id
 from persona_hub_dagster.lib.shard_files import ShardFile

@@ -9,14 +9,8 @@ from persona_hub_dagster.defs.partitions import text_shards
 from persona_hub_dagster.defs.stages import asset_key, reported, settings_config, stage_defaults, stage_specs
 from persona_hub_dagster.defs.storage import DeltaStorageResource, commit_metadata, table_write_metadata
 from persona_hub_dagster.lib import tables
-from persona_hub_dagster.lib.dedup.hub import (
-    HubSettings,
-    build_shard,
-    catch_up_index,
-    hub_lineage,
-    open_index,
-    prefix_shards,
-)
+from persona_hub_dagster.lib.dedup.build import build_shard, catch_up_index, open_index
+from persona_hub_dagster.lib.dedup.hub import HubSettings, hub_lineage, prefix_shards
 from persona_hub_dagster.lib.embeddings import EMBEDDING_MODEL_ENV, embedding_identity
 from persona_hub_dagster.lib.shards import ShardRegistry
 
