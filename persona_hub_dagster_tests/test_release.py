@@ -14,7 +14,7 @@ import pytest
 
 from persona_hub_dagster.defs.release.assets import release_assets
 from persona_hub_dagster.defs.storage import DeltaStorageResource
-from persona_hub_dagster.lib import release, tables
+from persona_hub_dagster.lib import release, release_export, tables
 from persona_hub_dagster.lib.storage import DeltaStore
 from persona_hub_dagster.lib.synthesis.tasks import TASKS
 
@@ -62,7 +62,7 @@ def test_the_release_loads_with_the_datasets_library(evaluated, tmp_path):
     counts = built.counts()
     assert counts["train"] and counts["test"]
     folder = tmp_path / "math-release"
-    written = release.write(built, str(folder), storage_root=evaluated.root).files
+    written = release_export.write(built, str(folder), storage_root=evaluated.root).files
     assert {"README.md", "data/train-00000-of-00001.parquet", "chat/test.jsonl"} <= set(written)
     splits = datasets.load_dataset(
         "parquet",

@@ -19,7 +19,7 @@ import pytest
 from persona_hub_dagster import cli
 from persona_hub_dagster.defs.release.assets import release_assets
 from persona_hub_dagster.defs.storage import DeltaStorageResource
-from persona_hub_dagster.lib import filesystems, release, tables
+from persona_hub_dagster.lib import filesystems, release, release_export, tables
 from persona_hub_dagster.lib.locations import join_location
 from persona_hub_dagster.lib.storage import DeltaStore
 
@@ -81,15 +81,15 @@ def a_table(root: str) -> DeltaStore:
 def test_export_refuses_a_target_holding_other_files_and_keeps_them(place):
     target = join_location(place, "mine")
     filesystems.write_bytes(join_location(target, "notes.txt"), b"my notes")
-    with pytest.raises(release.ExportError, match=r"notes\.txt.*--force"):
-        release.write(small_release(), target, storage_root=join_location(place, "delta"))
+    with pytest.raises(release_export.ExportError, match=r"notes\.txt.*--force"):
+        release_export.write(small_release(), target, storage_root=join_location(place, "delta"))
     assert files_at(target) == {"notes.txt"} and not siblings_of(target)
 
 
 def test_force_moves_a_foreign_target_aside_instead_of_deleting_it(place):
     target = join_location(place, "mine")
     filesystems.write_bytes(join_location(target, "notes.txt"), b"my notes")
-    written = release.write(small_release(), target, storage_root=join_location(place, "delta"), force=True)
+    written = release_export.write(small_release(), target, storage_root=join_location(place, "delta"), force=True)
     assert written.moved_aside and files_at(written.moved_aside) == {"notes.txt"}
     assert files_at(target) == set(written.files) | {MARKER}
 
@@ -99,20 +99,20 @@ def test_the_storage_root_its_parents_and_its_tables_are_never_a_target_even_wit
     store = a_table(root)
     before = files_at(root)
     for target in (root, join_location(place, "deep"), place, store.table_uri(tables.PERSONA_HUB), root + "/_releases"):
-        with pytest.raises(release.ExportError, match="storage root"):
-            release.write(small_release(), target, storage_root=root, force=True)
+        with pytest.raises(release_export.ExportError, match="storage root"):
+            release_export.write(small_release(), target, storage_root=root, force=True)
     assert files_at(root) == before and store.read(tables.PERSONA_HUB).height == 1
     # Its _releases/<task> folder is where the release asset writes.
-    written = release.write(small_release(), release.release_location(store, "math"), storage_root=root)
+    written = release_export.write(small_release(), release_export.release_location(store, "math"), storage_root=root)
     assert "README.md" in written.files
 
 
 def test_a_re_export_replaces_its_own_release_and_only_that(place):
     target = join_location(place, "out")
     root = join_location(place, "delta")
-    release.write(small_release(splits=("train", "test")), target, storage_root=root)
+    release_export.write(small_release(splits=("train", "test")), target, storage_root=root)
     assert "chat/test.jsonl" in files_at(target)
-    second = release.write(small_release(splits=("train",)), target, storage_root=root, formats=("chat",))
+    second = release_export.write(small_release(splits=("train",)), target, storage_root=root, formats=("chat",))
     assert files_at(target) == {"README.md", "chat/train.jsonl", MARKER} == set(second.files) | {MARKER}
     marker = json.loads(filesystems.read_bytes(join_location(target, MARKER)))
     assert marker["task"] == "math" and marker["state"] == "complete" and sorted(second.files) == marker["files"]
@@ -121,16 +121,16 @@ def test_a_re_export_replaces_its_own_release_and_only_that(place):
 
 def test_a_release_of_another_task_is_replaced_only_when_forced(place):
     target, root = join_location(place, "out"), join_location(place, "delta")
-    release.write(small_release("reasoning"), target, storage_root=root)
-    with pytest.raises(release.ExportError, match="reasoning"):
-        release.write(small_release("math"), target, storage_root=root)
-    written = release.write(small_release("math"), target, storage_root=root, force=True)
+    release_export.write(small_release("reasoning"), target, storage_root=root)
+    with pytest.raises(release_export.ExportError, match="reasoning"):
+        release_export.write(small_release("math"), target, storage_root=root)
+    written = release_export.write(small_release("math"), target, storage_root=root, force=True)
     assert written.moved_aside is None  # a release it wrote: replaced, nothing to keep
 
 
 def test_a_write_that_fails_leaves_the_previous_release_whole(place, monkeypatch):
     target, root = join_location(place, "out"), join_location(place, "delta")
-    release.write(small_release(), target, storage_root=root)
+    release_export.write(small_release(), target, storage_root=root)
     before = {p: filesystems.read_bytes(join_location(target, p)) for p in files_at(target)}
     real_write, calls = filesystems.write_bytes, []
 
@@ -141,8 +141,8 @@ def test_a_write_that_fails_leaves_the_previous_release_whole(place, monkeypatch
         return real_write(uri, data)
 
     monkeypatch.setattr(filesystems, "write_bytes", failing_write)
-    with pytest.raises(release.ExportError, match="No space left on device"):
-        release.write(small_release(), target, storage_root=root)
+    with pytest.raises(release_export.ExportError, match="No space left on device"):
+        release_export.write(small_release(), target, storage_root=root)
     assert {p: filesystems.read_bytes(join_location(target, p)) for p in files_at(target)} == before
     assert not siblings_of(target)
 
@@ -161,13 +161,14 @@ def test_two_exports_at_once_one_wins_and_the_other_fails_clearly(place, monkeyp
     monkeypatch.setattr(filesystems, "write_bytes", slow_write)
     outcome = {}
     first = threading.Thread(
-        target=lambda: outcome.update(first=release.write(small_release(), target, storage_root=root)), name="first"
+        target=lambda: outcome.update(first=release_export.write(small_release(), target, storage_root=root)),
+        name="first",
     )
     first.start()
     try:
         assert first_is_writing.wait(30)
-        with pytest.raises(release.ExportError, match=r"another export to .* is in progress"):
-            release.write(small_release(splits=("train",)), target, storage_root=root)
+        with pytest.raises(release_export.ExportError, match=r"another export to .* is in progress"):
+            release_export.write(small_release(splits=("train",)), target, storage_root=root)
     finally:
         let_first_finish.set()
         first.join(30)
@@ -178,11 +179,11 @@ def test_two_exports_at_once_one_wins_and_the_other_fails_clearly(place, monkeyp
 def test_an_edited_marker_deletes_nothing_outside_the_release(place):
     target, root = join_location(place, "out"), join_location(place, "delta")
     filesystems.write_bytes(join_location(place, "victim.txt"), b"keep me")
-    release.write(small_release(), target, storage_root=root)
+    release_export.write(small_release(), target, storage_root=root)
     marker = json.loads(filesystems.read_bytes(join_location(target, MARKER)))
     marker["files"] += ["../victim.txt", "/victim.txt"]
     filesystems.write_bytes(join_location(target, MARKER), json.dumps(marker).encode())
-    release.write(small_release(splits=("train",)), target, storage_root=root)
+    release_export.write(small_release(splits=("train",)), target, storage_root=root)
     assert filesystems.read_bytes(join_location(place, "victim.txt")) == b"keep me"
 
 
@@ -190,7 +191,7 @@ def test_an_interrupted_replacement_on_s3_is_finished_by_the_next_export(s3_buck
     """S3 has no rename: files are copied in under a `writing` marker that lists both releases' files, so an export
     killed halfway leaves a prefix the next export recognizes as a release and cleans up."""
     target, root = f"s3://{s3_bucket}/out", f"s3://{s3_bucket}/delta"
-    release.write(small_release(), target, storage_root=root)
+    release_export.write(small_release(), target, storage_root=root)
     real_copy = filesystems.copy_file
 
     def copy_then_die(source, destination):
@@ -199,19 +200,21 @@ def test_an_interrupted_replacement_on_s3_is_finished_by_the_next_export(s3_buck
         real_copy(source, destination)
 
     monkeypatch.setattr(filesystems, "copy_file", copy_then_die)
-    with pytest.raises(release.ExportError, match="connection reset"):
-        release.write(small_release(splits=("train",), task="math"), target, storage_root=root, formats=("chat",))
+    with pytest.raises(release_export.ExportError, match="connection reset"):
+        release_export.write(
+            small_release(splits=("train",), task="math"), target, storage_root=root, formats=("chat",)
+        )
     assert json.loads(filesystems.read_bytes(join_location(target, MARKER)))["state"] == "writing"
     monkeypatch.setattr(filesystems, "copy_file", real_copy)
-    final = release.write(small_release(splits=("test",)), target, storage_root=root, formats=("jsonl",))
+    final = release_export.write(small_release(splits=("test",)), target, storage_root=root, formats=("jsonl",))
     assert files_at(target) == set(final.files) | {MARKER} == {"README.md", "jsonl/test.jsonl", MARKER}
 
 
 def test_a_mount_point_is_replaced_in_place(small_disk):
     """A mounted volume (a container's output folder) cannot be renamed: its files are replaced, the marker last."""
     target, root = str(small_disk), str(small_disk.parent / "delta")
-    release.write(small_release(), target, storage_root=root)
-    second = release.write(small_release(splits=("train",)), target, storage_root=root, formats=("chat",))
+    release_export.write(small_release(), target, storage_root=root)
+    second = release_export.write(small_release(splits=("train",)), target, storage_root=root, formats=("chat",))
     assert files_at(target) == set(second.files) | {MARKER}
     assert json.loads(filesystems.read_bytes(join_location(target, MARKER)))["state"] == "complete"
 
@@ -234,9 +237,11 @@ def test_the_lock_has_exactly_one_winner_among_racing_writers(place):
 
 def test_a_release_folder_written_before_markers_is_still_recognized_as_one(tmp_path):
     target = tmp_path / "out"
-    for path, data in release.release_files(small_release(), release.FORMATS).items():  # the layout, no marker
+    for path, data in release_export.release_files(
+        small_release(), release_export.FORMATS
+    ).items():  # the layout, no marker
         filesystems.write_bytes(str(target / path), data)
-    written = release.write(small_release(splits=("train",)), str(target), storage_root=str(tmp_path / "delta"))
+    written = release_export.write(small_release(splits=("train",)), str(target), storage_root=str(tmp_path / "delta"))
     assert written.moved_aside is None and files_at(str(target)) == set(written.files) | {MARKER}
 
 
@@ -247,7 +252,7 @@ def test_the_release_asset_refuses_a_foreign_releases_folder(tmp_path, monkeypat
     (math,) = [a for a in release_assets if a.key.path[-1] == "math"]
     resources = {"storage": DeltaStorageResource(root=root)}
     assert dg.materialize([math], resources=resources).success
-    folder = release.release_location(store, "math")
+    folder = release_export.release_location(store, "math")
     assert MARKER in files_at(folder)
     filesystems.write_bytes(join_location(folder, "someone-elses.txt"), b"x")
     result = dg.materialize([math], resources=resources, raise_on_error=False)

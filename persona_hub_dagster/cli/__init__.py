@@ -26,7 +26,7 @@ from persona_hub_dagster.cli.demo import cmd_demo
 from persona_hub_dagster.cli.estimates import cmd_estimate
 from persona_hub_dagster.cli.instance import ensure_dagster_home
 from persona_hub_dagster.cli.parser import build_parser
-from persona_hub_dagster.lib import release
+from persona_hub_dagster.lib import release_export
 from persona_hub_dagster.lib.shard_files import InvalidShard
 from persona_hub_dagster.lib.shards import ShardConflict
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_dagster_home()
     try:
         return COMMANDS[args.command](args)
-    except (InvalidShard, ShardConflict, release.ExportError, FileNotFoundError, LookupError, ValueError) as exc:
+    except (InvalidShard, ShardConflict, release_export.ExportError, FileNotFoundError, LookupError, ValueError) as exc:
         if args.verbose:
             raise
         print(f"error: {exc}", file=sys.stderr)

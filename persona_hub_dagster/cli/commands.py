@@ -19,7 +19,7 @@ from persona_hub_dagster.cli.running import (
     run_job,
     run_settings,
 )
-from persona_hub_dagster.lib import filesystems, release
+from persona_hub_dagster.lib import filesystems, release, release_export
 from persona_hub_dagster.lib.locations import normalize_location, project_dir
 from persona_hub_dagster.lib.shard_files import shard_file
 from persona_hub_dagster.lib.shard_identity import alike_registered, content_digest
@@ -169,7 +169,7 @@ def cmd_export(args) -> int:
     store = DeltaStore()
     built = release.build(store, TASKS[args.task], settings_from(release.ReleaseSettings, values))
     formats = tuple(args.format or ["parquet"])
-    written = release.write(built, args.out, formats, storage_root=store.root, force=args.force)
+    written = release_export.write(built, args.out, formats, storage_root=store.root, force=args.force)
     if written.moved_aside:
         print(f"note: {args.out} held files no release wrote: moved them to {written.moved_aside}")
     counts = built.counts()
@@ -188,7 +188,7 @@ def _push(folder: str, repo_id: str) -> int:
 
         # The marker is this machine's bookkeeping (what a re-export may replace), not part of the data set.
         HfApi().upload_folder(
-            folder_path=folder, repo_id=repo_id, repo_type="dataset", ignore_patterns=[release.MARKER]
+            folder_path=folder, repo_id=repo_id, repo_type="dataset", ignore_patterns=[release_export.MARKER]
         )
     except Exception as exc:  # offline, no token, no such repo: one line, not a trace
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__

@@ -9,7 +9,7 @@ from persona_hub_dagster.defs.storage import (
     metadata_value,
     table_write_metadata,
 )
-from persona_hub_dagster.lib import release, tables
+from persona_hub_dagster.lib import release, release_export, tables
 from persona_hub_dagster.lib.synthesis.steps import SynthesisTask
 from persona_hub_dagster.lib.synthesis.tasks import TASKS
 
@@ -33,14 +33,14 @@ def release_asset(task: SynthesisTask) -> dg.AssetsDefinition:
         write = store.write_partitions(
             table, built.rows, partitions=None, commit_metadata=commit_metadata(context.run.run_id, asset_key(table))
         )
-        location = release.release_location(store, task.name)
-        written = release.write(built, location, storage_root=store.root)
+        location = release_export.release_location(store, task.name)
+        written = release_export.write(built, location, storage_root=store.root)
         context.log.info(f"release/{task.name}: {built.counts()} items at {location}")
         return dg.MaterializeResult(
             metadata={
                 **table_write_metadata(write, release.lineage(task)),
                 "location": dg.MetadataValue.path(location),
-                "dataset_card": dg.MetadataValue.md(release.dataset_card(built)),
+                "dataset_card": dg.MetadataValue.md(release_export.dataset_card(built)),
                 **{key: metadata_value(value) for key, value in release.metadata(built, written.files).items()},
             }
         )
