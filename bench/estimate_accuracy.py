@@ -51,12 +51,12 @@ def actuals(home: str, shard: str) -> dict[str, dict]:
     found = {}
     with dg.DagsterInstance.from_config(home) as instance:
         for declared in DECLARED_STAGES.values():
-            event = instance.get_latest_materialization_event(asset_key(declared.stage.table))
+            event = instance.get_latest_materialization_event(asset_key(declared.table))
             if event is None or event.asset_materialization.partition not in (shard, None):
                 continue
             metadata = {k: v.value for k, v in event.asset_materialization.metadata.items()}
             if "llm/requests" in metadata:
-                found[declared.stage.table.name] = metadata
+                found[declared.table.name] = metadata
     return found
 
 

@@ -31,8 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_every_evaluation_writes_one_row_per_item_with_passed_checks_and_properties(evaluated):
     store = evaluated
     for name, stage in EVALUATIONS.items():
-        rows = store.read(stage.stage.table)
-        items = store.read(TASKS[name].stage.table)
+        rows = store.read(stage.table)
+        items = store.read(TASKS[name].table)
         assert sorted(rows["item_id"]) == sorted(items["item_id"]), name
         assert rows["passed"].dtype == pl.Boolean and rows["passed"].is_not_null().all()
         assert {"duplicate_of", "persona_similarity", "contaminated"} <= set(rows.columns)
@@ -58,7 +58,7 @@ def test_the_report_materializes_over_two_shards_with_charts_and_html(evaluated)
     assert set(table["task"]) == set(TASKS)
     assert set(table["shard"]) == {*SHARDS, report.ALL_SHARDS}
     totals = table.filter(pl.col("shard") == report.ALL_SHARDS)
-    items = {name: store.row_count(TASKS[name].stage.table) for name in TASKS}
+    items = {name: store.row_count(TASKS[name].table) for name in TASKS}
     assert dict(totals.select("task", "items").iter_rows()) == items == {name: 2 + 3 for name in TASKS}
     assert (totals["contamination"] == "not checked").all() and totals["contaminated"].is_null().all()
     math = totals.filter(pl.col("task") == "math").row(0, named=True)
@@ -83,7 +83,7 @@ def test_the_report_materializes_over_two_shards_with_charts_and_html(evaluated)
 def test_an_evaluation_checks_a_configured_benchmark_through_the_stage_factory(evaluated, tmp_path):
     """eval/tools (no model needed) as Dagster runs it, with a benchmark that holds one of the items verbatim."""
     store = evaluated
-    tools = store.read(TASKS["tools"].stage.table, ["south"])
+    tools = store.read(TASKS["tools"].table, ["south"])
     planted = TASKS["tools"].item_text(tools.row(0, named=True))
     bench = tmp_path / "tool-bench.jsonl"
     bench.write_text(json.dumps({"text": "Something unrelated about tides."}) + "\n" + json.dumps({"text": planted}))

@@ -8,7 +8,7 @@ import pytest
 
 from persona_hub_dagster.lib.storage import DeltaStore
 from persona_hub_dagster.lib.tables import LLM_RESPONSES
-from persona_hub_dagster_tests.helpers.killed_run import STAGE, kill_once_committed
+from persona_hub_dagster_tests.helpers.killed_run import SCRIPT, kill_once_committed
 
 N, BATCH = 24, 4
 
@@ -18,12 +18,12 @@ N, BATCH = 24, 4
 def test_a_killed_run_resumes_from_the_cache_without_lost_or_duplicated_rows(tmp_path):
     root = str(tmp_path / "delta")
     store = DeltaStore(root=root)
-    finished_calls = kill_once_committed([sys.executable, str(STAGE), root, str(N), str(BATCH)], store, 2 * BATCH)
+    finished_calls = kill_once_committed([sys.executable, str(SCRIPT), root, str(N), str(BATCH)], store, 2 * BATCH)
     assert BATCH <= finished_calls < N and finished_calls % BATCH == 0  # whole batches, committed atomically
     assert not store.exists("resume_output")
 
     second = subprocess.run(
-        [sys.executable, str(STAGE), root, str(N), str(BATCH)], capture_output=True, text=True, timeout=300
+        [sys.executable, str(SCRIPT), root, str(N), str(BATCH)], capture_output=True, text=True, timeout=300
     )
     assert second.returncode == 0, second.stderr
     usage = json.loads(second.stdout.strip().splitlines()[-1])

@@ -16,7 +16,7 @@ from persona_hub_dagster.lib.llm.window import AdaptiveWindow
 from persona_hub_dagster.lib.storage import DeltaStore
 from persona_hub_dagster.lib.tables import LLM_RESPONSES
 from persona_hub_dagster_tests.conftest import REPO, free_port
-from persona_hub_dagster_tests.helpers.killed_run import STAGE, kill_once_committed
+from persona_hub_dagster_tests.helpers.killed_run import SCRIPT, kill_once_committed
 
 
 class StubServer:
@@ -122,7 +122,7 @@ def test_a_killed_streaming_run_resumes_without_paying_again_for_what_it_committ
     n, batch = 400, 8
     root = str(tmp_path / "delta")
     store = DeltaStore(root=root)
-    command = [sys.executable, str(STAGE), root, str(n), str(batch), server.base_url]
+    command = [sys.executable, str(SCRIPT), root, str(n), str(batch), server.base_url]
     committed = kill_once_committed(command, store, 2 * batch, timeout=120)
     assert batch <= committed < n  # answers were committed as they arrived, before the end
     while server.stats()["serving"]:  # the killed run's requests in flight still finish (and count) at the server

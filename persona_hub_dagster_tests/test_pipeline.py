@@ -135,10 +135,10 @@ def test_every_stage_materializes_the_shard(pipeline):
     # Every task ran on the embedded model, and every item it asked for is a row or a reject (nothing vanished).
     for task in TASKS.values():
         asked = TINY[f"synthesize_{task.name}"]["config"]["personas"]
-        stage = task.stage
-        assert store.row_count(stage.table, [SHARD]) + store.row_count(stage.rejects, [SHARD]) == asked, task.name
-        modes = set(store.read(stage.table)["prompting"]) | {
-            json.loads(r)["prompting"] for r in store.read(stage.rejects)["request"]
+        written = task.writes
+        assert store.row_count(written.table, [SHARD]) + store.row_count(written.rejects, [SHARD]) == asked, task.name
+        modes = set(store.read(written.table)["prompting"]) | {
+            json.loads(r)["prompting"] for r in store.read(written.rejects)["request"]
         }
         assert modes == {TINY[f"synthesize_{task.name}"]["config"].get("prompting", "zero_shot")}
     derived = store.read(tables.DEMONSTRATION_PERSONAS)
@@ -195,7 +195,7 @@ def test_an_item_of_any_task_walks_back_to_its_text_and_its_demonstrations(pipel
     store, _, _ = pipeline
     traced = 0
     for task in TASKS.values():
-        items = store.read(task.stage.table, [SHARD])
+        items = store.read(task.table, [SHARD])
         if items.is_empty():
             continue
         item = items.row(0, named=True)

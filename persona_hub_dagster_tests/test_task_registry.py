@@ -89,7 +89,7 @@ def test_the_registries_are_derived_from_the_tasks():
     assert list(EVALUATIONS) == [name for task in TASKS.values() for name in task.evaluation_names()]
     assert {name for name, task in TASKS.items() if task.runs_programs} == RUNS_PROGRAMS == {"math", "tools"}
     for name, task in TASKS.items():
-        assert EVALUATIONS[name].stage.table.path == ("eval", name)  # the first evaluation keeps eval/<task>
+        assert EVALUATIONS[name].table.path == ("eval", name)  # the first evaluation keeps eval/<task>
         assert task.release is not None and task.release.categories
 
 
@@ -127,7 +127,7 @@ def postcards(*evaluations: Evaluation) -> SynthesisTask:
 
 def test_a_task_may_declare_several_evaluations_each_with_its_own_table():
     stages = evaluation_stages(postcards(Evaluation(rubric=rubric()), Evaluation(rubric=rubric(), name="style")))
-    assert {name: stage.stage.table.path for name, stage in stages.items()} == {
+    assert {name: stage.table.path for name, stage in stages.items()} == {
         "postcards": ("eval", "postcards"),
         "postcards_style": ("eval", "postcards_style"),
     }

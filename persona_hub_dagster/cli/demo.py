@@ -79,23 +79,24 @@ def _print_task_examples(store: DeltaStore, shard: str, width: int = 110) -> Non
 
     print(f"\nOne example per synthesis task (shard {shard!r}):")
     for task in TASKS.values():
-        stage = task.stage
-        if not store.exists(stage.table):
+        written = task.writes
+        if not store.exists(written.table):
             continue
-        rows = store.scan(stage.table, [shard]).sort("item_id").head(1).collect()
-        rejects = store.scan(stage.rejects, [shard]).select("reason").collect() if store.exists(stage.rejects) else None
+        rows = store.scan(written.table, [shard]).sort("item_id").head(1).collect()
+        rejects = None
+        if store.exists(written.rejects):
+            rejects = store.scan(written.rejects, [shard]).select("reason").collect()
         rejected = rejects.height if rejects is not None else 0
-        counts = f"{store.row_count(stage.table, [shard])} items, {rejected} rejected"
+        counts = f"{store.row_count(written.table, [shard])} items, {rejected} rejected"
         if rows.is_empty():
             why = empty_table_explanation(rejects["reason"].to_list() if rejected else [])
-            print(f"  {stage.name:<24} ({counts}) no item: {why}")
+            print(f"  {written.name:<24} ({counts}) no item: {why}")
             continue
         row = rows.row(0, named=True)
         fields = {name: row[name] for name in task.columns}
         text = " ".join(json.dumps(fields, ensure_ascii=False, default=str).split())
-        print(
-            f"  {stage.name:<24} ({counts}, {row['prompting']}) {text[:width] + (' ...' if len(text) > width else '')}"
-        )
+        shown = text[:width] + (" ..." if len(text) > width else "")
+        print(f"  {written.name:<24} ({counts}, {row['prompting']}) {shown}")
 
 
 def _print_report(store: DeltaStore) -> None:

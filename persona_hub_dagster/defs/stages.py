@@ -1,10 +1,11 @@
-"""The one factory for LLM stage assets, and what every stage asset shares: asset keys from the catalog, run config
+"""The one factory for stage assets, and what every stage asset shares: asset keys from the catalog, run config
 from a stage's settings, code versions, and writing a stage's tables for one shard.
 
-A stage is declared in lib/ (`lib.stage.LLMStage`: its tables, inputs, settings and `run`); `llm_stage_asset`
-turns that declaration into a multi-asset: one spec per table, the upstream partition loaded by the IO manager,
-run config generated from the settings dataclass (its defaults and docs, said once in lib/), the response-cached LLM
-client, and every table written atomically for the partition with its metadata and the LLM usage.
+A stage is declared in lib/ (`lib.stage.Stage`: the tables it writes and reads, its settings and `run`);
+`stage_asset` turns that declaration into a multi-asset: one spec per table, the upstream partition loaded by the IO
+manager, run config generated from the settings dataclass (its defaults and docs, said once in lib/), the
+response-cached LLM client (for a stage that calls a model), and every table written atomically for the partition
+with its metadata and the LLM usage.
 """
 
 import dataclasses
@@ -36,9 +37,9 @@ from persona_hub_dagster.lib.settings import (
     settings_from,
 )
 from persona_hub_dagster.lib.shards import holds_given_personas
-from persona_hub_dagster.lib.stage import LLMStage, StageCall, StageResult, empty_table_explanation
+from persona_hub_dagster.lib.stage import Stage, StageCall, StageResult, empty_table_explanation
 from persona_hub_dagster.lib.storage import DeltaStore
-from persona_hub_dagster.lib.tables import Stage, Table
+from persona_hub_dagster.lib.tables import StageTables, Table
 
 STORAGE_KINDS = frozenset({"deltalake", "polars"})
 
@@ -60,7 +61,7 @@ def configured_model(judge: bool = False) -> str:
 
 
 def stage_specs(
-    stage: Stage,
+    written: StageTables,
     *,
     deps: Sequence[Table],
     group: str,
@@ -82,7 +83,7 @@ def stage_specs(
             automation_condition=automation_condition,
             tags=tags,
         )
-        for index, table in enumerate(stage.tables)
+        for index, table in enumerate(written.tables)
     ]
 
 
@@ -102,7 +103,7 @@ class SettingsConfig(dg.Config):
 
 
 class StageConfig(SettingsConfig):
-    """What every LLM stage takes besides its own settings."""
+    """What every stage takes besides its own settings."""
 
     batch_size: int = Field(default=32, description="Requests per backend call and per response-cache commit.")
 
@@ -120,7 +121,7 @@ def stage_overrides() -> dict[str, dict[str, Any]]:
 # Every op whose settings a deployment file or a command line may set, with the settings it takes, and every LLM
 # stage's declaration by op (filled as the code location loads).
 _CONFIGURABLE_OPS: dict[str, set[str]] = {}
-DECLARED_STAGES: dict[str, LLMStage] = {}
+DECLARED_STAGES: dict[str, Stage] = {}
 
 
 def stage_defaults(settings_type: type, op: str | None) -> Any:
@@ -184,10 +185,10 @@ def settings_config(
 MODEL_RESOURCES = ("llm", "judge")
 
 
-def llm_stage_asset(
-    declared: LLMStage, *, group: str, kinds: Sequence[str] = (), automated: bool = True
+def stage_asset(
+    declared: Stage, *, group: str, kinds: Sequence[str] = (), automated: bool = True
 ) -> dg.AssetsDefinition:
-    """The multi-asset of an LLM stage, from its declaration alone. `automated`: it follows the tables it reads
+    """The multi-asset of a stage, from its declaration alone. `automated`: it follows the tables it reads
     (defs/automation.py); otherwise a schedule or a person runs it."""
     inputs = {_input_name(t): t for t in declared.reads}
     config_type = settings_config(
@@ -204,7 +205,7 @@ def llm_stage_asset(
     @dg.multi_asset(
         name=declared.op,
         specs=stage_specs(
-            declared.stage,
+            declared.writes,
             deps=[*declared.reads, *declared.uses],
             group=group,
             code_version=declared.code_version(
@@ -217,17 +218,17 @@ def llm_stage_asset(
         ),
         pool=llm_pool(configured_llm(judge)) if model_key else None,
         ins={name: dg.AssetIn(asset_key(table)) for name, table in inputs.items()},
-        partitions_def=text_shards if declared.stage.partitioned else None,
+        partitions_def=text_shards if declared.partitioned else None,
         required_resource_keys={"storage", *declared.resources},
         check_specs=[
-            dg.AssetCheckSpec(warning.name, asset=asset_key(declared.stage.table), description=warning.description)
+            dg.AssetCheckSpec(warning.name, asset=asset_key(declared.table), description=warning.description)
             for warning in declared.warnings
         ],
         can_subset=True,  # a selection may name some of the stage's tables; it writes them all (`reported`)
     )
-    def stage_asset(context: dg.AssetExecutionContext, config: config_type, **upstream: pl.LazyFrame):  # type: ignore[valid-type]
+    def materialize_stage(context: dg.AssetExecutionContext, config: config_type, **upstream: pl.LazyFrame):  # type: ignore[valid-type]
         resources = context.resources
-        shard = context.partition_key if declared.stage.partitioned else None
+        shard = context.partition_key if declared.partitioned else None
         store, run_id = resources.storage.store(), context.run.run_id
         model = getattr(resources, model_key) if model_key else None
         client = model.client(store, stage=declared.name, shard=shard or "", run_id=run_id) if model else None
@@ -247,8 +248,8 @@ def llm_stage_asset(
         result = declared.run({inputs[name]: frame for name, frame in upstream.items()}, call, settings)
         if client is not None:
             client.progress.finish()
-        main = result.tables[declared.stage.table]
-        rejects = result.tables.get(declared.stage.rejects) if declared.stage.rejects else None
+        main = result.tables[declared.table]
+        rejects = result.tables.get(declared.rejects) if declared.rejects else None
         if main.is_empty() and rejects is not None:
             result.metadata["empty_because"] = empty_table_explanation(rejects["reason"].to_list())
         context.log.info(
@@ -260,17 +261,17 @@ def llm_stage_asset(
             result.metadata.update(_estimated(declared, settings, store, shard, upstream, judge=judge))
         yield from reported(
             context,
-            write_stage_tables(context, store, shard, declared.stage, result, usage=usage, lineage=declared.lineage),
+            write_stage_tables(context, store, shard, declared.writes, result, usage=usage, lineage=declared.lineage),
         )
         yield from _warnings(context, declared, result)
         if client is not None and client.stopped_by_budget:
             raise dg.Failure(_budget_message(declared, shard, client, main.height), allow_retries=False)
 
-    return stage_asset
+    return materialize_stage
 
 
 def _estimated(
-    declared: LLMStage, settings: Any, store: DeltaStore, shard: str | None, upstream: Mapping, *, judge: bool
+    declared: Stage, settings: Any, store: DeltaStore, shard: str | None, upstream: Mapping, *, judge: bool
 ) -> dict[str, int]:
     """What `persona-hub estimate` would have said of this stage given the rows it actually read, shown beside the
     llm/* actuals, so the estimators' error is visible per run (bench/RESULTS.md measures it across corpora)."""
@@ -294,10 +295,10 @@ def _estimated(
     }
 
 
-def _warnings(context: dg.AssetExecutionContext, declared: LLMStage, result: StageResult) -> Iterator:
+def _warnings(context: dg.AssetExecutionContext, declared: Stage, result: StageResult) -> Iterator:
     """The stage's warning checks on its main table, from the result's metadata (those the run selected)."""
     for warning in declared.warnings:
-        key = dg.AssetCheckKey(asset_key(declared.stage.table), warning.name)
+        key = dg.AssetCheckKey(asset_key(declared.table), warning.name)
         if key not in context.selected_asset_check_keys:
             continue
         problem = warning.problem(result.metadata)
@@ -310,7 +311,7 @@ def _warnings(context: dg.AssetExecutionContext, declared: LLMStage, result: Sta
         )
 
 
-def _budget_message(declared: LLMStage, shard: str | None, client, rows: int) -> str:
+def _budget_message(declared: Stage, shard: str | None, client, rows: int) -> str:
     budget, usage = client.budget, client.usage
     return (
         f"{declared.name} {shard or ''} stopped at the run's token budget: the run's calls to this model spent "
@@ -321,14 +322,14 @@ def _budget_message(declared: LLMStage, shard: str | None, client, rows: int) ->
     )
 
 
-def _refuse_to_empty(declared: LLMStage, store: DeltaStore, shard: str | None, upstream: dict) -> None:
+def _refuse_to_empty(declared: Stage, store: DeltaStore, shard: str | None, upstream: dict) -> None:
     """A partition whose every input is empty would replace the stage's rows with none: when the stage's table holds
     rows for it, that is almost always an upstream accident (a truncated re-ingest, a failed stage), so stop."""
-    if shard is None or not upstream or not store.exists(declared.stage.table):
+    if shard is None or not upstream or not store.exists(declared.table):
         return
     if any(frame.head(1).collect().height for frame in upstream.values()):
         return
-    existing = store.row_count(declared.stage.table, [shard])
+    existing = store.row_count(declared.table, [shard])
     if existing:
         inputs = ", ".join(t.name for t in declared.reads)
         raise dg.Failure(
@@ -343,7 +344,7 @@ def write_stage_tables(
     context: dg.AssetExecutionContext,
     store: DeltaStore,
     shard: str | None,
-    stage: Stage,
+    written: StageTables,
     result: StageResult,
     *,
     usage: UsageStats | None = None,
@@ -352,20 +353,20 @@ def write_stage_tables(
     """Write each table's partition for the shard (replacing exactly that shard; the whole table when the stage is
     unpartitioned), and report each materialization with its table metadata; the stage's own metadata and the LLM
     usage go on its main table, and so does its column lineage."""
-    missing = [t.name for t in stage.tables if t not in result.tables]
+    missing = [t.name for t in written.tables if t not in result.tables]
     if missing:
-        raise ValueError(f"Stage {stage.name} returned no frame for {missing}")
-    provenance = commit_metadata(context.run.run_id, asset_key(stage.table))
-    for table in stage.tables:
+        raise ValueError(f"Stage {written.name} returned no frame for {missing}")
+    provenance = commit_metadata(context.run.run_id, asset_key(written.table))
+    for table in written.tables:
         write = store.write_partitions(
             table, result.tables[table], partitions=[shard] if shard is not None else None, commit_metadata=provenance
         )
         extra: dict[str, dg.MetadataValue] = {}
-        if table == stage.table:
+        if table == written.table:
             extra = {key: metadata_value(value) for key, value in result.metadata.items()}
             if usage is not None:
                 extra.update(usage_metadata(usage))
-        main_lineage = lineage if table == stage.table else None
+        main_lineage = lineage if table == written.table else None
         yield dg.MaterializeResult(
             asset_key=asset_key(table), metadata={**table_write_metadata(write, main_lineage), **extra}
         )

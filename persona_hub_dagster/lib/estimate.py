@@ -1,7 +1,7 @@
 """Knowing the cost before paying it: for one shard, per stage, the LLM calls, prompt and completion tokens, time and
 money, before anything runs.
 
-Each stage declares its own estimator next to its declaration (`LLMStage.estimate`: fan-out, hops, personas sampled,
+Each stage declares its own estimator next to its declaration (`Stage.estimate`: fan-out, hops, personas sampled,
 solutions per item, turns are its settings); this module only walks them in the job's order, carrying the rows each
 stage will write to the stages that read them (`Estimating.rows`). What goes in:
 - the shard's texts (from raw_text when it is materialized, else read and cleaned from the registered file), whose
@@ -197,7 +197,7 @@ def approximate_tokens(text: str) -> int:
 
 
 def estimate_stages(stages: Sequence[tuple[Any, Any]], shard: Estimating) -> list[StageEstimate]:
-    """`stages`: (LLMStage, its settings) in the job's order; each declared estimator sees the rows of those before."""
+    """`stages`: (Stage, its settings) in the job's order; each declared estimator sees the rows of those before."""
     return [stage.estimate(settings, shard) for stage, settings in stages if stage.estimate is not None]
 
 

@@ -145,13 +145,13 @@ def print_traced_example(store: DeltaStore, shard: str, width: int = 110) -> Non
     from persona_hub_dagster.lib.synthesis.tasks import TASKS
 
     task = next(
-        (t for t in TASKS.values() if store.exists(t.stage.table) and store.row_count(t.stage.table, [shard]) > 0),
+        (t for t in TASKS.values() if store.exists(t.table) and store.row_count(t.table, [shard]) > 0),
         None,
     )
     if task is None:
         print("\n(no synthetic items to trace)")
         return
-    items = store.scan(task.stage.table, [shard]).select("item_id", "persona_id").collect()
+    items = store.scan(task.table, [shard]).select("item_id", "persona_id").collect()
     hub = store.scan(HUB, [shard]).select("persona_id", "source").collect()
     ranked = items.join(hub, on="persona_id", how="left").with_columns(
         expanded=(pl.col("source") == "expanded_personas")

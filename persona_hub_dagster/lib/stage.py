@@ -1,16 +1,16 @@
-"""What every generative stage shares: its declaration, turning a prompt template into requests, and model answers
-into rows or rejections.
+"""The stage framework: a stage's declaration, what running it takes and returns, turning a prompt template into
+requests, and model answers into rows or rejections.
 
-A stage is declared once as an `LLMStage`: the catalog entry of the tables it writes, the tables it reads, its
-settings (a frozen dataclass whose fields, defaults and `doc`s are the run config defs/ builds), what goes into its
-code version, and `run`, which turns one partition of its inputs into its tables. defs/stages.py builds the Dagster
-asset of every stage from that declaration alone.
+A stage is one step of the method that writes its tables together (Text-to-Persona, a synthesis task, an
+evaluation), declared once as a `Stage`: the tables it writes (`StageTables`, from the catalog), the tables it reads,
+its settings (a frozen dataclass whose fields, defaults and `doc`s are the run config defs/ builds), what goes into
+its code version, and `run`, which turns one partition of its inputs into its tables. defs/stages.py builds the
+Dagster asset of every stage from that declaration alone.
 
-Inside `run`, a stage (Text-to-Persona, Persona-to-Persona, a synthesis task, a solver) plans `Planned` requests,
-each carrying the ids its output rows need (text_id, persona_id, ...); `LLMClient.generate_batches` answers them batch
-by batch (each batch one cache commit, so a killed run resumes where it stopped); the stage's parser turns an accepted
-answer into rows, and everything else, the raw text included, becomes a row of the stage's rejects table with the
-reason.
+Inside `run`, a stage that asks a model plans `Planned` requests, each carrying the ids its output rows need (text_id,
+persona_id, ...); `LLMClient.generate_batches` answers them batch by batch (each batch one cache commit, so a killed run
+resumes where it stopped); the stage's parser turns an accepted answer into rows, and everything else, the raw text
+included, becomes a row of the stage's rejects table with the reason.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from persona_hub_dagster.lib.llm.client import LLMClient
 from persona_hub_dagster.lib.llm.types import LLMRequest, LLMResponse, SamplingParams
 from persona_hub_dagster.lib.prompts import PromptTemplate
 from persona_hub_dagster.lib.storage import DeltaStore, capped
-from persona_hub_dagster.lib.tables import Stage, Table
+from persona_hub_dagster.lib.tables import StageTables, Table
 
 REJECTS_SCHEMA = {
     "shard": pl.String,
@@ -81,8 +81,11 @@ class StageWarning:
 
 
 @dataclass(frozen=True)
-class LLMStage:
-    stage: Stage  # the catalog entry: the tables it writes, main table first
+class Stage:
+    """A stage's declaration: everything defs/ needs to build its asset, and `run`, which does its work. Running it
+    is a `StageCall` in, a `StageResult` out; a stage that asks a model keeps the `Provenance` of every row."""
+
+    writes: StageTables  # the catalog entry: the tables it writes, main table first
     op: str  # the step's name (run config `ops: {<op>: {config: ...}}`)
     settings: type  # a frozen dataclass of lib.settings.setting fields; its defaults are the stage's defaults
     run: Callable[[Mapping[Table, pl.LazyFrame], StageCall, Any], StageResult]
@@ -99,7 +102,21 @@ class LLMStage:
 
     @property
     def name(self) -> str:
-        return self.stage.name
+        """Its main table's name: the asset key, the `stage` column of its rejects, its response cache's namespace."""
+        return self.writes.name
+
+    @property
+    def table(self) -> Table:
+        """Its main table."""
+        return self.writes.table
+
+    @property
+    def rejects(self) -> Table | None:
+        return self.writes.rejects
+
+    @property
+    def partitioned(self) -> bool:
+        return self.writes.partitioned
 
     def code_version(self, settings: Any, model_identity: str) -> str:
         """`<prompt versions>-<hash of model, sampling and the rest>`: editing a template, switching the model or
@@ -132,18 +149,21 @@ class Rejected(ValueError):
 
 
 @dataclass
-class StageOutput:
+class RowsAndRejects:
+    """What a batch of planned requests came to: the rows parsed from accepted answers, and the rejects."""
+
     rows: list[dict[str, Any]] = field(default_factory=list)
     rejects: list[dict[str, Any]] = field(default_factory=list)
 
-    def extend(self, other: StageOutput) -> None:
+    def extend(self, other: RowsAndRejects) -> None:
         self.rows.extend(other.rows)
         self.rejects.extend(other.rejects)
 
 
 @dataclass(frozen=True)
-class StageRun:
-    """Who produced the rows: recorded in each of them."""
+class Provenance:
+    """Who produced the rows (the stage, its partition, the run, the model and the prompt): recorded in each of them
+    and in each reject."""
 
     stage: str
     shard: str | None
@@ -171,41 +191,41 @@ def run_requests(
     client: LLMClient,
     planned: Sequence[Planned],
     parse: Callable[[Planned, LLMResponse], Iterable[dict[str, Any]]],
-    run: StageRun,
+    provenance: Provenance,
     *,
     batch_size: int,
-) -> StageOutput:
+) -> RowsAndRejects:
     """Answer every planned request; parse accepted answers into rows, keep the rest as rejections."""
-    output = StageOutput()
+    output = RowsAndRejects()
     if not planned:
         return output
     answered = 0
     for responses in client.generate_batches([p.request for p in planned], batch_size):
         for item, response in zip(planned[answered : answered + len(responses)], responses, strict=True):
             if not response.ok:
-                output.rejects.append(reject_row(run, item, response.text, response.error))
+                output.rejects.append(reject_row(provenance, item, response.text, response.error))
                 continue
             try:
                 rows = list(parse(item, response))
             except Rejected as exc:
-                output.rejects.append(reject_row(run, item, response.text, str(exc)))
+                output.rejects.append(reject_row(provenance, item, response.text, str(exc)))
                 continue
-            output.rows.extend({**item.keys, **row, **run.stamp()} for row in rows)
+            output.rows.extend({**item.keys, **row, **provenance.stamp()} for row in rows)
         answered += len(responses)
     return output
 
 
-def reject_row(run: StageRun, item: Planned, raw_output: str | None, reason: str | None) -> dict[str, Any]:
+def reject_row(provenance: Provenance, item: Planned, raw_output: str | None, reason: str | None) -> dict[str, Any]:
     return {
-        "shard": run.shard,
-        "stage": run.stage,
+        "shard": provenance.shard,
+        "stage": provenance.stage,
         "subject_id": item.subject_id,
         "request": json.dumps(dict(item.keys), sort_keys=True, default=str),
         "raw_output": raw_output,
         "reason": reason or "unknown",
-        "model": run.model,
-        "prompt_version": run.prompt_version,
-        "run_id": run.run_id,
+        "model": provenance.model,
+        "prompt_version": provenance.prompt_version,
+        "run_id": provenance.run_id,
         "rejected_at": datetime.now(UTC),
     }
 

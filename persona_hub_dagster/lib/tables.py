@@ -1,10 +1,10 @@
-"""The catalog: every Delta table of the project and every stage that writes them, named once.
+"""The catalog: every Delta table of the project, and the tables each stage writes together, named once.
 
-A table is `<storage root>/<path>`; for an asset the path is its asset key (defs/ builds the `AssetKey`s from here).
-A stage is one step that writes several tables together: its main table first, whose name is the stage's name
-everywhere (asset key, the `stage` column of rejects, the response cache's namespace), then its rejects table and
-any other table it writes. Tables under `_index/`, `_cache/` and `_meta/` are the platform's own bookkeeping, not
-assets.
+A table is `<storage root>/<path>`; for an asset the path is its asset key (defs/ builds the `AssetKey`s from here). A
+stage is one step that writes several tables together, its `StageTables`: its main table first, whose name is the
+stage's name everywhere (asset key, the `stage` column of rejects, the response cache's namespace), then its rejects
+table and any other table it writes. Tables under `_index/`, `_cache/` and `_meta/` are the platform's own bookkeeping,
+not assets.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ class Table:
 
 
 @dataclass(frozen=True)
-class Stage:
+class StageTables:
+    """The tables one stage writes together (a `lib.stage.Stage` declares them as `writes`; the raw_text and hub
+    steps, wired in defs/, write theirs the same way)."""
+
     tables: tuple[Table, ...]  # the main table first, then the rejects table (when it has one), then the others
 
     @property
@@ -71,7 +74,7 @@ RAW_TEXT_REJECTS = Table(
     "Every record of the shard that did not make it into raw_text, with the reason (invalid_json, missing_text, "
     "undecodable_bytes, too_short, too_long, duplicate, ...) and the raw content: nothing is dropped silently.",
 )
-INGESTION = Stage((RAW_TEXT, RAW_TEXT_REJECTS))
+INGESTION = StageTables((RAW_TEXT, RAW_TEXT_REJECTS))
 
 # ---------------------------------------------------------------------------------------------------- personas
 
@@ -81,7 +84,7 @@ TEXT_PERSONAS = Table(
     "description. `persona_id` hashes the normalized description; `text_id` joins raw_text. A shard of ready-made "
     "personas passes its personas through as they are (relation `given`, no LLM call).",
 )
-TEXT_TO_PERSONA = Stage((TEXT_PERSONAS, rejects_of(TEXT_PERSONAS, "Text-to-Persona outputs")))
+TEXT_TO_PERSONA = StageTables((TEXT_PERSONAS, rejects_of(TEXT_PERSONAS, "Text-to-Persona outputs")))
 
 EXPANDED_PERSONAS = Table(
     ("expanded_personas",),
@@ -92,7 +95,7 @@ EXPANDED_PERSONAS = Table(
     "replays finished calls from the response cache. Shards of ready-made personas are expanded only with "
     "`expand_persona_shards`.",
 )
-PERSONA_TO_PERSONA = Stage((EXPANDED_PERSONAS, rejects_of(EXPANDED_PERSONAS, "Persona-to-Persona outputs")))
+PERSONA_TO_PERSONA = StageTables((EXPANDED_PERSONAS, rejects_of(EXPANDED_PERSONAS, "Persona-to-Persona outputs")))
 
 # ---------------------------------------------------------------------------------------------------- the hub
 
@@ -110,7 +113,7 @@ PERSONA_HUB_DECISIONS = Table(
     "quality_edit says what the quality pass changed in a persona it kept, semantic_check why the embedding "
     "comparison was skipped (a script the model cannot read).",
 )
-HUB = Stage((PERSONA_HUB, PERSONA_HUB_DECISIONS))
+HUB = StageTables((PERSONA_HUB, PERSONA_HUB_DECISIONS))
 # Where the hub keeps what later shards are compared with, so earlier shards are never recomputed.
 HUB_MINHASH_BANDS = Table(("_index", "persona_hub", "minhash_bands"))
 HUB_EMBEDDINGS = Table(("_index", "persona_hub", "embeddings"))
@@ -130,25 +133,25 @@ DEMONSTRATION_PERSONAS = Table(
     "demonstration. One table across shards, refreshed when a pool, the prompt or the model changes.",
     partitioned=False,
 )
-DEMONSTRATIONS = Stage(
+DEMONSTRATIONS = StageTables(
     (DEMONSTRATION_PERSONAS, rejects_of(DEMONSTRATION_PERSONAS, "Text-to-Persona outputs for demonstrations"))
 )
 
 
-def synthetic(task: str, description: str = "") -> Stage:
+def synthetic(task: str, description: str = "") -> StageTables:
     """`synthetic/<task>` and `synthetic/<task>_rejects`."""
     table = Table(("synthetic", task), description)
-    return Stage((table, rejects_of(table, f"synthetic/{task} outputs (any step)")))
+    return StageTables((table, rejects_of(table, f"synthetic/{task} outputs (any step)")))
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
 
 
-def evaluation(task: str, description: str, *, rejects: bool = True, extra: tuple[Table, ...] = ()) -> Stage:
+def evaluation(task: str, description: str, *, rejects: bool = True, extra: tuple[Table, ...] = ()) -> StageTables:
     """`eval/<task>` (one row per item: `passed`, the per-check columns, the set properties), its rejects table when
     a model is asked (malformed judge or solver outputs), and any other table the evaluation writes."""
     table = Table(("eval", task), description)
-    return Stage((table, *([rejects_of(table, "Judge and solver outputs")] if rejects else []), *extra))
+    return StageTables((table, *([rejects_of(table, "Judge and solver outputs")] if rejects else []), *extra))
 
 
 EVAL_MATH_SOLUTIONS = Table(

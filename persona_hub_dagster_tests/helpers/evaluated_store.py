@@ -50,13 +50,11 @@ def evaluated_store(root: str, embedder) -> DeltaStore:
             output = generate.synthesize(
                 task, hub, generator, task.settings(personas=2 + number), shard=shard, run_id="gen"
             )
-            store.write_partitions(
-                task.stage.table, frame(output.rows, generate.output_schema(task)), partitions=[shard]
-            )
+            store.write_partitions(task.table, frame(output.rows, generate.output_schema(task)), partitions=[shard])
             stage = EVALUATIONS[task.name]
             judge = LLMClient(ScriptedBackend(lambda r: Completion(evaluation_answer(r), "stop")))
             call = StageCall(judge, store, shard, "eval", embedder=embedder)
-            result = stage.run({task.stage.table: store.scan(task.stage.table, [shard])}, call, stage.settings())
+            result = stage.run({task.table: store.scan(task.table, [shard])}, call, stage.settings())
             for table, rows in result.tables.items():
                 store.write_partitions(table, rows, partitions=[shard])
     return store

@@ -9,7 +9,7 @@ from pathlib import Path
 from persona_hub_dagster.lib.storage import DeltaStore
 from persona_hub_dagster.lib.tables import LLM_RESPONSES
 
-STAGE = Path(__file__).parent / "resumable_stage.py"
+SCRIPT = Path(__file__).parent / "resumable_stage.py"
 
 
 def kill_once_committed(command: list[str], store: DeltaStore, at_least: int, timeout: float = 300) -> int:

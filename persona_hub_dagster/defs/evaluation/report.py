@@ -13,7 +13,7 @@ from persona_hub_dagster.lib.evaluation.registry import EVALUATIONS
 
 @dg.asset(
     key=asset_key(tables.EVAL_REPORT),
-    deps=[asset_key(stage.stage.table) for stage in EVALUATIONS.values()],
+    deps=[asset_key(stage.table) for stage in EVALUATIONS.values()],
     description=tables.EVAL_REPORT.description,
     group_name="evaluation",
     kinds={"deltalake", "polars", "html"},

@@ -21,7 +21,7 @@ STAMP_COLUMNS = {"model": pl.String, "prompt_version": pl.String, "run_id": pl.S
 
 def shard_items(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, task: SynthesisTask) -> pl.DataFrame:
     """The shard's items of `task`, each with its persona's text (`persona`, from persona_hub)."""
-    items = inputs[task.stage.table].collect()
+    items = inputs[task.table].collect()
     hub = (
         call.store.scan(tables.PERSONA_HUB, [call.shard]).select("persona_id", "persona").unique("persona_id").collect()
         if call.store.exists(tables.PERSONA_HUB)
@@ -32,7 +32,7 @@ def shard_items(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, ta
 
 def eval_lineage(task: SynthesisTask) -> dict[str, tuple[tuple[tables.Table, str], ...]]:
     """Column lineage of an eval/<task> table: the item's ids, and what the set properties compare."""
-    item = task.stage.table
+    item = task.table
     return {
         **same_columns(item, "item_id", "persona_id", "shard"),
         "duplicate_of": ((item, "item_id"),),

@@ -22,12 +22,12 @@ from persona_hub_dagster.lib.llm.types import LLMResponse, SamplingParams
 from persona_hub_dagster.lib.prompts import placeholder_echo
 from persona_hub_dagster.lib.settings import setting
 from persona_hub_dagster.lib.stage import (
-    LLMStage,
     Planned,
+    Provenance,
     Rejected,
+    Stage,
     StageCall,
     StageResult,
-    StageRun,
     chat_request,
     frame,
     rejects_frame,
@@ -96,7 +96,7 @@ def judge_items(
 ) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
     """(one checks row per item of eval/<name>, the rejected judge outputs)."""
     prompt = rubric.prompt()
-    run = StageRun(f"eval/{name}", call.shard, call.run_id, call.client.backend.model, prompt.version)
+    provenance = Provenance(f"eval/{name}", call.shard, call.run_id, call.client.backend.model, prompt.version)
     planned = [
         Planned(
             row["item_id"],
@@ -127,7 +127,7 @@ def judge_items(
             "rationale": rationale,
         }
 
-    output = run_requests(call.client, planned, parse, run, batch_size=call.batch_size)
+    output = run_requests(call.client, planned, parse, provenance, batch_size=call.batch_size)
     judged = frame(output.rows, {"item_id": pl.String, **rubric.checks()})
     checks = (
         items.select("item_id")
@@ -144,7 +144,7 @@ def judge_items(
 TYPICAL_JUDGMENT_TOKENS = 70  # three scores and a one-line rationale as JSON
 
 
-def stage(task: SynthesisTask, rubric: Rubric, name: str) -> LLMStage:
+def stage(task: SynthesisTask, rubric: Rubric, name: str) -> Stage:
     """eval/<name> (the task's own name for its first evaluation): the task's items judged against the rubric."""
 
     def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: JudgeSettings) -> StageResult:
@@ -171,7 +171,7 @@ def stage(task: SynthesisTask, rubric: Rubric, name: str) -> LLMStage:
     def estimate(settings: JudgeSettings, shard: Estimating) -> StageEstimate:
         """One judgment per item, the persona beside it."""
         template = rubric.prompt().name
-        items, calls, prompt = shard.items(task.stage.table.name, 1, template=template, extra=PERSONA_TOKENS)
+        items, calls, prompt = shard.items(task.table.name, 1, template=template, extra=PERSONA_TOKENS)
         return shard.cost(
             evaluated.table.name,
             calls,
@@ -181,7 +181,7 @@ def stage(task: SynthesisTask, rubric: Rubric, name: str) -> LLMStage:
             rows={evaluated.table.name: items},
         )
 
-    return LLMStage(
+    return Stage(
         evaluated,
         op=f"evaluate_{name}",
         settings=JudgeSettings,
@@ -189,7 +189,7 @@ def stage(task: SynthesisTask, rubric: Rubric, name: str) -> LLMStage:
         prompts=lambda settings: [rubric.prompt().version],
         samplings=lambda settings: [settings.sampling],
         version_extra=lambda settings: (settings.threshold, rubric.criteria),
-        reads=(task.stage.table,),
+        reads=(task.table,),
         uses=(tables.PERSONA_HUB,),
         resources=("judge", "embeddings", "benchmarks"),
         estimate=estimate,

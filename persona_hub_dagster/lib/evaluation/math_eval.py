@@ -30,12 +30,12 @@ from persona_hub_dagster.lib.llm.client import LLMClient
 from persona_hub_dagster.lib.llm.types import LLMResponse, SamplingParams
 from persona_hub_dagster.lib.settings import setting
 from persona_hub_dagster.lib.stage import (
-    LLMStage,
     Planned,
+    Provenance,
+    RowsAndRejects,
+    Stage,
     StageCall,
-    StageOutput,
     StageResult,
-    StageRun,
     chat_request,
     frame,
     rate,
@@ -171,12 +171,12 @@ def evaluate_math(
     """`problems`: the shard's synthetic/math rows (item_id, persona_id, problem). `execution`: whether programs run
     here (decided by the sandbox mode when not given)."""
     execution = execution or program_execution()
-    run = StageRun(tables.MATH_EVALUATION.name, shard, run_id, client.backend.model, prompt_version())
+    provenance = Provenance(tables.MATH_EVALUATION.name, shard, run_id, client.backend.model, prompt_version())
     reasoning, programs = plan(problems, settings, with_programs=execution.runs)
     n_solutions = settings.n_solutions if execution.runs else settings.reasoning_solutions
-    solved = StageOutput()
-    solved.extend(run_requests(client, reasoning, _parse_reasoning, run, batch_size=batch_size))
-    written = run_requests(client, programs, _parse_program, run, batch_size=batch_size)
+    solved = RowsAndRejects()
+    solved.extend(run_requests(client, reasoning, _parse_reasoning, provenance, batch_size=batch_size))
+    written = run_requests(client, programs, _parse_program, provenance, batch_size=batch_size)
     solved.rejects.extend(written.rejects)
     solved.rows.extend(_execute(written.rows, settings))
     asked_programs = settings.program_solutions > 0
@@ -191,7 +191,7 @@ def evaluate_math(
         keys = _request_keys(reject)
         solutions[(keys["item_id"], keys["solution_index"])] = {
             **keys,
-            **run.stamp(),
+            **provenance.stamp(),
             "output": reject["raw_output"],
             "raw_answer": None,
             "answer": None,
@@ -217,7 +217,7 @@ def evaluate_math(
                 "verified": agreement >= settings.min_agreement,
                 "sandbox": execution.boundary if asked_programs else None,
                 "not_run": execution.not_run if asked_programs else None,
-                **run.stamp(),
+                **provenance.stamp(),
             }
         )
     return MathEvalOutput(rows=rows, solutions=list(solutions.values()), rejects=solved.rejects)
@@ -254,7 +254,7 @@ CHECKS = {
 }
 
 
-def stage(task: SynthesisTask) -> LLMStage:
+def stage(task: SynthesisTask) -> Stage:
     """eval/math: the task's problems (its `problem` column) solved and checked for agreement."""
 
     def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: MathEvalSettings) -> StageResult:
@@ -291,7 +291,7 @@ def stage(task: SynthesisTask) -> LLMStage:
     def estimate(settings: MathEvalSettings, shard: Estimating) -> StageEstimate:
         """Every solution of every problem: programs only where they can run (else no program is asked for)."""
         asked = settings.n_solutions if shard.programs_run() else settings.reasoning_solutions
-        items, calls, prompt = shard.items(task.stage.table.name, asked, template=REASONING_TEMPLATE)
+        items, calls, prompt = shard.items(task.table.name, asked, template=REASONING_TEMPLATE)
         reasoning, programs = settings.reasoning_solutions, asked - settings.reasoning_solutions
         longest = reasoning * settings.reasoning_max_tokens + programs * settings.program_max_tokens
         return shard.cost(
@@ -303,14 +303,14 @@ def stage(task: SynthesisTask) -> LLMStage:
             rows={tables.EVAL_MATH.name: items},
         )
 
-    return LLMStage(
+    return Stage(
         tables.MATH_EVALUATION,
         op="evaluate_math",
         settings=MathEvalSettings,
         run=run,
         prompts=lambda settings: prompt_version().split(","),
         samplings=lambda settings: [settings.reasoning_sampling, settings.program_sampling],
-        reads=(task.stage.table,),
+        reads=(task.table,),
         estimate=estimate,
         uses=(tables.PERSONA_HUB,),
         resources=("llm", "embeddings", "benchmarks"),

@@ -18,11 +18,11 @@ from persona_hub_dagster.lib.evaluation.common import eval_lineage, finish, shar
 from persona_hub_dagster.lib.llm.types import SamplingParams
 from persona_hub_dagster.lib.settings import setting
 from persona_hub_dagster.lib.stage import (
-    LLMStage,
     Planned,
+    Provenance,
+    Stage,
     StageCall,
     StageResult,
-    StageRun,
     chat_request,
     frame,
     rejects_frame,
@@ -81,7 +81,7 @@ class ReasoningEvalSettings:
 def evaluate(items: pl.DataFrame, call: StageCall, settings: ReasoningEvalSettings):
     """(checks per item, every solution, rejected solver outputs)."""
     prompt = prompts.load(TEMPLATE)
-    run = StageRun(
+    provenance = Provenance(
         tables.evaluation("reasoning", "").name, call.shard, call.run_id, call.client.backend.model, prompt.version
     )
     planned = []
@@ -100,7 +100,7 @@ def evaluate(items: pl.DataFrame, call: StageCall, settings: ReasoningEvalSettin
     def parse(item: Planned, response):
         yield {"reasoning": response.parsed["reasoning"], "answer": " ".join(response.parsed["answer"].split())}
 
-    output = run_requests(call.client, planned, parse, run, batch_size=call.batch_size)
+    output = run_requests(call.client, planned, parse, provenance, batch_size=call.batch_size)
     intended = dict(items.select("item_id", "answer").iter_rows())
     solutions: dict[tuple[str, int], dict[str, Any]] = {}
     for row in output.rows:
@@ -110,7 +110,7 @@ def evaluate(items: pl.DataFrame, call: StageCall, settings: ReasoningEvalSettin
         keys = request_keys(reject)
         solutions[(keys["item_id"], keys["solution_index"])] = {
             **keys,
-            **run.stamp(),
+            **provenance.stamp(),
             "reasoning": reject["raw_output"],
             "answer": None,
             "agrees": False,
@@ -144,7 +144,7 @@ EVALUATION = tables.evaluation(
 )
 
 
-def stage(task: SynthesisTask) -> LLMStage:
+def stage(task: SynthesisTask) -> Stage:
     """eval/reasoning: the task's questions solved independently, each answer compared with the intended one."""
 
     def run(
@@ -168,7 +168,7 @@ def stage(task: SynthesisTask) -> LLMStage:
         )
 
     def estimate(settings: ReasoningEvalSettings, shard: Estimating) -> StageEstimate:
-        items, calls, prompt = shard.items(task.stage.table.name, settings.solutions, template=TEMPLATE)
+        items, calls, prompt = shard.items(task.table.name, settings.solutions, template=TEMPLATE)
         return shard.cost(
             EVALUATION.table.name,
             calls,
@@ -178,7 +178,7 @@ def stage(task: SynthesisTask) -> LLMStage:
             rows={EVALUATION.table.name: items},
         )
 
-    return LLMStage(
+    return Stage(
         EVALUATION,
         op="evaluate_reasoning",
         settings=ReasoningEvalSettings,
@@ -186,7 +186,7 @@ def stage(task: SynthesisTask) -> LLMStage:
         prompts=lambda settings: [prompts.load(TEMPLATE).version],
         samplings=lambda settings: [settings.sampling],
         version_extra=lambda settings: (settings.solutions, settings.min_agreement),
-        reads=(task.stage.table,),
+        reads=(task.table,),
         estimate=estimate,
         uses=(tables.PERSONA_HUB,),
         resources=("llm", "embeddings", "benchmarks"),

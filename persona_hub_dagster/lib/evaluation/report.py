@@ -75,7 +75,7 @@ def build(store: DeltaStore, *, embedder=None, run_id: str = "", sample: int = 1
         if not store.exists(evaluated):
             continue
         evals = store.read(evaluated)  # a task with no item yet still gets its (all) row: 0 items
-        items = store.read(task.stage.table).join(evals.select("item_id", "shard"), on=["item_id", "shard"])
+        items = store.read(task.table).join(evals.select("item_id", "shard"), on=["item_id", "shard"])
         texts = items.with_columns(
             text=pl.Series([task.item_text(r) for r in items.iter_rows(named=True)], dtype=pl.String)
         ).select("item_id", "shard", "text")

@@ -25,7 +25,7 @@ from persona_hub_dagster.lib import tables
 from persona_hub_dagster.lib.evaluation.common import PROGRAMS_RAN, eval_lineage, finish, shard_items
 from persona_hub_dagster.lib.evaluation.sandbox import ProgramExecution, SandboxLimits, program_execution, run_python
 from persona_hub_dagster.lib.settings import setting
-from persona_hub_dagster.lib.stage import LLMStage, StageCall, StageResult, frame
+from persona_hub_dagster.lib.stage import Stage, StageCall, StageResult, frame
 from persona_hub_dagster.lib.synthesis.steps import SynthesisTask
 from persona_hub_dagster.lib.synthesis.tasks.tools import check_tool_code
 
@@ -128,7 +128,7 @@ EVALUATION = tables.evaluation(
 )
 
 
-def stage(task: SynthesisTask) -> LLMStage:
+def stage(task: SynthesisTask) -> Stage:
     """eval/tools: the task's tools (name, parameters, example_arguments, code) run in the sandbox."""
 
     def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: ToolsEvalSettings) -> StageResult:
@@ -150,7 +150,7 @@ def stage(task: SynthesisTask) -> LLMStage:
         metadata["failed_check"] = dict(failed.iter_rows()) if failed.height else {}
         return StageResult({EVALUATION.table: evaluated}, metadata)
 
-    return LLMStage(
+    return Stage(
         EVALUATION,
         op="evaluate_tools",
         settings=ToolsEvalSettings,
@@ -158,7 +158,7 @@ def stage(task: SynthesisTask) -> LLMStage:
         prompts=lambda settings: [HARNESS_VERSION],
         samplings=lambda settings: [],
         version_extra=lambda settings: (HARNESS, settings.timeout_s, settings.memory_mb),
-        reads=(task.stage.table,),
+        reads=(task.table,),
         uses=(tables.PERSONA_HUB,),
         resources=("embeddings", "benchmarks"),
         lineage=eval_lineage(task),

@@ -25,13 +25,13 @@ from persona_hub_dagster.lib.prompts import placeholder_echo
 from persona_hub_dagster.lib.settings import setting
 from persona_hub_dagster.lib.shards import holds_given_personas
 from persona_hub_dagster.lib.stage import (
-    LLMStage,
     Planned,
+    Provenance,
     Rejected,
+    RowsAndRejects,
+    Stage,
     StageCall,
-    StageOutput,
     StageResult,
-    StageRun,
     chat_request,
     frame,
     rejects_frame,
@@ -123,12 +123,12 @@ def expand_personas(
     shard: str,
     run_id: str,
     batch_size: int = 32,
-) -> StageOutput:
+) -> RowsAndRejects:
     """`seeds`: the shard's text personas (persona_id, persona, text_id)."""
     prompt = template()
-    run = StageRun(tables.PERSONA_TO_PERSONA.name, shard, run_id, client.backend.model, prompt.version)
+    provenance = Provenance(tables.PERSONA_TO_PERSONA.name, shard, run_id, client.backend.model, prompt.version)
     schema = settings.schema()
-    output = StageOutput()
+    output = RowsAndRejects()
     expanded: set[str] = set()
     frontier = [
         {"persona_id": p, "persona": text, "root_persona_id": p, "text_id": t}
@@ -161,7 +161,7 @@ def expand_personas(
             }
             planned.append(Planned(node["persona_id"], request, keys))
         budget -= len(planned)
-        result = run_requests(client, planned, parse, run, batch_size=batch_size)
+        result = run_requests(client, planned, parse, provenance, batch_size=batch_size)
         output.extend(result)
         frontier = result.rows
     return output
@@ -223,7 +223,7 @@ def estimate(settings: ExpansionSettings, shard: Estimating) -> StageEstimate:
     )
 
 
-STAGE = LLMStage(
+STAGE = Stage(
     tables.PERSONA_TO_PERSONA,
     op="persona_to_persona",
     settings=ExpansionSettings,

@@ -19,13 +19,13 @@ from persona_hub_dagster.lib.prompts import placeholder_echo
 from persona_hub_dagster.lib.settings import setting
 from persona_hub_dagster.lib.shards import holds_given_personas
 from persona_hub_dagster.lib.stage import (
-    LLMStage,
     Planned,
+    Provenance,
     Rejected,
+    RowsAndRejects,
+    Stage,
     StageCall,
-    StageOutput,
     StageResult,
-    StageRun,
     chat_request,
     frame,
     rate,
@@ -148,9 +148,9 @@ def text_to_personas(
     run_id: str,
     batch_size: int = 32,
     stage: str = tables.TEXT_TO_PERSONA.name,
-) -> StageOutput:
-    run = StageRun(stage, shard, run_id, client.backend.model, template().version)
-    return run_requests(client, plan(texts, settings), parse, run, batch_size=batch_size)
+) -> RowsAndRejects:
+    provenance = Provenance(stage, shard, run_id, client.backend.model, template().version)
+    return run_requests(client, plan(texts, settings), parse, provenance, batch_size=batch_size)
 
 
 def given_personas(texts: pl.DataFrame, *, shard: str | None, run_id: str) -> pl.DataFrame:
@@ -222,7 +222,7 @@ def estimate(settings: TextToPersonaSettings, shard: Estimating) -> StageEstimat
     )
 
 
-STAGE = LLMStage(
+STAGE = Stage(
     tables.TEXT_TO_PERSONA,
     op="text_to_persona",
     settings=TextToPersonaSettings,

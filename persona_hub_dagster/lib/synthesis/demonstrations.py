@@ -31,7 +31,7 @@ from persona_hub_dagster.lib.ids import content_id, stable_rank
 from persona_hub_dagster.lib.locations import join_location, normalize_location
 from persona_hub_dagster.lib.personas import text_to_persona
 from persona_hub_dagster.lib.settings import setting
-from persona_hub_dagster.lib.stage import LLMStage, StageCall, StageResult, frame, rate, rejects_frame
+from persona_hub_dagster.lib.stage import Stage, StageCall, StageResult, frame, rate, rejects_frame
 from persona_hub_dagster.lib.synthesis.steps import SynthesisSettings, SynthesisTask
 from persona_hub_dagster.lib.synthesis.tasks import TASKS
 
@@ -286,7 +286,7 @@ def estimate(settings: DemonstrationSettings, shard: Estimating) -> StageEstimat
     )
 
 
-STAGE = LLMStage(
+STAGE = Stage(
     tables.DEMONSTRATIONS,
     op="derive_demonstration_personas",
     settings=DemonstrationSettings,

@@ -25,13 +25,13 @@ from persona_hub_dagster.lib.ids import content_id, stable_rank
 from persona_hub_dagster.lib.llm.client import LLMClient
 from persona_hub_dagster.lib.llm.types import LLMRequest, LLMResponse
 from persona_hub_dagster.lib.stage import (
-    LLMStage,
     Planned,
+    Provenance,
     Rejected,
+    RowsAndRejects,
+    Stage,
     StageCall,
-    StageOutput,
     StageResult,
-    StageRun,
     frame,
     rate,
     rejects_frame,
@@ -168,12 +168,12 @@ def synthesize(
     run_id: str,
     batch_size: int = 32,
     store: DeltaStore | None = None,
-) -> StageOutput:
+) -> RowsAndRejects:
     prepared = prepare(task, settings, store)
-    run = StageRun(task.stage.name, shard, run_id, client.backend.model, task.prompt_version())
+    provenance = Provenance(task.table.name, shard, run_id, client.backend.model, task.prompt_version())
     items = items_for(prepared, sample_personas(hub, settings))
     alive = list(range(len(items)))
-    output = StageOutput()
+    output = RowsAndRejects()
     for round_number in range(1, task.rounds(settings) + 1):
         for step_index, step in enumerate(task.steps):
             planned = [
@@ -184,14 +184,14 @@ def synthesize(
                 )
                 for i in alive
             ]
-            result = run_requests(client, planned, _parser(prepared, step, items), run, batch_size=batch_size)
+            result = run_requests(client, planned, _parser(prepared, step, items), provenance, batch_size=batch_size)
             output.rejects.extend(result.rejects)
             for row in result.rows:
                 items[row["item"]].fields.update(row["fields"])
             alive = [row["item"] for row in result.rows]
     context_version = prepared.context_version
     for i in alive:
-        output.rows.append(_row(prepared, items[i], context_version, run))
+        output.rows.append(_row(prepared, items[i], context_version, provenance))
     return output
 
 
@@ -226,14 +226,14 @@ def _request_keys(prepared: Prepared, item: Item, index: int, step: Step, round_
     return keys
 
 
-def _row(prepared: Prepared, item: Item, context_version: str, run: StageRun) -> dict[str, Any]:
+def _row(prepared: Prepared, item: Item, context_version: str, provenance: Provenance) -> dict[str, Any]:
     task = prepared.task
     fields = {name: item.fields[name] for name in task.columns if name in item.fields}
     identity = "\x1f".join(
         [
             task.name,
             prepared.settings.prompting,
-            run.prompt_version,
+            provenance.prompt_version,
             context_version,
             item.persona_id,
             json.dumps(fields, sort_keys=True, ensure_ascii=False, default=str),
@@ -249,7 +249,7 @@ def _row(prepared: Prepared, item: Item, context_version: str, run: StageRun) ->
         **prepared.context.row,
         **prepared.context.located,
         **fields,
-        **run.stamp(),
+        **provenance.stamp(),
     }
 
 
@@ -306,7 +306,7 @@ def example_requests(
 # ---------------------------------------------------------------------------------------------------- the stage
 
 
-def stage(task: SynthesisTask) -> LLMStage:
+def stage(task: SynthesisTask) -> Stage:
     """synthetic/<task>: the task's items for a shard's hub personas."""
 
     def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: SynthesisSettings) -> StageResult:
@@ -324,7 +324,7 @@ def stage(task: SynthesisTask) -> LLMStage:
         items = frame(output.rows, output_schema(task))
         planned = len(sample_personas(hub, settings)) * settings.samples_per_persona
         return StageResult(
-            {task.stage.table: items, task.stage.rejects: rejects_frame(output.rejects)},
+            {task.table: items, task.writes.rejects: rejects_frame(output.rejects)},
             {
                 "hub_personas": hub.height,
                 "prompting": settings.prompting,
@@ -352,16 +352,16 @@ def stage(task: SynthesisTask) -> LLMStage:
         # A later round's prompt carries the conversation so far: on average half the other rounds' exchanges more.
         growth = (rounds - 1) / 2 * len(task.steps) * completion
         return shard.cost(
-            task.stage.table.name,
+            task.table.name,
             items * len(task.steps) * rounds,
             prompt=sum(first_round) / max(len(first_round), 1) + growth,
             completion=completion,
             max_tokens=max(steps) or None,
-            rows={task.stage.table.name: items},
+            rows={task.table.name: items},
         )
 
-    return LLMStage(
-        task.stage,
+    return Stage(
+        task.writes,
         op=f"synthesize_{task.name}",
         settings=task.settings,
         run=run,

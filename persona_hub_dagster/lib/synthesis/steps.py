@@ -30,7 +30,7 @@ from persona_hub_dagster.lib.settings import setting
 
 if TYPE_CHECKING:
     from persona_hub_dagster.lib.evaluation.judge import Rubric
-    from persona_hub_dagster.lib.stage import LLMStage
+    from persona_hub_dagster.lib.stage import Stage
     from persona_hub_dagster.lib.storage import DeltaStore
 
 PROMPTING_MODES = ("zero_shot", "few_shot", "persona_few_shot")
@@ -135,11 +135,11 @@ Messages = list[dict[str, str]]
 @dataclass(frozen=True)
 class Evaluation:
     """One evaluation of a task's items: a judge rubric (lib/evaluation/judge.py builds its stage) or a stage of the
-    task's own (a function of the task that returns its `LLMStage`, e.g. lib/evaluation/math_eval.py's `stage`).
+    task's own (a function of the task that returns its `Stage`, e.g. lib/evaluation/math_eval.py's `stage`).
     A task's first evaluation writes eval/<task>; any further one is named and writes eval/<task>_<name>."""
 
     rubric: Rubric | None = None
-    stage: Callable[[SynthesisTask], LLMStage] | None = None
+    stage: Callable[[SynthesisTask], Stage] | None = None
     name: str | None = None  # only for a second (third, ...) evaluation of a task: its table is eval/<task>_<name>
     runs_programs: bool = False  # runs model-written programs in the sandbox (its asset carries the `python` kind)
     small: Mapping[str, Any] = field(default_factory=dict)  # its settings in the demo and the tests
@@ -212,12 +212,18 @@ class SynthesisTask:
                 )
 
     @property
-    def stage(self) -> tables.Stage:
+    def writes(self) -> tables.StageTables:
+        """What its synthesis stage writes: synthetic/<name> and its rejects."""
         return tables.synthetic(
             self.name,
             f"{self.description} One row per item: item_id, the persona_id it was created for (joins persona_hub), "
             f"sample, prompting, demonstration_ids, context_version, {', '.join(self.columns)}, and provenance.",
         )
+
+    @property
+    def table(self) -> tables.Table:
+        """synthetic/<name>: its items."""
+        return self.writes.table
 
     @property
     def runs_programs(self) -> bool:
