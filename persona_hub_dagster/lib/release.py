@@ -66,7 +66,7 @@ def split_of(item_id: str, test_fraction: float) -> str:
 
 def build(store: DeltaStore, task: SynthesisTask, settings: ReleaseSettings | None = None) -> Release:
     settings = settings or ReleaseSettings()
-    synthetic, evaluated = task.stage.table, tables.evaluation(task.name, "").table
+    synthetic, evaluated = task.table, tables.evaluation(task.name, "").table
     if not store.exists(synthetic) or not store.exists(evaluated):
         missing = synthetic if not store.exists(synthetic) else evaluated
         raise LookupError(f"{missing.name} has not been materialized: materialize it before releasing {task.name}")
@@ -137,7 +137,7 @@ def lineage(task: SynthesisTask) -> dict[str, tuple[tuple[tables.Table, str], ..
     """Column lineage of release/<task>: items from synthetic/<task>, personas and their ids from the hub, the
     split from the item id, messages from the item (and what the task's release joins in: math's verified
     solution)."""
-    synthetic, hub = task.stage.table, tables.PERSONA_HUB
+    synthetic, hub = task.table, tables.PERSONA_HUB
     deps: dict[str, tuple[tuple[tables.Table, str], ...]] = {
         column: ((synthetic, column),)
         for column in ("item_id", "shard", "persona_id", "prompting", "model", "prompt_version", *task.columns)

@@ -21,7 +21,7 @@ def release_asset(task: SynthesisTask) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=asset_key(table),
-        deps=[asset_key(t) for t in (task.stage.table, tables.evaluation(task.name, "").table, tables.PERSONA_HUB)],
+        deps=[asset_key(t) for t in (task.table, tables.evaluation(task.name, "").table, tables.PERSONA_HUB)],
         description=table.description,
         group_name="release",
         kinds={"deltalake", "polars", "parquet"},
