@@ -24,6 +24,9 @@ Where bwrap is missing or cannot create namespaces (some laptops, some container
 - `weak`: a person's opt-in to the weaker mode: the runner's audit hook and limits in a plain child process (plus an
   empty network namespace where `unshare --net` works). It stops accidents, not a determined program.
 - `off`: never run programs (the evaluations go on as in `auto`).
+
+One module of about 400 lines, on purpose: the namespaces, mounts, privilege drop, limits and audit-hook runner
+make one security boundary, read and reviewed together; split across modules, no one place would show it whole.
 """
 
 from __future__ import annotations

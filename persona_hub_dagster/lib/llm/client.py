@@ -13,6 +13,9 @@ becomes U+FFFD) before it is cached or stored. A request the backend itself coul
 (connection, timeout, HTTP error) is not an output: once the batch's successful calls are cached, `generate`
 raises BackendFailure, so a stage stops instead of recording infrastructure faults as rejections (and replacing a
 shard's rows with them).
+
+One module, a little over 400 lines, on purpose: the batched path (LLMClient) and the streaming one
+(_StreamedGeneration) are one mechanism, sharing the client's cache, retry, judging and accounting steps.
 """
 
 from __future__ import annotations
