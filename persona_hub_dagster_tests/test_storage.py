@@ -13,10 +13,10 @@ from deltalake.exceptions import DeltaError
 
 from persona_hub_dagster.lib.storage import (
     DeltaStore,
-    PartitionMismatch,
     TableNotFound,
     partition_predicate,
 )
+from persona_hub_dagster.lib.table_data import PartitionMismatch
 
 HELPERS = Path(__file__).parent / "helpers"
 

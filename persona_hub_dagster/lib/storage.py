@@ -12,7 +12,7 @@ The semantics every stage relies on, each proven in persona_hub_dagster_tests/te
   itself; what remains (the race to create the table, two writers changing the schema) raises `CommitFailedError`,
   which is retried with jittered backoff.
 - A stream of record batches is spooled to a local Arrow IPC file while it is validated, so memory stays bounded for
-  large shards and a retried commit can read the data again.
+  large shards and a retried commit can read the data again (lib/table_data.py).
 - Tables are physically partitioned by `shard`: a shard overwrite only removes that shard's files, and a one-shard
   read only opens that shard's files.
 """
@@ -20,12 +20,10 @@ The semantics every stage relies on, each proven in persona_hub_dagster_tests/te
 from __future__ import annotations
 
 import contextlib
-import os
 import random
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -37,6 +35,7 @@ from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from persona_hub_dagster.lib import filesystems
 from persona_hub_dagster.lib.locations import default_storage_root, join_location, normalize_location
+from persona_hub_dagster.lib.table_data import TableData, as_arrow, first_rows
 from persona_hub_dagster.lib.tables import Table
 
 PARTITION_COLUMN = "shard"
@@ -55,15 +54,10 @@ RAW_LIMIT_CHARS = 64 * 1024
 STATS_STRING_COLUMNS = frozenset({"shard", "namespace", "key", "task", "stage"})
 
 TableRef = str | Sequence[str] | Table  # a name ("synthetic/math"), a key path, or the catalog's Table
-TableData = pl.DataFrame | pa.Table | Iterable[pa.RecordBatch | pl.DataFrame]
 
 
 class TableNotFound(LookupError):
     """Raised when reading a table that has never been written."""
-
-
-class PartitionMismatch(ValueError):
-    """Raised when data handed to a partition write holds rows of other partitions."""
 
 
 @dataclass(frozen=True)
@@ -170,11 +164,11 @@ class DeltaStore:
         wanted = tuple(dict.fromkeys(partitions)) if partitions is not None else None
         if wanted is not None and not wanted:
             raise ValueError("partitions must name at least one partition, or be None for the whole table")
-        with _as_arrow(data, schema, wanted, self.spool_dir) as (arrow_data, rows_written):
+        with as_arrow(data, schema, wanted, self.spool_dir, PARTITION_COLUMN) as (arrow_data, rows_written):
             write_id = uuid.uuid4().hex
             metadata = {**(commit_metadata or {}), WRITE_ID_KEY: write_id}
             dt, attempts = self._commit(uri, arrow_data, wanted, metadata, physically_partitioned)
-            preview = pl.from_arrow(_first_rows(arrow_data(), 5))
+            preview = pl.from_arrow(first_rows(arrow_data(), 5))
         assert isinstance(preview, pl.DataFrame)
         return TableWrite(
             uri=uri,
@@ -348,103 +342,6 @@ def partition_predicate(partitions: Sequence[str], column: str = PARTITION_COLUM
     if len(partitions) == 1:
         return f"{column} = {quoted}"
     return f"{column} IN ({quoted})"
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-@contextlib.contextmanager
-def _as_arrow(
-    data: TableData, schema: pa.Schema | None, partitions: tuple[str, ...] | None, spool_dir: str | None
-) -> Iterator[tuple[Callable[[], pa.Table | pa.RecordBatchReader], int]]:
-    """Yield (a factory of fresh Arrow streams over the validated data, its row count).
-
-    In-memory inputs are validated in one vectorized pass. Streams are validated batch by batch while being spooled
-    to an Arrow IPC file; each retry re-reads the spool through a memory map.
-    """
-    if isinstance(data, pl.DataFrame):
-        data = data.to_arrow()
-    if isinstance(data, pa.Table):
-        if partitions is not None:
-            _check_partitions(data, partitions)
-        table = data
-        yield (lambda: table), table.num_rows
-        return
-
-    fd, path = tempfile.mkstemp(prefix="persona-hub-spool-", suffix=".arrow", dir=spool_dir)
-    os.close(fd)
-    try:
-        rows = 0
-        writer = None
-        spool_schema = schema
-        with pa.OSFile(path, "wb") as sink:
-            for item in data:
-                batch = _to_record_batch(item)
-                if spool_schema is None:
-                    spool_schema = batch.schema
-                elif batch.schema != spool_schema:
-                    batch = batch.cast(spool_schema)
-                if partitions is not None:
-                    _check_partitions(batch, partitions)
-                if writer is None:
-                    writer = pa.ipc.new_file(sink, spool_schema)
-                writer.write_batch(batch)
-                rows += batch.num_rows
-            if spool_schema is None:
-                raise ValueError("An empty stream of batches needs an explicit `schema` to create its table.")
-            if writer is None:
-                writer = pa.ipc.new_file(sink, spool_schema)
-            writer.close()
-
-        def reader() -> pa.RecordBatchReader:
-            # Plain reads, not a memory map: mapped pages would count as resident memory as the writer walks them.
-            source = pa.ipc.open_file(pa.OSFile(path, "rb"))
-            batches = (source.get_batch(i) for i in range(source.num_record_batches))
-            return pa.RecordBatchReader.from_batches(source.schema, batches)
-
-        yield reader, rows
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
-
-
-def _to_record_batch(item: pa.RecordBatch | pl.DataFrame) -> pa.RecordBatch:
-    if isinstance(item, pa.RecordBatch):
-        return item
-    if isinstance(item, pl.DataFrame):
-        table = item.to_arrow()
-    elif isinstance(item, pa.Table):
-        table = item
-    else:
-        raise TypeError(f"Expected record batches or polars DataFrames, got {type(item).__name__}")
-    return table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], table.schema)
-
-
-def _check_partitions(data: pa.Table | pa.RecordBatch, partitions: tuple[str, ...]) -> None:
-    if PARTITION_COLUMN not in data.schema.names:
-        raise PartitionMismatch(f"Data has no {PARTITION_COLUMN!r} column; columns are {data.schema.names}")
-    column = data.column(PARTITION_COLUMN)
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        raise PartitionMismatch(f"The {PARTITION_COLUMN!r} column must hold strings, not {column.type}")
-    outside_mask = pc.invert(pc.fill_null(pc.is_in(column, value_set=pa.array(partitions, type=column.type)), False))
-    if pc.any(outside_mask).as_py():
-        outside = pc.unique(pc.filter(column, outside_mask)).to_pylist()
-        raise PartitionMismatch(
-            f"Rows with {PARTITION_COLUMN} in {sorted(map(str, outside))[:5]} are outside the partitions being "
-            f"written {list(partitions)[:5]}; nothing was written."
-        )
-
-
-def _first_rows(stream_or_table, n: int) -> pa.Table:
-    if isinstance(stream_or_table, pa.Table):
-        return stream_or_table.slice(0, n)
-    batches, taken = [], 0
-    for batch in stream_or_table:
-        batches.append(batch.slice(0, n - taken))
-        taken += batches[-1].num_rows
-        if taken >= n:
-            break
-    return pa.Table.from_batches(batches, schema=stream_or_table.schema)
 
 
 def _row_count(dt: DeltaTable, partitions: Sequence[str] | None) -> int:
