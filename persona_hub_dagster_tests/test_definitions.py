@@ -2,6 +2,11 @@
 
 A change to the graph (asset keys, partitions, deps, checks, code versions, jobs, sensors, schedules, resources)
 fails this test until the snapshot is regenerated with `UPDATE_SNAPSHOTS=1 make test` and reviewed in the diff.
+
+The snapshot keeps what a reviewer must see and the project decides, not what Dagster renders: an asset's automation
+condition is the label the project's constructor gives it (defs/automation.py: "follows inputs", "summarizes inputs")
+and the inputs it narrows to, as asset keys, never Dagster's text of the whole condition tree, which a Dagster upgrade
+rewrites.
 """
 
 import json
@@ -18,6 +23,31 @@ SNAPSHOT = Path(__file__).parent / "snapshots" / "definitions.json"
 REPO = Path(__file__).resolve().parents[1]
 
 
+def automation(condition: dg.AutomationCondition | None, graph) -> str | None:
+    """An automation condition's identity: its label (what defs/automation.py named it), then the inputs that trigger
+    it when it narrows them (`reads`) and the inputs that need not exist (`optional`), resolved to asset keys."""
+    if condition is None:
+        return None
+    triggers: set[str] = set()
+    optional: set[str] = set()
+    stack = [condition]
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        for selection, found in (
+            (getattr(node, "allow_selection", None), triggers),
+            (getattr(node, "ignore_selection", None), optional),
+        ):
+            if selection is not None:
+                found.update(key.to_user_string() for key in selection.resolve(graph))
+    parts = [condition.get_label() or type(condition).__name__]
+    if triggers:
+        parts.append(f"on {', '.join(sorted(triggers))}")
+    if optional:
+        parts.append(f"optional {', '.join(sorted(optional))}")
+    return "; ".join(parts)
+
+
 def describe(definitions: dg.Definitions) -> dict:
     graph = definitions.resolve_asset_graph()
     assets = {}
@@ -30,7 +60,7 @@ def describe(definitions: dg.Definitions) -> dict:
             "code_version": node.code_version,
             "checks": sorted(c.name for c in node.check_keys),
             "kinds": sorted(node.kinds),
-            "automation_condition": str(node.automation_condition) if node.automation_condition else None,
+            "automation_condition": automation(node.automation_condition, graph),
             "backfill_policy": str(node.backfill_policy) if node.backfill_policy else None,
             "pools": sorted(node.pools or []),
         }
