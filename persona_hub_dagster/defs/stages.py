@@ -69,9 +69,12 @@ def stage_specs(
     kinds: Sequence[str] = (),
     automation_condition: dg.AutomationCondition | None = None,
     tags: Mapping[str, str] | None = None,
+    metadata: Mapping[Table, Mapping[str, Any]] | None = None,
 ) -> list[dg.AssetSpec]:
-    """The specs of one stage's tables (main table first): all with the same upstream, group, storage kinds, code
-    version, automation condition and tags, since one step writes them together. `kinds` go on the main table only."""
+    """The specs of one step's tables (main table first): all with the same upstream, group, storage kinds, code
+    version, automation condition and tags, since one step writes them together. `kinds` go on the main table only;
+    `metadata` by table. The one shape of every asset the project defines: the LLM stages' factory below, the hub
+    and raw_text."""
     return [
         dg.AssetSpec(
             asset_key(table),
@@ -82,6 +85,7 @@ def stage_specs(
             code_version=code_version,
             automation_condition=automation_condition,
             tags=tags,
+            metadata=(metadata or {}).get(table),
         )
         for index, table in enumerate(written.tables)
     ]

@@ -6,7 +6,7 @@ import dagster as dg
 import polars as pl
 
 from persona_hub_dagster.defs.partitions import text_shards
-from persona_hub_dagster.defs.stages import asset_key, overrides_version, reported, settings_config
+from persona_hub_dagster.defs.stages import asset_key, overrides_version, reported, settings_config, stage_specs
 from persona_hub_dagster.defs.storage import (
     DeltaStorageResource,
     column_schema,
@@ -30,24 +30,16 @@ CODE_VERSION = f"cleaning-v{CLEANING_VERSION}" + overrides_version(INGEST_OP)
 
 @dg.multi_asset(
     name=INGEST_OP,
-    specs=[
-        dg.AssetSpec(
-            RAW_TEXT,
-            description=tables.RAW_TEXT.description,
-            group_name="ingestion",
-            kinds={"deltalake", "polars"},
-            code_version=CODE_VERSION,
-            metadata={"dagster/column_schema": column_schema(RAW_TEXT_SCHEMA)},
-        ),
-        dg.AssetSpec(
-            RAW_TEXT_REJECTS,
-            description=tables.RAW_TEXT_REJECTS.description,
-            group_name="ingestion",
-            kinds={"deltalake", "polars"},
-            code_version=CODE_VERSION,
-            metadata={"dagster/column_schema": column_schema(REJECTS_SCHEMA)},
-        ),
-    ],
+    specs=stage_specs(
+        tables.INGESTION,
+        deps=[],
+        group="ingestion",
+        code_version=CODE_VERSION,
+        metadata={
+            tables.RAW_TEXT: {"dagster/column_schema": column_schema(RAW_TEXT_SCHEMA)},
+            tables.RAW_TEXT_REJECTS: {"dagster/column_schema": column_schema(REJECTS_SCHEMA)},
+        },
+    ),
     check_specs=[
         dg.AssetCheckSpec(
             "text_ids_unique",
