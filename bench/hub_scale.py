@@ -292,7 +292,7 @@ def evaluate(root: str, k: int, sample: int) -> dict:
         best_sim = np.maximum(best_sim, sims.max(axis=1))
         for row, pid in enumerate(ids):
             if pid in wanted:
-                recorded_sim[pid] = sims[:, row]
+                recorded_sim[pid] = sims[:, row].copy()  # not a view: it would keep the whole block alive
     del recorded
     cross = (picked["reason"] == "semantic") & (picked["duplicate_of_shard"] != shard)
     has_match = best_sim >= THRESHOLD
