@@ -22,6 +22,7 @@ from persona_hub_dagster.lib.ids import content_id
 from persona_hub_dagster.lib.shard_files import ShardFile
 from persona_hub_dagster.lib.shards import ShardRegistry, unregister_shard
 from persona_hub_dagster_tests.helpers.hub_reference import WholeTablePrior
+from persona_hub_dagster_tests.helpers.hub_run import personas
 
 LAYOUT = {"num_perm": 128, "seed": 1, "ngram": 1, "bands": 10, "rows": 12}
 DIM = 32
@@ -188,21 +189,6 @@ def shard_texts() -> dict[str, list[str]]:
     return {"s1": s1, "s2": s2, "s3": s3}
 
 
-def candidate_frame(shard: str, texts: list[str]) -> pl.DataFrame:
-    return pl.DataFrame(
-        {
-            "persona_id": [content_id(t) for t in texts],
-            "persona": texts,
-            "shard": shard,
-            "text_id": [f"text-{shard}-{i:03d}" for i in range(len(texts))],
-            "relation": "read",
-            "model": "test",
-            "prompt_version": "v0",
-            "run_id": "r0",
-        }
-    )
-
-
 @pytest.fixture
 def hub_on(storage_root, tmp_path, instance, monkeypatch):
     monkeypatch.setenv(index_module.INDEX_CACHE_ENV, str(tmp_path / "index-cache"))
@@ -215,7 +201,7 @@ def hub_on(storage_root, tmp_path, instance, monkeypatch):
     )
     instance.add_dynamic_partitions(text_shards.name, list(texts))
     for shard, shard_personas in texts.items():
-        store.write_partitions("text_personas", candidate_frame(shard, shard_personas), partitions=[shard])
+        store.write_partitions("text_personas", personas(shard, shard_personas), partitions=[shard])
 
     def run(partition_key):
         result = dg.materialize(
@@ -312,9 +298,7 @@ def test_a_shard_whose_candidates_were_all_dropped_is_built_and_stays_in_the_ind
     # Found by the production topology: a shard of two names ("Ethan A. Thompson") keeps no persona, so persona_hub
     # has no partition for it; the shards after it must still count it as built, and the index must keep it.
     store, run, texts, _ = hub_on
-    store.write_partitions(
-        "text_personas", candidate_frame("s2", ["Liam Black", "Ethan A. Thompson"]), partitions=["s2"]
-    )
+    store.write_partitions("text_personas", personas("s2", ["Liam Black", "Ethan A. Thompson"]), partitions=["s2"])
     run("s1")
     run("s2")
     assert "s2" not in store.partitions(tables.PERSONA_HUB)

@@ -21,12 +21,13 @@ PILOT = "A cargo pilot who flies night routes over the Atlantic and studies mete
 
 
 def personas(shard: str, texts: list[str]) -> pl.DataFrame:
+    """A shard's text_personas partition: the hub's candidates, one per text (text ids in text order)."""
     return pl.DataFrame(
         {
             "persona_id": [content_id(t) for t in texts],
             "persona": texts,
             "shard": shard,
-            "text_id": [f"text-{shard}-{i}" for i in range(len(texts))],
+            "text_id": [f"text-{shard}-{i:03d}" for i in range(len(texts))],
             "relation": "read",
             "model": "test",
             "prompt_version": "v0",
