@@ -157,13 +157,15 @@ def fill(root: str, k: int, n: int) -> dict:
     texts, _ = persona_corpus(n - (PLANTED_ACROSS if k else 0), duplicate_share=0.1, seed=1000 + k)
     settings = hub.HubSettings(quality_filter=False)
     rows, embedder = np.arange(len(texts)), HashedBagEmbedder()
+    keys, sketches = build.minhash_entries_of(texts, settings)
     entries = ShardEntries(
         shard=shard_name(k),
         run_id="fill",
         positions=rows,
         persona_ids=content_ids(texts),
         texts=texts,
-        keys=build.band_keys_of(texts, settings),
+        keys=keys,
+        sketches=sketches,
         vector_positions=rows,
         vectors=embedder.encode(texts),
         model=embedder.identity,
@@ -211,6 +213,8 @@ def hub_step(root: str, k: int, catch_up: bool = True) -> dict:
         with build.open_index(store) as index:
             if catch_up:
                 build.catch_up_index(index, store, settings, embedder)
+            elif hasattr(build, "complete_sketches"):  # filled shards have no tables, only their sketches to add
+                extra["sketched"] = len(build.complete_sketches(index, settings))
             result, _ = build.build_shard(
                 store,
                 index,
@@ -221,7 +225,7 @@ def hub_step(root: str, k: int, catch_up: bool = True) -> dict:
                 embedder=embedder,
                 run_id=f"bench-{k}",
             )
-            extra = {
+            extra |= {
                 "vector_bytes_read": index.bytes_read,
                 "index_seconds": getattr(index, "seconds", {}),
                 **index.stats(),

@@ -13,11 +13,15 @@ from datasketch import MinHash
 
 from persona_hub_dagster.lib.dedup import scripts
 from persona_hub_dagster.lib.dedup.minhash import (
+    ESTIMATE_MARGIN,
     choose_bands,
     cluster_tokenized,
+    estimated_jaccard,
     exact_jaccard,
     minhash_clusters,
     signatures,
+    sketch_jaccard,
+    sketches,
     tokenize,
     tokenize_batch,
 )
@@ -145,6 +149,32 @@ def test_recall_and_precision_against_exact_jaccard():
     # Precision: every dropped text really is >= 0.9 similar to its representative.
     dropped = np.flatnonzero(~kept)
     assert (exact_jaccard(batch, batch, np.stack((rep[dropped], dropped), axis=1)) >= 0.9).all()
+
+
+def test_sketches_estimate_jaccard_as_well_as_the_signatures_they_come_from():
+    """The hub index keeps a byte of each signature value: its estimate must be as good as the full signature's,
+    so that the cross-shard margin is the within-shard one. Pairs of every similarity, in several scripts."""
+    rng = random.Random(3)
+    bases = persona_corpus(300, seed=9)[0] + [PERSONA, CHINESE, THAI, JAPANESE]
+    texts, pairs = [], []
+    for base in bases:
+        words = base.split() if " " in base else list(base)
+        edited = list(words)
+        for _ in range(rng.randrange(0, max(2, len(words) // 2))):
+            edited[rng.randrange(len(edited))] = rng.choice(["river", "中", "ไทย", "Stadt", "year"])
+        joiner = " " if " " in base else ""
+        pairs.append((len(texts), len(texts) + 1))
+        texts += [base, joiner.join(edited)]
+    batch, pairs = tokenize_batch(texts), np.array(pairs)
+    exact = exact_jaccard(batch, batch, pairs)
+    sigs = signatures(batch)
+    full = estimated_jaccard(sigs, pairs)
+    small = sketch_jaccard(sketches(sigs)[pairs[:, 0]], sketches(sigs)[pairs[:, 1]])
+    assert sketches(sigs).nbytes * 4 == sigs.nbytes
+    assert exact.min() < 0.5 and (exact >= 0.9).sum() > 30  # the pairs span the range the hub decides in
+    assert (small[exact >= 0.9] >= 0.9 - ESTIMATE_MARGIN).all()  # no duplicate is lost to the estimate
+    assert abs(np.abs(small - exact).mean() - np.abs(full - exact).mean()) < 0.005
+    assert np.abs(small - full).max() <= 4 / 128  # at most a few chance agreements of low bytes
 
 
 def test_units_fit_the_script():

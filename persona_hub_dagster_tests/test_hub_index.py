@@ -13,8 +13,8 @@ from persona_hub_dagster.defs.models import EmbeddingsResource
 from persona_hub_dagster.defs.partitions import text_shards
 from persona_hub_dagster.defs.storage import DeltaIOManager, DeltaStorageResource
 from persona_hub_dagster.lib import tables
+from persona_hub_dagster.lib.dedup import build, vector_lists
 from persona_hub_dagster.lib.dedup import index as index_module
-from persona_hub_dagster.lib.dedup import vector_lists
 from persona_hub_dagster.lib.dedup.build import index_layout, open_index
 from persona_hub_dagster.lib.dedup.hub import HubSettings, dedup_shard, load_candidates
 from persona_hub_dagster.lib.dedup.index import HubIndex, ShardEntries
@@ -39,6 +39,7 @@ def entries(shard, keys, vectors=None, first_position=0):
         [f"{shard}-{p}" for p in positions],
         [f"text of {shard} {p}" for p in positions],
         np.asarray(keys, dtype=np.uint64),
+        np.zeros((n, LAYOUT["num_perm"]), dtype=np.uint8),
         positions[: len(vectors)],
         vectors,
         "model" if len(vectors) else None,
@@ -66,6 +67,83 @@ def test_band_keys_find_the_earliest_shards_personas_and_only_those_of_the_prefi
         only_a = index.band_hits(probe, index.ranks(["a"]))
         assert {tuple(h) for h in only_a.tolist()} == {(0, sid["a"], 0)}
         assert index.personas(np.array([sid["b"]]), np.array([1])) == (["b-1"], ["text of b 1"])
+
+
+@pytest.mark.parametrize("rows_per_lookup", [1, 2, 4_000])
+def test_a_band_key_many_earlier_personas_hold_costs_only_the_plausible_ones(tmp_path, monkeypatch, rows_per_lookup):
+    """Sixty earlier personas share a band key with the candidates and only a few are near-duplicates: each
+    candidate still gets its earliest verified match (rank, then position), whatever the batch size, and only the
+    texts whose sketches make them plausible are fetched."""
+    monkeypatch.setattr(build, "ROWS_PER_LOOKUP", rows_per_lookup)
+    nurse = "a nurse who runs night shifts at a rural clinic and teaches first aid to farmers on weekends"
+    baker = "ein Bäcker aus Leipzig, der Sauerteig züchtet und samstags auf dem Markt Brot verkauft"
+    settings = HubSettings()
+
+    def shard(name, n, texts_at):
+        positions = np.arange(n) * 3  # hub positions have gaps where candidates were dropped
+        texts = [
+            texts_at.get(p, f"{name} persona number {p} who collects stamps from year {1900 + p}") for p in positions
+        ]
+        keys, sketches = build.minhash_entries_of(texts, settings)
+        keys[:, 0] = 42  # the key they all hold
+        ids = [f"{name}-{p}" for p in positions]
+        return ShardEntries(
+            name,
+            f"run-{name}",
+            positions,
+            ids,
+            texts,
+            keys,
+            sketches,
+            positions[:0],
+            np.zeros((0, 0), np.float32),
+            None,
+        )
+
+    with HubIndex(tmp_path / "index") as index:
+        index.add(shard("a", 50, {90: nurse}), index_layout(settings))
+        index.add(shard("b", 10, {0: nurse, 27: baker}), index_layout(settings))
+        fetched = []
+        real_personas = index.personas
+        monkeypatch.setattr(
+            index,
+            "personas",
+            lambda sid, pos: fetched.extend(zip(sid.tolist(), pos.tolist(), strict=True)) or real_personas(sid, pos),
+        )
+        candidates = [nurse, "nothing like any of them at all", baker, nurse, baker + " und Kuchen"]
+        keys, sketches = build.minhash_entries_of(candidates, settings)
+        keys[[0, 1, 2, 4], 0] = 42
+        keys[3] = 7  # row 3 shares no key with anyone: a copy that LSH missed stays missed
+        found = build.IndexedPrior(index).minhash_matches(["a", "b"], candidates, keys, sketches, settings)
+        sid = {s: e.sid for s, e in index.manifest.shards.items()}
+    assert {row: m[:2] for row, m in found.items()} == {0: ("a-90", "a"), 2: ("b-27", "b"), 4: ("b-27", "b")}
+    assert found[0][2] == 1.0 and 0.9 <= found[4][2] < 1.0
+    assert set(fetched) <= {(sid["a"], 90), (sid["b"], 0), (sid["b"], 27)}
+
+
+def test_an_index_without_sketches_asks_for_them_and_is_completed_from_its_own_texts(tmp_path):
+    settings = HubSettings()
+    texts = ["a potter who fires raku bowls in her garden kiln", "一位研究城市交通政策的经济学者，关注自动驾驶"]
+    keys, sketches = build.minhash_entries_of(texts, settings)
+    with HubIndex(tmp_path / "index") as index:
+        positions = np.array([4, 11])
+        ids = ["p-4", "p-11"]
+        index.add(
+            ShardEntries(
+                "a", "run-a", positions, ids, texts, keys, sketches, positions[:0], np.zeros((0, 0), np.float32), None
+            ),
+            index_layout(settings),
+        )
+        for path in (index.folder / "segments").glob("*-sketches.npy"):
+            path.unlink()  # an index built before it kept sketches
+        assert index.unsketched() == ["a"]
+        prior = build.IndexedPrior(index)
+        with pytest.raises(LookupError, match="catch_up_index"):
+            prior.minhash_matches(["a"], texts, keys, sketches, settings)
+        assert build.complete_sketches(index, settings) == ["a"] and index.unsketched() == []
+        assert (index.sketches(np.array([index.manifest.shards["a"].sid] * 2), positions) == sketches).all()
+        found = prior.minhash_matches(["a"], texts[::-1], keys[::-1], sketches[::-1], settings)
+    assert {row: m[:2] for row, m in found.items()} == {0: ("p-11", "a"), 1: ("p-4", "a")}
 
 
 def test_removing_a_shard_removes_exactly_its_entries(tmp_path):
@@ -291,6 +369,19 @@ def test_a_hub_built_before_the_index_gets_one_on_first_use(hub_on):
     with open_index(store) as index:
         assert {s: e.kept for s, e in index.manifest.shards.items() if s != "s3"} == kept
         assert index.manifest.layout == index_layout(HubSettings())
+    assert planted(store, "s3", 3)["duplicate_of_shard"].to_list() == ["s1", "s2", "s1"]
+
+
+def test_an_index_from_before_sketches_is_completed_by_the_next_hub_run(hub_on):
+    store, run, texts, _ = hub_on
+    run("s1")
+    run("s2")
+    with open_index(store) as index:
+        for path in (index.folder / "segments").glob("*-sketches.npy"):
+            path.unlink()
+    run("s3")
+    with open_index(store) as index:
+        assert index.unsketched() == []
     assert planted(store, "s3", 3)["duplicate_of_shard"].to_list() == ["s1", "s2", "s1"]
 
 

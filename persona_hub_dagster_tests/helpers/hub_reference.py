@@ -15,7 +15,7 @@ class WholeTablePrior:
     def __init__(self, store, embedder):
         self.store, self.embedder = store, embedder
 
-    def minhash_matches(self, prefix, texts, keys, settings):
+    def minhash_matches(self, prefix, texts, keys, sketches, settings):  # every band hit verified: no estimate
         n_bands = keys.shape[1]
         rows = np.arange(len(texts))
         probe = pl.DataFrame(

@@ -32,14 +32,19 @@ def index_layout(settings: HubSettings) -> dict:
     return {"num_perm": settings.num_perm, "seed": settings.seed, "ngram": settings.ngram, "bands": bands, "rows": rows}
 
 
-def band_keys_of(texts: Sequence[str], settings: HubSettings) -> np.ndarray:
+def minhash_entries_of(texts: Sequence[str], settings: HubSettings) -> tuple[np.ndarray, np.ndarray]:
+    """(band keys, sketches) of texts, as the hub's MinHash pass makes them."""
     layout = index_layout(settings)
     sigs = minhash.signatures(minhash.tokenize_batch(texts, settings.ngram), settings.num_perm, settings.seed)
-    return minhash.band_keys(sigs, layout["bands"], layout["rows"])
+    return minhash.band_keys(sigs, layout["bands"], layout["rows"]), minhash.sketches(sigs)
+
+
+ROWS_PER_LOOKUP = 4_000  # candidates whose band hits are gathered, estimated and verified at once
 
 
 class IndexedPrior:
-    """PriorShards on the hub index: probes by key, fetches only the matched personas' texts."""
+    """PriorShards on the hub index: probes by key, estimates each hit from its sketch, fetches only the texts of
+    the plausible ones."""
 
     def __init__(self, index: HubIndex):
         self.index = index
@@ -50,8 +55,27 @@ class IndexedPrior:
             raise LookupError(f"the hub index lacks the earlier shards {missing}: catch_up_index first")
         return self.index.ranks(prefix)
 
-    def minhash_matches(self, prefix, texts, keys, settings) -> dict[int, tuple[str, str, float]]:
-        hits = self.index.band_hits(keys, self._ranks(prefix))  # (row, shard id, position)
+    def minhash_matches(self, prefix, texts, keys, sketches, settings) -> dict[int, tuple[str, str, float]]:
+        """Candidates ROWS_PER_LOOKUP at a time, so memory holds one batch's hits whatever the hub's size. A hit
+        whose sketch estimate is below the threshold by more than minhash.ESTIMATE_MARGIN (~3.5 standard deviations
+        at the threshold, as within a shard) is not verified: a band key that thousands of earlier personas share
+        costs a candidate bytes, not thousands of fetched texts."""
+        ranks = self._ranks(prefix)
+        found = {}
+        for start in range(0, len(texts), ROWS_PER_LOOKUP):
+            rows = slice(start, start + ROWS_PER_LOOKUP)
+            hits = self.index.band_hits(keys[rows], ranks)  # (row, shard id, position)
+            if len(hits):
+                estimate = minhash.sketch_jaccard(
+                    sketches[rows][hits[:, 0]], self.index.sketches(hits[:, 1], hits[:, 2])
+                )
+                plausible = hits[estimate >= settings.minhash_threshold - minhash.ESTIMATE_MARGIN]
+                for row, match in self._verified(prefix, texts[rows], plausible, settings).items():
+                    found[start + row] = match
+        return found
+
+    def _verified(self, prefix, texts, hits, settings) -> dict[int, tuple[str, str, float]]:
+        """Per row of texts with a hit that passes exact Jaccard: the earliest (rank, position) such hit."""
         if not len(hits):
             return {}
         earlier, which = np.unique(hits[:, 1:], axis=0, return_inverse=True)
@@ -105,7 +129,16 @@ def catch_up_index(
     added = [s for s in present if s not in index.manifest.shards]
     for shard in added:
         index.add(entries_from_tables(store, shard, runs.get(shard, ""), settings, embedder if model else None), layout)
-    return {"removed": removed, "added": added}
+    return {"removed": removed, "added": added, "sketched": complete_sketches(index, settings)}
+
+
+def complete_sketches(index: HubIndex, settings: HubSettings) -> list[str]:
+    """Sketch the shards of an index built before it kept MinHash sketches, from the texts it holds, one shard at a
+    time. Returns the shards sketched."""
+    missing = index.unsketched()
+    for shard in missing:
+        index.set_sketches(shard, minhash_entries_of(index.stored_texts(shard), settings)[1])
+    return missing
 
 
 def entries_from_tables(
@@ -142,7 +175,7 @@ def entries_from_tables(
         positions,
         hub["persona_id"].to_list(),
         texts,
-        band_keys_of(texts, settings),
+        *minhash_entries_of(texts, settings),
         vector_positions,
         vectors,
         embedder.identity if embedder is not None and len(vectors) else None,

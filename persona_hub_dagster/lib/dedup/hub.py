@@ -199,10 +199,10 @@ class PriorShards(Protocol):
     against a reference that reads the whole tables, as the hub did before the index."""
 
     def minhash_matches(
-        self, prefix: Sequence[str], texts: list[str], keys: np.ndarray, settings: HubSettings
+        self, prefix: Sequence[str], texts: list[str], keys: np.ndarray, sketches: np.ndarray, settings: HubSettings
     ) -> dict[int, tuple[str, str, float]]:
-        """Per row of texts/keys with a verified near-duplicate among the prefix's kept personas: the earliest such
-        persona (registration order, then hub position), its shard, and the exact Jaccard."""
+        """Per row of texts/keys/sketches with a verified near-duplicate among the prefix's kept personas: the
+        earliest such persona (registration order, then hub position), its shard, and the exact Jaccard."""
         ...
 
     def semantic_matches(
@@ -228,9 +228,11 @@ def dedup_shard(
     decisions = Decisions.start(candidates["persona_id"].to_list())
     if settings.quality_filter:
         texts = quality_pass(texts, decisions)
-    keys = minhash_pass(prior, shard, prefix, texts, decisions, settings)
+    keys, sketches = minhash_pass(prior, shard, prefix, texts, decisions, settings)
     vectors = semantic_pass(prior, shard, prefix, texts, decisions, settings, embedder)
-    return shard_result(shard, prefix, candidates, texts, decisions, keys, vectors, settings, embedder, run_id)
+    return shard_result(
+        shard, prefix, candidates, texts, decisions, (keys, sketches), vectors, settings, embedder, run_id
+    )
 
 
 def quality_pass(texts: list[str], decisions: Decisions) -> list[str]:
@@ -250,16 +252,16 @@ def quality_pass(texts: list[str], decisions: Decisions) -> list[str]:
 
 def minhash_pass(
     prior: PriorShards, shard: str, prefix: Sequence[str], texts: list[str], decisions: Decisions, settings: HubSettings
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Near-duplicates by MinHash, verified by exact Jaccard: against earlier shards first, then within the shard
-    (keep-first). Returns every candidate's LSH band keys (the kept ones go to the index)."""
+    (keep-first). Returns every candidate's LSH band keys and sketches (the kept ones go to the index)."""
     batch = minhash.tokenize_batch(texts, settings.ngram)
     sigs = minhash.signatures(batch, settings.num_perm, settings.seed)
     bands, rows = minhash.choose_bands(settings.minhash_threshold, settings.num_perm, settings.min_recall)
-    keys = minhash.band_keys(sigs, bands, rows)
+    keys, sketches = minhash.band_keys(sigs, bands, rows), minhash.sketches(sigs)
     live = np.flatnonzero(decisions.alive)
     if prefix and len(live):
-        matches = prior.minhash_matches(prefix, [texts[i] for i in live], keys[live], settings)
+        matches = prior.minhash_matches(prefix, [texts[i] for i in live], keys[live], sketches[live], settings)
         for row, (prior_id, prior_shard, score) in matches.items():
             decisions.drop(int(live[row]), "minhash", prior_id, prior_shard, score)
     live = np.flatnonzero(decisions.alive)
@@ -277,7 +279,7 @@ def minhash_pass(
         scores = minhash.exact_jaccard(sub, sub, pairs)
         for local, rep, score in zip(dropped.tolist(), pairs[:, 0].tolist(), scores.tolist(), strict=True):
             decisions.drop(int(live[local]), "minhash", decisions.ids[live[rep]], shard, score)
-    return keys
+    return keys, sketches
 
 
 def semantic_pass(
@@ -322,14 +324,16 @@ def shard_result(
     candidates: pl.DataFrame,
     texts: Sequence[str],
     decisions: Decisions,
-    keys: np.ndarray,
+    minhash_entries: tuple[np.ndarray, np.ndarray],
     vectors: np.ndarray,
     settings: HubSettings,
     embedder: EmbedderLike | None,
     run_id: str,
 ) -> ShardResult:
     """The tables of the shard: hub (with the personas as the passes saw them, `texts`), decisions (with the
-    candidates' original personas), the kept personas' band keys and vectors, the run record."""
+    candidates' original personas), the kept personas' band keys and vectors, the run record; and its index entries
+    (`minhash_entries`: every candidate's band keys and sketches)."""
+    keys, sketches = minhash_entries
     n = candidates.height
     kept = np.flatnonzero(decisions.alive)
     fingerprint = settings.fingerprint(embedder.identity if embedder is not None else None)
@@ -401,6 +405,7 @@ def shard_result(
         kept_ids.to_list(),
         kept_texts,
         keys[kept],
+        sketches[kept],
         embedded,
         vectors if len(embedded) else np.zeros((0, 0), dtype=np.float32),
         embedder.identity if embedder is not None and len(embedded) else None,

@@ -9,6 +9,10 @@ Two parts, in one folder that lives with the tables (`<root>/_index/persona_hub/
   RocksDB's bloom filters answer the probes that hit nothing (almost all of them) from memory, and its block cache
   is fixed, so a lookup's memory does not grow with the hub. A key's pairs are rewritten when a shard adds to it or
   leaves it (read-modify-write of the keys that shard holds, no merge operator needed).
+- Per shard, beside RocksDB: its band keys by position (`<sid>-keys.npy`, what removing the shard rewrites) and its
+  MinHash sketches (`<sid>-sketches.npy`, 128 B a persona, row for row). A band hit is estimated from the sketches
+  before its text is fetched: a key held by thousands of earlier personas (templates, boilerplate) costs a
+  candidate a gather of bytes, not thousands of texts. Both are read memory-mapped, a few pages per hit.
 - Vectors, in an inverted file of our own built on FAISS's k-means (vector_lists.py): one segment per shard, its
   kept vectors sorted by list; a query batch reads the probed lists in bounded ranges and every reported
   similarity is exact. FAISS's own OnDiskInvertedLists was the alternative: it cannot drop one shard's vectors
@@ -44,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from persona_hub_dagster.lib.dedup.index_mirror import ObjectStoreMirror
-from persona_hub_dagster.lib.dedup.vector_lists import VectorLists
+from persona_hub_dagster.lib.dedup.vector_lists import VectorLists, atomic_save_npy
 from persona_hub_dagster.lib.locations import is_uri
 
 INDEX_CACHE_ENV = "PERSONA_HUB_INDEX_CACHE"
@@ -103,6 +107,7 @@ class ShardEntries:
     persona_ids: Sequence[str]
     texts: Sequence[str]
     keys: np.ndarray  # (kept, bands) uint64
+    sketches: np.ndarray  # (kept, num_perm) uint8, minhash.sketches of their signatures
     vector_positions: np.ndarray
     vectors: np.ndarray  # (embedded, dim) float32, L2-normalized
     model: str | None
@@ -234,6 +239,47 @@ class HubIndex(VectorLists, ObjectStoreMirror):
             texts.append(text.decode())
         return ids, texts
 
+    def sketches(self, sid: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """(m, num_perm) uint8: the MinHash sketches of kept personas by (shard id, position). Each shard's files are
+        mapped for the call only and searched for the positions asked, so memory holds the pages of the hits."""
+        out = np.zeros((len(sid), self.manifest.layout["num_perm"] if self.manifest.layout else 0), dtype=np.uint8)
+        with self._timed("sketch_fetch"):
+            sid = np.asarray(sid, dtype=np.int64)
+            order = np.argsort(sid, kind="stable")
+            bounds = np.flatnonzero(np.diff(sid[order], prepend=-1, append=-1))
+            for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+                which, shard_id = order[lo:hi], int(sid[order[lo]])
+                stored = self._sketches_path(shard_id)
+                if not stored.exists():
+                    raise LookupError(f"the hub index lacks shard id {shard_id}'s sketches: catch_up_index first")
+                positions = np.load(self._keys_path(shard_id), mmap_mode="r")[:, 0]
+                rows = np.minimum(_sorted_search(positions, pos[which].astype(np.uint64)), len(positions) - 1)
+                if (positions[rows] != pos[which]).any():
+                    raise LookupError("the hub index lacks a persona it lists: rebuild it (remove its folder)")
+                out[which] = np.load(stored, mmap_mode="r")[rows]
+        return out
+
+    def unsketched(self) -> list[str]:
+        """Shards whose sketches are missing (indexed before the index kept them): `set_sketches` completes them."""
+        return [s for s, e in self.manifest.shards.items() if e.kept and not self._sketches_path(e.sid).exists()]
+
+    def stored_texts(self, shard: str) -> list[str]:
+        """A shard's kept personas' texts in position order (the order of its keys file), from RocksDB."""
+        sid = self.manifest.shards[shard].sid
+        bounds = np.zeros(2, dtype=_PERSONA_KEY)
+        bounds["tag"], bounds["sid"] = b"p", [sid, sid + 1]
+        begin, end = _as_bytes(bounds)
+        texts = []
+        iterator = self.db.iter()
+        iterator.seek(begin)
+        while iterator.valid() and iterator.key() < end:
+            texts.append(iterator.value().split(b"\0", 1)[1].decode())
+            iterator.next()
+        return texts
+
+    def set_sketches(self, shard: str, sketches: np.ndarray) -> None:
+        atomic_save_npy(self._sketches_path(self.manifest.shards[shard].sid), np.ascontiguousarray(sketches, np.uint8))
+
     # ------------------------------------------------------------------ vectors
 
     def vector_matches(self, queries: np.ndarray, ranks: Mapping[int, int], threshold: float) -> Matches:
@@ -272,6 +318,8 @@ class HubIndex(VectorLists, ObjectStoreMirror):
         sid = self.manifest.next_sid
         self.manifest.next_sid += 1
         positions = np.asarray(entries.positions, dtype=np.uint32)
+        if (np.diff(positions.astype(np.int64)) <= 0).any():
+            raise ValueError(f"shard {entries.shard}'s positions must increase (they are searched by bisection)")
         db = self.db
         from rocksdict import WriteBatch
 
@@ -284,6 +332,8 @@ class HubIndex(VectorLists, ObjectStoreMirror):
             self._rewrite_bands(batch, entries.keys, sid, positions, add=True)
             db.write(batch)
         np.save(self._keys_path(sid), np.column_stack((positions.astype(np.uint64), entries.keys)))
+        if len(entries.sketches) == len(positions):
+            atomic_save_npy(self._sketches_path(sid), np.ascontiguousarray(entries.sketches, np.uint8))
         if len(entries.vectors):
             self.manifest.dim = entries.vectors.shape[1]
             self._write_segment(
@@ -318,6 +368,7 @@ class HubIndex(VectorLists, ObjectStoreMirror):
         for path in (self.folder / "segments").glob(f"{entry.sid:08d}-*"):
             path.unlink()
         keys_path.unlink(missing_ok=True)
+        self._sketches_path(entry.sid).unlink(missing_ok=True)
         return True
 
     def _rewrite_bands(self, batch, keys: np.ndarray, sid: int, positions: np.ndarray, *, add: bool) -> None:
@@ -348,6 +399,9 @@ class HubIndex(VectorLists, ObjectStoreMirror):
 
     def _keys_path(self, sid: int) -> Path:
         return self.folder / "segments" / f"{sid:08d}-keys.npy"
+
+    def _sketches_path(self, sid: int) -> Path:
+        return self.folder / "segments" / f"{sid:08d}-sketches.npy"
 
     def _check_layout(self, layout: dict, model: str | None, vectors: np.ndarray) -> None:
         if self.manifest.layout is None:
@@ -381,10 +435,14 @@ class HubIndex(VectorLists, ObjectStoreMirror):
     # ------------------------------------------------------------------ size and the object-store mirror
 
     def stats(self) -> dict[str, int]:
-        sizes = {"rocksdb": 0, "vectors": 0, "keys": 0}
+        sizes = {"rocksdb": 0, "vectors": 0, "keys": 0, "sketches": 0}
         for path in self.folder.rglob("*"):
             if path.is_file():
-                part = "rocksdb" if "rocksdb" in path.parts else "keys" if "-keys" in path.name else "vectors"
+                part = (
+                    "rocksdb"
+                    if "rocksdb" in path.parts
+                    else next((p for p in ("keys", "sketches") if path.name.endswith(f"-{p}.npy")), "vectors")
+                )
                 sizes[part] += path.stat().st_size
         return {
             **{f"{k}_bytes": v for k, v in sizes.items()},
@@ -414,6 +472,20 @@ def _entries(values: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.fromiter((len(v) if v is not None else 0 for v in values), dtype=np.int64, count=len(values))
     entries = np.frombuffer(b"".join(v for v in values if v is not None), dtype=_ENTRY)
     return np.repeat(np.arange(len(values)), lengths // _ENTRY.itemsize), entries
+
+
+def _sorted_search(column: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """np.searchsorted(column, values, "left") by bisection over fancy indexing: on a strided memory-mapped column
+    numpy's own searchsorted copies the whole column first (every page of the file); this reads ~log2(n) elements
+    a value."""
+    lo, hi = np.zeros(len(values), dtype=np.int64), np.full(len(values), len(column), dtype=np.int64)
+    while (open_ := lo < hi).any():
+        mid = (lo + hi) // 2
+        below = np.zeros(len(values), dtype=bool)
+        below[open_] = column[mid[open_]] < values[open_]
+        lo = np.where(open_ & below, mid + 1, lo)
+        hi = np.where(open_ & ~below, mid, hi)
+    return lo
 
 
 def _as_bytes(records: np.ndarray) -> list[bytes]:

@@ -153,7 +153,7 @@ class VectorLists:
             sample.append(vectors[take])
         generation = self.manifest.generation + 1
         centroids = _centroids(np.concatenate(sample), nlist, None)
-        _atomic_bytes_npy(self.folder / "segments" / f"centroids-{generation}.npy", centroids)
+        atomic_save_npy(self.folder / "segments" / f"centroids-{generation}.npy", centroids)
         for sid in with_vectors:
             vectors, positions = self._read_segment(sid)
             self._write_segment(sid, vectors, positions, generation)
@@ -193,7 +193,7 @@ def _atomic_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_bytes_npy(path: Path, array: np.ndarray) -> None:
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as out:
         np.save(out, array)
