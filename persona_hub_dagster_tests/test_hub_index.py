@@ -69,12 +69,12 @@ def test_band_keys_find_the_earliest_shards_personas_and_only_those_of_the_prefi
         assert index.personas(np.array([sid["b"]]), np.array([1])) == (["b-1"], ["text of b 1"])
 
 
-@pytest.mark.parametrize("rows_per_lookup", [1, 2, 4_000])
-def test_a_band_key_many_earlier_personas_hold_costs_only_the_plausible_ones(tmp_path, monkeypatch, rows_per_lookup):
+@pytest.mark.parametrize("probes_per_get", [1, 3, 50_000])
+def test_a_band_key_many_earlier_personas_hold_costs_only_the_plausible_ones(tmp_path, monkeypatch, probes_per_get):
     """Sixty earlier personas share a band key with the candidates and only a few are near-duplicates: each
-    candidate still gets its earliest verified match (rank, then position), whatever the batch size, and only the
-    texts whose sketches make them plausible are fetched."""
-    monkeypatch.setattr(build, "ROWS_PER_LOOKUP", rows_per_lookup)
+    candidate still gets its earliest verified match (rank, then position), however the lookup is cut into parts,
+    and only the texts whose sketches make them plausible are fetched."""
+    monkeypatch.setattr(index_module, "PROBES_PER_GET", probes_per_get)
     nurse = "a nurse who runs night shifts at a rural clinic and teaches first aid to farmers on weekends"
     baker = "ein Bäcker aus Leipzig, der Sauerteig züchtet und samstags auf dem Markt Brot verkauft"
     settings = HubSettings()

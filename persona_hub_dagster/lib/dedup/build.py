@@ -39,9 +39,6 @@ def minhash_entries_of(texts: Sequence[str], settings: HubSettings) -> tuple[np.
     return minhash.band_keys(sigs, layout["bands"], layout["rows"]), minhash.sketches(sigs)
 
 
-ROWS_PER_LOOKUP = 4_000  # candidates whose band hits are gathered, estimated and verified at once
-
-
 class IndexedPrior:
     """PriorShards on the hub index: probes by key, estimates each hit from its sketch, fetches only the texts of
     the plausible ones."""
@@ -56,23 +53,16 @@ class IndexedPrior:
         return self.index.ranks(prefix)
 
     def minhash_matches(self, prefix, texts, keys, sketches, settings) -> dict[int, tuple[str, str, float]]:
-        """Candidates ROWS_PER_LOOKUP at a time, so memory holds one batch's hits whatever the hub's size. A hit
-        whose sketch estimate is below the threshold by more than minhash.ESTIMATE_MARGIN (~3.5 standard deviations
-        at the threshold, as within a shard) is not verified: a band key that thousands of earlier personas share
-        costs a candidate bytes, not thousands of fetched texts."""
-        ranks = self._ranks(prefix)
-        found = {}
-        for start in range(0, len(texts), ROWS_PER_LOOKUP):
-            rows = slice(start, start + ROWS_PER_LOOKUP)
-            hits = self.index.band_hits(keys[rows], ranks)  # (row, shard id, position)
-            if len(hits):
-                estimate = minhash.sketch_jaccard(
-                    sketches[rows][hits[:, 0]], self.index.sketches(hits[:, 1], hits[:, 2])
-                )
-                plausible = hits[estimate >= settings.minhash_threshold - minhash.ESTIMATE_MARGIN]
-                for row, match in self._verified(prefix, texts[rows], plausible, settings).items():
-                    found[start + row] = match
-        return found
+        """Band hits come in parts (index.band_hit_chunks), and each part keeps only the hits whose sketch estimate
+        reaches the threshold less minhash.ESTIMATE_MARGIN (~3.5 standard deviations at the threshold, as within a
+        shard): memory holds one part's hits whatever the hub's size, and a band key that thousands of earlier
+        personas share costs a candidate bytes, not thousands of fetched texts. The plausible hits are verified."""
+        plausible = []
+        for hits in self.index.band_hit_chunks(keys, self._ranks(prefix)):  # (row, shard id, position)
+            estimate = minhash.sketch_jaccard(sketches[hits[:, 0]], self.index.sketches(hits[:, 1], hits[:, 2]))
+            plausible.append(hits[estimate >= settings.minhash_threshold - minhash.ESTIMATE_MARGIN])
+        hits = np.unique(np.concatenate(plausible), axis=0) if plausible else np.zeros((0, 3), dtype=np.int64)
+        return self._verified(prefix, texts, hits, settings)
 
     def _verified(self, prefix, texts, hits, settings) -> dict[int, tuple[str, str, float]]:
         """Per row of texts with a hit that passes exact Jaccard: the earliest (rank, position) such hit."""

@@ -53,6 +53,7 @@ from persona_hub_dagster.lib.locations import is_uri
 
 INDEX_CACHE_ENV = "PERSONA_HUB_INDEX_CACHE"
 BLOCK_CACHE_BYTES = 64 * 2**20
+PROBES_PER_GET = 50_000  # band keys per RocksDB multi_get: ~5% of a 10^5-persona shard's
 _NONE = np.iinfo(np.int64).max
 _ENTRY = np.dtype([("sid", "<u4"), ("pos", "<u4")])
 _BAND_KEY = np.dtype([("tag", "S1"), ("band", ">u2"), ("key", ">u8")])
@@ -207,22 +208,34 @@ class HubIndex(VectorLists, ObjectStoreMirror):
     def band_hits(self, keys: np.ndarray, ranks: Mapping[int, int]) -> np.ndarray:
         """(m, 3) int64 rows (query row, shard id, position): every kept persona of the ranked shards that shares a
         band key with query row i of `keys` (n, bands)."""
+        found = list(self.band_hit_chunks(keys, ranks))
+        return np.unique(np.concatenate(found), axis=0) if found else np.zeros((0, 3), dtype=np.int64)
+
+    def band_hit_chunks(
+        self, keys: np.ndarray, ranks: Mapping[int, int], probes: int | None = None
+    ) -> Iterator[np.ndarray]:
+        """`band_hits` in parts, `probes` band keys at a time in key order: one sweep through RocksDB's files (each
+        block and filter read about once, where batches of query rows would each sweep them all again: 1.5x the time
+        at 10^7), and memory for one part's hits. A (row, persona) pair that shares several keys can come in several
+        parts; within a part it comes once."""
         if not len(keys) or not ranks:
-            return np.zeros((0, 3), dtype=np.int64)
+            return
         probe_keys, starts, rows = _band_probe(keys)
-        with self._timed("band_lookup"):
-            owner, entries = _entries(self.db.get(probe_keys))
-        keep = np.isin(entries["sid"], np.array(sorted(ranks), dtype=np.uint32))
-        owner, entries = owner[keep], entries[keep]
-        if not len(entries):
-            return np.zeros((0, 3), dtype=np.int64)
-        # Each hit goes to every query row that probed its key (rows sharing a key are adjacent after the sort).
-        ends = np.append(starts[1:], len(rows))
-        counts = (ends - starts)[owner]
-        which = np.repeat(np.arange(len(entries)), counts)
-        at = np.repeat(starts[owner] - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
-        out = np.stack((rows[at], entries["sid"][which].astype(np.int64), entries["pos"][which]), axis=1)
-        return np.unique(out, axis=0)
+        ends, probes = np.append(starts[1:], len(rows)), probes or PROBES_PER_GET
+        ranked = np.array(sorted(ranks), dtype=np.uint32)
+        for lo in range(0, len(probe_keys), probes):
+            with self._timed("band_lookup"):
+                owner, entries = _entries(self.db.get(probe_keys[lo : lo + probes]))
+            keep = np.isin(entries["sid"], ranked)
+            owner, entries = owner[keep] + lo, entries[keep]
+            if not len(entries):
+                continue
+            # Each hit goes to every query row that probed its key (rows sharing a key are adjacent after the sort).
+            counts = (ends - starts)[owner]
+            which = np.repeat(np.arange(len(entries)), counts)
+            at = np.repeat(starts[owner] - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
+            out = np.stack((rows[at], entries["sid"][which].astype(np.int64), entries["pos"][which]), axis=1)
+            yield np.unique(out, axis=0)
 
     def personas(self, sid: np.ndarray, pos: np.ndarray) -> tuple[list[str], list[str]]:
         """(persona ids, texts) of kept personas by (shard id, position)."""
