@@ -146,7 +146,9 @@ def test_an_index_without_sketches_asks_for_them_and_is_completed_from_its_own_t
     assert {row: m[:2] for row, m in found.items()} == {0: ("p-11", "a"), 1: ("p-4", "a")}
 
 
-def test_removing_a_shard_removes_exactly_its_entries(tmp_path):
+@pytest.mark.parametrize("probes_per_get", [1, 50_000])  # keys read and rewritten one at a time, or at once
+def test_removing_a_shard_removes_exactly_its_entries(tmp_path, monkeypatch, probes_per_get):
+    monkeypatch.setattr(index_module, "PROBES_PER_GET", probes_per_get)
     rng = np.random.default_rng(0)
     vectors = unit(rng, 3)
     with HubIndex(tmp_path / "index") as index:

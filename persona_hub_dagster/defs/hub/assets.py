@@ -114,7 +114,7 @@ def _build_shard(context, store, index, registry, shard, settings, embedder, run
             f"Shard {shard!r} is deduplicated against an incomplete prefix: "
             f"{sorted(set(expected) - set(present))} registered earlier have no hub yet."
         )
-    result, written = build_shard(
+    counts, written = build_shard(
         store,
         index,
         shard,
@@ -126,5 +126,5 @@ def _build_shard(context, store, index, registry, shard, settings, embedder, run
         commit_metadata=commit_metadata(run_id, PERSONA_HUB),
     )
     writes.update(written)
-    context.log.info(f"persona_hub {shard}: {result.counts}")
-    return result.counts
+    context.log.info(f"persona_hub {shard}: {counts}")
+    return counts

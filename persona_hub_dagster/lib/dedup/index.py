@@ -333,17 +333,20 @@ class HubIndex(VectorLists, ObjectStoreMirror):
         positions = np.asarray(entries.positions, dtype=np.uint32)
         if (np.diff(positions.astype(np.int64)) <= 0).any():
             raise ValueError(f"shard {entries.shard}'s positions must increase (they are searched by bisection)")
-        db = self.db
         from rocksdict import WriteBatch
 
-        batch = WriteBatch(raw_mode=True)
-        persona_keys = np.zeros(len(positions), dtype=_PERSONA_KEY)
-        persona_keys["tag"], persona_keys["sid"], persona_keys["pos"] = b"p", sid, positions
-        for key, pid, text in zip(_as_bytes(persona_keys), entries.persona_ids, entries.texts, strict=True):
-            batch.put(key, pid.encode() + b"\0" + (text or "").encode())
+        # In parts, so that memory holds one part's writes: nothing reads them before the manifest lists the shard.
+        for lo in range(0, len(positions), PROBES_PER_GET):
+            part = slice(lo, lo + PROBES_PER_GET)
+            batch = WriteBatch(raw_mode=True)
+            persona_keys = np.zeros(len(positions[part]), dtype=_PERSONA_KEY)
+            persona_keys["tag"], persona_keys["sid"], persona_keys["pos"] = b"p", sid, positions[part]
+            texts = zip(_as_bytes(persona_keys), entries.persona_ids[part], entries.texts[part], strict=True)
+            for key, pid, text in texts:
+                batch.put(key, pid.encode() + b"\0" + (text or "").encode())
+            self.db.write(batch)
         with self._timed("band_update"):
-            self._rewrite_bands(batch, entries.keys, sid, positions, add=True)
-            db.write(batch)
+            self._rewrite_bands(entries.keys, sid, positions, add=True)
         np.save(self._keys_path(sid), np.column_stack((positions.astype(np.uint64), entries.keys)))
         if len(entries.sketches) == len(positions):
             atomic_save_npy(self._sketches_path(sid), np.ascontiguousarray(entries.sketches, np.uint8))
@@ -366,14 +369,11 @@ class HubIndex(VectorLists, ObjectStoreMirror):
         if entry is None:
             return False
         self._save()  # from here on no lookup sees the shard
-        from rocksdict import WriteBatch
 
         keys_path = self._keys_path(entry.sid)
         if keys_path.exists():
             stored = np.load(keys_path)
-            batch = WriteBatch(raw_mode=True)
-            self._rewrite_bands(batch, stored[:, 1:], entry.sid, stored[:, 0].astype(np.uint32), add=False)
-            self.db.write(batch)
+            self._rewrite_bands(stored[:, 1:], entry.sid, stored[:, 0].astype(np.uint32), add=False)
         start = np.zeros(2, dtype=_PERSONA_KEY)
         start["tag"], start["sid"] = b"p", [entry.sid, entry.sid + 1]
         begin, end = _as_bytes(start)
@@ -384,31 +384,41 @@ class HubIndex(VectorLists, ObjectStoreMirror):
         self._sketches_path(entry.sid).unlink(missing_ok=True)
         return True
 
-    def _rewrite_bands(self, batch, keys: np.ndarray, sid: int, positions: np.ndarray, *, add: bool) -> None:
+    def _rewrite_bands(self, keys: np.ndarray, sid: int, positions: np.ndarray, *, add: bool) -> None:
         """Add this shard's (sid, position) to each of its band keys, or take them out; entries of shards the
-        manifest no longer lists are dropped on the way."""
+        manifest no longer lists are dropped on the way (and this shard's, left by an add that crashed). Written
+        PROBES_PER_GET distinct keys at a time (each key is read and rewritten once), so memory holds one part."""
         if not len(keys):
             return
-        unique_bytes, starts, rows = _band_probe(keys)
-        found = self.db.get(unique_bytes)
-        owner, entries = _entries(found)
+        from rocksdict import WriteBatch
+
+        all_keys, all_starts, rows = _band_probe(keys)
+        all_ends = np.append(all_starts[1:], len(rows))
         live = np.array(sorted(e.sid for e in self.manifest.shards.values()), dtype=np.uint32)
-        keep = np.isin(entries["sid"], live) & (entries["sid"] != sid)
-        owner, entries = owner[keep], entries[keep]
-        if add:
-            mine = np.zeros(len(rows), dtype=_ENTRY)
-            mine["sid"], mine["pos"] = sid, positions[rows]
-            key_of_row = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(rows))))
-            owner, entries = np.concatenate((owner, key_of_row)), np.concatenate((entries, mine))
-        grouped = np.argsort(owner, kind="stable")  # a key's earlier entries stay first
-        owner, buffer = owner[grouped], entries[grouped].tobytes()
-        bounds = np.searchsorted(owner, np.arange(len(starts) + 1)) * _ENTRY.itemsize
-        for k, key in enumerate(unique_bytes):
-            lo, hi = int(bounds[k]), int(bounds[k + 1])
-            if hi > lo:
-                batch.put(key, buffer[lo:hi])
-            elif found[k] is not None:
-                batch.delete(key)
+        for first in range(0, len(all_keys), PROBES_PER_GET):
+            unique_bytes = all_keys[first : first + PROBES_PER_GET]
+            starts, ends = all_starts[first : first + PROBES_PER_GET], all_ends[first : first + PROBES_PER_GET]
+            found = self.db.get(unique_bytes)
+            owner, entries = _entries(found)
+            keep = np.isin(entries["sid"], live) & (entries["sid"] != sid)
+            owner, entries = owner[keep], entries[keep]
+            if add:
+                members = ends - starts
+                mine = np.zeros(int(members.sum()), dtype=_ENTRY)
+                mine["sid"], mine["pos"] = sid, positions[rows[starts[0] : ends[-1]]]
+                owner = np.concatenate((owner, np.repeat(np.arange(len(starts)), members)))
+                entries = np.concatenate((entries, mine))
+            grouped = np.argsort(owner, kind="stable")  # a key's earlier entries stay first
+            owner, buffer = owner[grouped], entries[grouped].tobytes()
+            bounds = np.searchsorted(owner, np.arange(len(starts) + 1)) * _ENTRY.itemsize
+            batch = WriteBatch(raw_mode=True)
+            for k, key in enumerate(unique_bytes):
+                lo, hi = int(bounds[k]), int(bounds[k + 1])
+                if hi > lo:
+                    batch.put(key, buffer[lo:hi])
+                elif found[k] is not None:
+                    batch.delete(key)
+            self.db.write(batch)
 
     def _keys_path(self, sid: int) -> Path:
         return self.folder / "segments" / f"{sid:08d}-keys.npy"

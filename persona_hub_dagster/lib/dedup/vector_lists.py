@@ -114,7 +114,7 @@ class VectorLists:
         lists, nlist = self._assign(vectors, generation)
         order = np.lexsort((positions, lists))
         offsets = np.searchsorted(lists[order], np.arange(nlist + 1))
-        _atomic_bytes(self._segment_path(sid, ".f32", generation), np.ascontiguousarray(vectors[order]).tobytes())
+        _atomic_rows(self._segment_path(sid, ".f32", generation), vectors, order)
         tmp = self._segment_path(sid, ".tmp.npz", generation)
         np.savez(tmp, offsets=offsets.astype(np.int64), positions=positions[order].astype(np.uint32))
         os.replace(tmp, self._segment_path(sid, ".npz", generation))
@@ -187,9 +187,12 @@ def _ranges_by_size(sizes: np.ndarray, budget: int):
         yield lo, len(sizes)
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
+def _atomic_rows(path: Path, vectors: np.ndarray, order: np.ndarray, rows: int = 65_536) -> None:
+    """vectors[order] as raw float32, written part by part (one copy of the vectors is what a shard holds)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
+    with open(tmp, "wb") as out:
+        for lo in range(0, len(order), rows):
+            out.write(np.ascontiguousarray(vectors[order[lo : lo + rows]], dtype=np.float32).tobytes())
     os.replace(tmp, path)
 
 
