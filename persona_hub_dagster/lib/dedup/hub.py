@@ -311,11 +311,13 @@ def semantic_pass(
     for row, (of, of_shard, score) in earlier.items():
         decisions.drop(int(live[row]), "semantic", of, of_shard, score)
     rest = np.array([row for row in range(len(live)) if row not in earlier], dtype=np.int64)
-    result = semantic_keep_first(vectors[rest], threshold=settings.semantic_threshold)
+    if len(rest) < len(live):
+        vectors = vectors[rest]  # the shard's vectors are held once (1 GB per 10^6 at 256-d)
+    result = semantic_keep_first(vectors, threshold=settings.semantic_threshold)
     for local in np.flatnonzero(~result.kept).tolist():
         of = decisions.ids[live[rest[result.representative[local]]]]
         decisions.drop(int(live[rest[local]]), "semantic", of, shard, float(result.similarity[local]))
-    return vectors[rest[result.kept]]
+    return vectors[result.kept]
 
 
 def shard_result(
