@@ -386,19 +386,22 @@ class HubIndex(VectorLists, ObjectStoreMirror):
 
     def _rewrite_bands(self, keys: np.ndarray, sid: int, positions: np.ndarray, *, add: bool) -> None:
         """Add this shard's (sid, position) to each of its band keys, or take them out; entries of shards the
-        manifest no longer lists are dropped on the way (and this shard's, left by an add that crashed). Written
-        PROBES_PER_GET distinct keys at a time (each key is read and rewritten once), so memory holds one part."""
+        manifest no longer lists are dropped on the way (and this shard's, left by an add that crashed). Every key
+        is read first, in one sweep; then the new values are written PROBES_PER_GET keys at a time, so memory holds
+        one part's values. (Reading a part after writing the one before made RocksDB search each new L0 file for every
+        key: 279 GB read for the 6.7 million keys of a 10^6-persona shard.)"""
         if not len(keys):
             return
         from rocksdict import WriteBatch
 
         all_keys, all_starts, rows = _band_probe(keys)
         all_ends = np.append(all_starts[1:], len(rows))
+        all_found = self.db.get(all_keys)
         live = np.array(sorted(e.sid for e in self.manifest.shards.values()), dtype=np.uint32)
         for first in range(0, len(all_keys), PROBES_PER_GET):
             unique_bytes = all_keys[first : first + PROBES_PER_GET]
             starts, ends = all_starts[first : first + PROBES_PER_GET], all_ends[first : first + PROBES_PER_GET]
-            found = self.db.get(unique_bytes)
+            found = all_found[first : first + PROBES_PER_GET]
             owner, entries = _entries(found)
             keep = np.isin(entries["sid"], live) & (entries["sid"] != sid)
             owner, entries = owner[keep], entries[keep]
