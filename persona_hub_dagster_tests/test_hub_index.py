@@ -69,12 +69,15 @@ def test_band_keys_find_the_earliest_shards_personas_and_only_those_of_the_prefi
         assert index.personas(np.array([sid["b"]]), np.array([1])) == (["b-1"], ["text of b 1"])
 
 
-@pytest.mark.parametrize("probes_per_get", [1, 3, 50_000])
-def test_a_band_key_many_earlier_personas_hold_costs_only_the_plausible_ones(tmp_path, monkeypatch, probes_per_get):
+@pytest.mark.parametrize("probes_per_get, hits_per_part", [(1, 1), (3, 7), (50_000, 500_000)])
+def test_a_band_key_many_earlier_personas_hold_costs_only_the_plausible_ones(
+    tmp_path, monkeypatch, probes_per_get, hits_per_part
+):
     """Sixty earlier personas share a band key with the candidates and only a few are near-duplicates: each
     candidate still gets its earliest verified match (rank, then position), however the lookup is cut into parts,
     and only the texts whose sketches make them plausible are fetched."""
     monkeypatch.setattr(index_module, "PROBES_PER_GET", probes_per_get)
+    monkeypatch.setattr(index_module, "HITS_PER_PART", hits_per_part)
     nurse = "a nurse who runs night shifts at a rural clinic and teaches first aid to farmers on weekends"
     baker = "ein Bäcker aus Leipzig, der Sauerteig züchtet und samstags auf dem Markt Brot verkauft"
     settings = HubSettings()

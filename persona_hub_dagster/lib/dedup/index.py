@@ -54,6 +54,7 @@ from persona_hub_dagster.lib.locations import is_uri
 INDEX_CACHE_ENV = "PERSONA_HUB_INDEX_CACHE"
 BLOCK_CACHE_BYTES = 64 * 2**20
 PROBES_PER_GET = 50_000  # band keys per RocksDB multi_get: ~5% of a 10^5-persona shard's
+HITS_PER_PART = 500_000  # (row, persona) hits handed on at once: ~100 MB with their sketches
 _NONE = np.iinfo(np.int64).max
 _ENTRY = np.dtype([("sid", "<u4"), ("pos", "<u4")])
 _BAND_KEY = np.dtype([("tag", "S1"), ("band", ">u2"), ("key", ">u8")])
@@ -230,12 +231,18 @@ class HubIndex(VectorLists, ObjectStoreMirror):
             owner, entries = owner[keep] + lo, entries[keep]
             if not len(entries):
                 continue
-            # Each hit goes to every query row that probed its key (rows sharing a key are adjacent after the sort).
+            # Each hit goes to every query row that probed its key (rows sharing a key are adjacent after the sort):
+            # a key that E personas hold, probed by R rows, is E x R hits, so they come HITS_PER_PART at a time.
             counts = (ends - starts)[owner]
-            which = np.repeat(np.arange(len(entries)), counts)
-            at = np.repeat(starts[owner] - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
-            out = np.stack((rows[at], entries["sid"][which].astype(np.int64), entries["pos"][which]), axis=1)
-            yield np.unique(out, axis=0)
+            total = np.cumsum(counts)
+            cuts = np.searchsorted(total, np.arange(HITS_PER_PART, int(total[-1]), HITS_PER_PART), side="right")
+            for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(entries)], strict=True):
+                part, n = counts[a:b], owner[a:b]
+                which = a + np.repeat(np.arange(b - a), part)
+                at = np.repeat(starts[n] - np.cumsum(part) + part, part) + np.arange(int(part.sum()))
+                out = np.stack((rows[at], entries["sid"][which].astype(np.int64), entries["pos"][which]), axis=1)
+                if len(out):
+                    yield np.unique(out, axis=0)
 
     def personas(self, sid: np.ndarray, pos: np.ndarray) -> tuple[list[str], list[str]]:
         """(persona ids, texts) of kept personas by (shard id, position)."""
