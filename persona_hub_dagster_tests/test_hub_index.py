@@ -124,6 +124,14 @@ def test_a_band_key_many_earlier_personas_hold_costs_only_the_plausible_ones(
     assert set(fetched) <= {(sid["a"], 90), (sid["b"], 0), (sid["b"], 27)}
 
 
+def test_unique_rows_are_numpys():
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 50, 5_000):
+        rows = rng.integers(0, 5, (n, 3))
+        assert (index_module.unique_rows(rows) == np.unique(rows, axis=0)).all()
+    assert index_module.unique_rows(np.zeros((0, 3), dtype=np.int64)).shape == (0, 3)
+
+
 def test_an_index_without_sketches_asks_for_them_and_is_completed_from_its_own_texts(tmp_path):
     settings = HubSettings()
     texts = ["a potter who fires raku bowls in her garden kiln", "一位研究城市交通政策的经济学者，关注自动驾驶"]

@@ -21,7 +21,7 @@ from persona_hub_dagster.lib.dedup.hub import (
     hub_shards,
     load_candidates,
 )
-from persona_hub_dagster.lib.dedup.index import HubIndex, ShardEntries
+from persona_hub_dagster.lib.dedup.index import HubIndex, ShardEntries, unique_rows
 from persona_hub_dagster.lib.storage import DeltaStore
 
 
@@ -60,7 +60,7 @@ class IndexedPrior:
         for hits in self.index.band_hit_chunks(keys, self._ranks(prefix)):  # (row, shard id, position)
             estimate = minhash.sketch_jaccard(sketches[hits[:, 0]], self.index.sketches(hits[:, 1], hits[:, 2]))
             plausible.append(hits[estimate >= settings.minhash_threshold - minhash.ESTIMATE_MARGIN])
-        hits = np.unique(np.concatenate(plausible), axis=0) if plausible else np.zeros((0, 3), dtype=np.int64)
+        hits = unique_rows(np.concatenate(plausible)) if plausible else np.zeros((0, 3), dtype=np.int64)
         return self._verified(prefix, texts, hits, settings)
 
     def _verified(self, prefix, texts, hits, settings) -> dict[int, tuple[str, str, float]]:
