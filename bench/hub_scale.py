@@ -220,8 +220,9 @@ def hub_step(root: str, k: int, catch_up: bool = True) -> dict:
         with build.open_index(store) as index:
             if catch_up:
                 build.catch_up_index(index, store, settings, embedder)
-            elif hasattr(build, "complete_sketches"):  # filled shards have no tables, only their sketches to add
+            elif hasattr(build, "complete_sketches"):  # filled shards have no tables: only the index's own upgrades
                 extra["sketched"] = len(build.complete_sketches(index, settings))
+                extra["tables_upgraded"] = index.upgrade_tables()
             counts, _ = build.build_shard(
                 store,
                 index,

@@ -106,6 +106,7 @@ def catch_up_index(
     model = embedder.identity if embedder is not None and settings.semantic_threshold is not None else None
     if not index.compatible(layout, model):
         index.clear()
+    index.upgrade_tables()
     present = hub_shards(store)
     runs = (
         dict(store.scan(tables.HUB_RUNS).select("shard", "run_id").collect().iter_rows())

@@ -53,6 +53,7 @@ from persona_hub_dagster.lib.locations import is_uri
 
 INDEX_CACHE_ENV = "PERSONA_HUB_INDEX_CACHE"
 BLOCK_CACHE_BYTES = 64 * 2**20
+TABLE_FORMAT = 1  # 1: every file with bloom filters
 PROBES_PER_GET = 50_000  # band keys per RocksDB multi_get: ~5% of a 10^5-persona shard's
 HITS_PER_PART = 500_000  # (row, persona) hits handed on at once: ~100 MB with their sketches
 _NONE = np.iinfo(np.int64).max
@@ -77,6 +78,7 @@ class Manifest:
     nlist: int = 1
     trained_on: int = 0
     generation: int = 0  # of the centroids: segments are named by it
+    table_format: int = 0  # of RocksDB's files (upgrade_tables)
     next_sid: int = 1
     shards: dict[str, ShardEntry] = field(default_factory=dict)
 
@@ -181,8 +183,26 @@ class HubIndex(VectorLists, ObjectStoreMirror):
             table.set_pin_l0_filter_and_index_blocks_in_cache(True)
             options.set_block_based_table_factory(table)
             options.set_compression_type(DBCompressionType.lz4())
-            self._db = Rdict(str(self.folder / "rocksdb"), options)
+            # The options again for the default column family: otherwise rocksdict reopens an existing database with
+            # the options saved in its folder, which cannot hold a filter policy or a cache (no bloom filters, an
+            # 8 MB cache: ~28 KB read per probe at 10^7 personas).
+            self._db = Rdict(str(self.folder / "rocksdb"), options, column_families={"default": options})
         return self._db
+
+    def upgrade_tables(self) -> bool:
+        """Rewrite RocksDB's files once if some were written without bloom filters (by reopened databases, before
+        TABLE_FORMAT 1): one compaction, minutes at 10^7 personas. Returns whether it ran."""
+        if self.manifest.table_format >= TABLE_FORMAT or not (self.folder / "rocksdb").exists():
+            self.manifest.table_format = TABLE_FORMAT
+            return False
+        from rocksdict import BottommostLevelCompaction, CompactOptions
+
+        every_file = CompactOptions()
+        every_file.set_bottommost_level_compaction(BottommostLevelCompaction.force())
+        self.db.compact_range(None, None, every_file)
+        self.manifest.table_format = TABLE_FORMAT
+        self._save()
+        return True
 
     # ------------------------------------------------------------------ which shards
 
