@@ -53,7 +53,7 @@ from persona_hub_dagster.lib.locations import is_uri
 
 INDEX_CACHE_ENV = "PERSONA_HUB_INDEX_CACHE"
 BLOCK_CACHE_BYTES = 64 * 2**20
-TABLE_FORMAT = 1  # 1: every file with bloom filters
+TABLE_FORMAT = 2  # 1: every file with bloom filters; 2: partitioned
 PROBES_PER_GET = 50_000  # band keys per RocksDB multi_get: ~5% of a 10^5-persona shard's
 HITS_PER_PART = 500_000  # (row, persona) hits handed on at once: ~100 MB with their sketches
 _NONE = np.iinfo(np.int64).max
@@ -170,7 +170,7 @@ class HubIndex(VectorLists, ObjectStoreMirror):
     @property
     def db(self):
         if self._db is None:
-            from rocksdict import BlockBasedOptions, Cache, DBCompressionType, Options, Rdict
+            from rocksdict import BlockBasedIndexType, BlockBasedOptions, Cache, DBCompressionType, Options, Rdict
 
             options = Options(raw_mode=True)
             options.create_if_missing(True)
@@ -181,6 +181,13 @@ class HubIndex(VectorLists, ObjectStoreMirror):
             # the process's memory does not grow with the hub; L0's stay pinned (they are probed first).
             table.set_cache_index_and_filter_blocks(True)
             table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+            # Partitioned filters and index: a probe loads the 4 KB partitions it needs. A whole file's filter is
+            # one block of megabytes, and once the filters outgrow the cache (~10^7 personas) every probe read one
+            # again: 145 GB for a 10^5-persona shard.
+            table.set_partition_filters(True)
+            table.set_index_type(BlockBasedIndexType.two_level_index_search())
+            table.set_metadata_block_size(4096)
+            table.set_pin_top_level_index_and_filter(True)
             options.set_block_based_table_factory(table)
             options.set_compression_type(DBCompressionType.lz4())
             # The options again for the default column family: otherwise rocksdict reopens an existing database with
@@ -190,8 +197,8 @@ class HubIndex(VectorLists, ObjectStoreMirror):
         return self._db
 
     def upgrade_tables(self) -> bool:
-        """Rewrite RocksDB's files once if some were written without bloom filters (by reopened databases, before
-        TABLE_FORMAT 1): one compaction, minutes at 10^7 personas. Returns whether it ran."""
+        """Rewrite RocksDB's files once if some were written before TABLE_FORMAT (without bloom filters, by reopened
+        databases; or with whole-file filters): one compaction, 100 s at 10^7 personas. Returns whether it ran."""
         if self.manifest.table_format >= TABLE_FORMAT or not (self.folder / "rocksdb").exists():
             self.manifest.table_format = TABLE_FORMAT
             return False
