@@ -231,7 +231,7 @@ def dedup_shard(
     keys, sketches = minhash_pass(prior, shard, prefix, texts, decisions, settings)
     vectors = semantic_pass(prior, shard, prefix, texts, decisions, settings, embedder)
     return shard_result(
-        shard, prefix, candidates, texts, decisions, (keys, sketches), vectors, settings, embedder, run_id
+        shard, prefix, candidates, texts, decisions, keys, sketches, vectors, settings, embedder, run_id
     )
 
 
@@ -326,7 +326,8 @@ def shard_result(
     candidates: pl.DataFrame,
     texts: Sequence[str],
     decisions: Decisions,
-    minhash_entries: tuple[np.ndarray, np.ndarray],
+    keys: np.ndarray,
+    sketches: np.ndarray,
     vectors: np.ndarray,
     settings: HubSettings,
     embedder: EmbedderLike | None,
@@ -334,8 +335,7 @@ def shard_result(
 ) -> ShardResult:
     """The tables of the shard: hub (with the personas as the passes saw them, `texts`), decisions (with the
     candidates' original personas), the kept personas' band keys and vectors, the run record; and its index entries
-    (`minhash_entries`: every candidate's band keys and sketches)."""
-    keys, sketches = minhash_entries
+    (with `keys` and `sketches`, every candidate's, the kept ones')."""
     n = candidates.height
     kept = np.flatnonzero(decisions.alive)
     fingerprint = settings.fingerprint(embedder.identity if embedder is not None else None)

@@ -313,9 +313,7 @@ class HubIndex(VectorLists, ObjectStoreMirror):
     def stored_texts(self, shard: str) -> list[str]:
         """A shard's kept personas' texts in position order (the order of its keys file), from RocksDB."""
         sid = self.manifest.shards[shard].sid
-        bounds = np.zeros(2, dtype=_PERSONA_KEY)
-        bounds["tag"], bounds["sid"] = b"p", [sid, sid + 1]
-        begin, end = _as_bytes(bounds)
+        begin, end = _persona_range(sid)
         texts = []
         iterator = self.db.iter()
         iterator.seek(begin)
@@ -408,10 +406,7 @@ class HubIndex(VectorLists, ObjectStoreMirror):
         if keys_path.exists():
             stored = np.load(keys_path)
             self._rewrite_bands(stored[:, 1:], entry.sid, stored[:, 0].astype(np.uint32), add=False)
-        start = np.zeros(2, dtype=_PERSONA_KEY)
-        start["tag"], start["sid"] = b"p", [entry.sid, entry.sid + 1]
-        begin, end = _as_bytes(start)
-        self.db.delete_range(begin, end)
+        self.db.delete_range(*_persona_range(entry.sid))
         for path in (self.folder / "segments").glob(f"{entry.sid:08d}-*"):
             path.unlink()
         keys_path.unlink(missing_ok=True)
@@ -535,6 +530,14 @@ def _entries(values: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.fromiter((len(v) if v is not None else 0 for v in values), dtype=np.int64, count=len(values))
     entries = np.frombuffer(b"".join(v for v in values if v is not None), dtype=_ENTRY)
     return np.repeat(np.arange(len(values)), lengths // _ENTRY.itemsize), entries
+
+
+def _persona_range(sid: int) -> tuple[bytes, bytes]:
+    """[first, end) RocksDB keys of a shard's persona records."""
+    bounds = np.zeros(2, dtype=_PERSONA_KEY)
+    bounds["tag"], bounds["sid"] = b"p", [sid, sid + 1]
+    begin, end = _as_bytes(bounds)
+    return begin, end
 
 
 def unique_rows(rows: np.ndarray) -> np.ndarray:
