@@ -161,6 +161,37 @@ def cmd_trace(args) -> int:
     return 0
 
 
+def cmd_personas(args) -> int:
+    from persona_hub_dagster.defs.models import EmbeddingsResource
+    from persona_hub_dagster.lib.coverage.search import SearchError, search
+
+    store = DeltaStore()
+    embedder = EmbeddingsResource(fast=_hub_vectors_fast(store)).lazy_embedder(store)
+    try:
+        found = search(store, args.query, embedder, k=args.k, shard=args.shard)
+    except SearchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for row in found.iter_rows(named=True):
+        if args.json:
+            print(json.dumps(row, ensure_ascii=False, default=str))
+        else:
+            cluster = f"  [{row['cluster']}: {row['cluster_label']}]" if row.get("cluster") is not None else ""
+            print(f"{row['rank']:>3}  {row['similarity']:.3f}  {row['shard']}  {row['persona_id']}{cluster}")
+            print(f"     {row['persona']}")
+    if not found.height:
+        print("no personas found", file=sys.stderr)
+    return 0
+
+
+def _hub_vectors_fast(store: DeltaStore) -> bool:
+    """Whether the hub's vectors are the fast (model2vec) distillation: the query must be embedded the same way."""
+    from persona_hub_dagster.lib.dedup.build import open_index
+
+    with open_index(store) as index:
+        return (index.manifest.model or "").startswith("model2vec:")
+
+
 def cmd_export(args) -> int:
     from persona_hub_dagster.lib.settings import settings_from
     from persona_hub_dagster.lib.synthesis.tasks import TASKS

@@ -65,6 +65,7 @@ def warn_if_long(shards: list[str], job: str, ops: dict) -> None:
 def _estimate_shard(shard: str, job_name: str, ops: dict, speed):
     """The job's LLM stages for one shard, in the job's order, each with this run's settings, estimated and timed."""
     from persona_hub_dagster.definitions import defs
+    from persona_hub_dagster.defs.models import EmbeddingsResource
     from persona_hub_dagster.defs.stages import DECLARED_STAGES, configured_model, stage_defaults
     from persona_hub_dagster.lib import estimate
     from persona_hub_dagster.lib.settings import settings_from
@@ -84,6 +85,8 @@ def _estimate_shard(shard: str, job_name: str, ops: dict, speed):
         model=configured_model(),
         store=store,
         given_personas=registered.given_personas,
+        shard=shard,
+        embedder=EmbeddingsResource().lazy_embedder(store),
     )
     return estimate.timed(estimate.estimate_stages(stages, shard_estimate), speed)
 

@@ -102,6 +102,15 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     trace.add_argument("id", help="an item_id, persona_id or text_id")
     trace.add_argument("--json", action="store_true", help="the chain as JSON")
 
+    personas = commands.add_parser("personas", help="what the persona hub holds").add_subparsers(
+        dest="personas_command", required=True
+    )
+    search = personas.add_parser("search", help="the hub's personas nearest to a query, with clusters and lineage ids")
+    search.add_argument("query", help="what to look for, e.g. 'people who build things with their hands'")
+    search.add_argument("--k", type=int, default=10, help="how many personas (default 10)")
+    search.add_argument("--shard", help="only this shard's personas")
+    search.add_argument("--json", action="store_true", help="one JSON object per persona")
+
     export = commands.add_parser(
         "export", help="write a task's training-ready release (HF datasets layout) to a folder"
     )

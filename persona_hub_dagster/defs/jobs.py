@@ -4,10 +4,12 @@ import dagster as dg
 from pydantic import Field
 
 from persona_hub_dagster.defs.automation import SETTINGS
+from persona_hub_dagster.defs.models import EmbeddingsResource
 from persona_hub_dagster.defs.partitions import unregister_shards
 from persona_hub_dagster.defs.stages import asset_key
 from persona_hub_dagster.defs.storage import DeltaStorageResource
 from persona_hub_dagster.lib import tables
+from persona_hub_dagster.lib.coverage.search import search
 from persona_hub_dagster.lib.lineage import format_trace, trace_any
 from persona_hub_dagster.lib.shards import unregister_shard
 
@@ -90,3 +92,36 @@ def trace_op(context: dg.OpExecutionContext, config: TraceConfig, storage: Delta
 )
 def trace_lineage_job():
     trace_op()
+
+
+class SearchConfig(dg.Config):
+    query: str = Field(description="What to look for, e.g. 'healthcare workers' or 'people who build things by hand'.")
+    k: int = Field(default=10, description="How many personas.")
+    shard: str | None = Field(default=None, description="Only this shard's personas (default: the whole hub).")
+
+
+@dg.op(description="The hub's personas nearest to the query: in the log and as a table in the metadata.")
+def search_personas_op(
+    context: dg.OpExecutionContext, config: SearchConfig, storage: DeltaStorageResource, embeddings: EmbeddingsResource
+):
+    store = storage.store()
+    found = search(store, config.query, embeddings.lazy_embedder(store), k=config.k, shard=config.shard)
+    lines = ["| rank | similarity | persona | cluster | shard | persona_id |", "|---:|---:|---|---|---|---|"]
+    for row in found.iter_rows(named=True):
+        persona = row["persona"].replace("|", "/").replace("\n", " ")
+        cluster = f"{row['cluster']}: {row['cluster_label']}" if row.get("cluster") is not None else ""
+        cells = [row["rank"], f"{row['similarity']:.3f}", persona, cluster, row["shard"], row["persona_id"]]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    context.log.info(f"{found.height} personas for {config.query!r}:\n" + "\n".join(lines[2:]))
+    context.add_output_metadata(
+        {"personas": dg.MetadataValue.md("\n".join(lines)), "results": dg.MetadataValue.int(found.height)}
+    )
+
+
+@dg.job(
+    name="search_personas",
+    description="Launch with a query in the config (Launchpad): the hub's nearest personas, with their similarity, "
+    "cluster on the coverage map and persona ids (as `persona-hub personas search`).",
+)
+def search_personas_job():
+    search_personas_op()

@@ -290,6 +290,7 @@ def _estimated(
         store=store,
         rows=rows,
         given_personas=holds_given_personas(store, shard),
+        shard=shard,
     )
     estimate = declared.estimate(settings, shard_estimate)
     return {

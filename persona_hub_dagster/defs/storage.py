@@ -16,6 +16,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from persona_hub_dagster.lib.locations import default_storage_root
+from persona_hub_dagster.lib.stage import Markdown
 from persona_hub_dagster.lib.storage import DeltaStore, TableWrite
 from persona_hub_dagster.lib.tables import Table
 
@@ -116,6 +117,8 @@ def metadata_value(value: Any) -> dg.MetadataValue:
         return dg.MetadataValue.int(value)
     if isinstance(value, float):
         return dg.MetadataValue.float(value)
+    if isinstance(value, Markdown):
+        return dg.MetadataValue.md(value)
     if isinstance(value, str):
         return dg.MetadataValue.text(value)
     return dg.MetadataValue.json(value)

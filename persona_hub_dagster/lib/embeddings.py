@@ -84,6 +84,27 @@ NAMED_SCRIPTS = (
 )
 
 
+def _script_counts(texts: Sequence[str]):
+    """Per text: its letters in each of NAMED_SCRIPTS, and all its letters (`letters`)."""
+    import polars as pl
+
+    column = pl.Series("text", list(texts), dtype=pl.String).fill_null("")
+    return pl.DataFrame(
+        {script: column.str.count_matches(rf"\p{{{script}}}") for script in NAMED_SCRIPTS}
+        | {"letters": column.str.count_matches(r"\p{L}")}
+    )
+
+
+def dominant_scripts(texts: Sequence[str]) -> list[str]:
+    """Per text: the one of NAMED_SCRIPTS most of its letters are in (Latin for a text without letters)."""
+    if not len(texts):
+        return []
+    import polars as pl
+
+    top = _script_counts(texts).select(pl.concat_list(NAMED_SCRIPTS).list.arg_max()).to_series().to_list()
+    return [NAMED_SCRIPTS[i] for i in top]
+
+
 def script_unreadable(model_name: str, texts: Sequence[str]) -> list[str | None]:
     """Per text: why `model_name` cannot read it by its script ("Thai script; all-MiniLM-L6-v2 reads Latin"), or
     None. Known without loading the model."""
@@ -92,19 +113,14 @@ def script_unreadable(model_name: str, texts: Sequence[str]) -> list[str | None]
         return [None] * len(texts)
     import polars as pl
 
-    column = pl.Series("text", list(texts), dtype=pl.String).fill_null("")
-    counts = pl.DataFrame(
-        {script: column.str.count_matches(rf"\p{{{script}}}") for script in NAMED_SCRIPTS}
-        | {"letters": column.str.count_matches(r"\p{L}")}
-    )
+    counts = _script_counts(texts)
     read_letters = counts.select(pl.sum_horizontal(*read)).to_series().to_list()
-    dominant = counts.select(pl.concat_list(NAMED_SCRIPTS).list.arg_max()).to_series().to_list()
     reasons: list[str | None] = []
-    for letters, in_read, top in zip(counts["letters"].to_list(), read_letters, dominant, strict=True):
+    for letters, in_read, top in zip(counts["letters"].to_list(), read_letters, dominant_scripts(texts), strict=True):
         if letters == 0 or in_read >= MIN_READ_SCRIPT_SHARE * letters:
             reasons.append(None)
         else:
-            reasons.append(f"{NAMED_SCRIPTS[top]} script; {model_name} reads {', '.join(read)}")
+            reasons.append(f"{top} script; {model_name} reads {', '.join(read)}")
     return reasons
 
 

@@ -68,6 +68,8 @@ class Estimating:
     rows: dict[str, int] = field(default_factory=dict)
     given_personas: bool = False
     past: dict[str, tuple[float, float]] | None = None  # stage -> mean (prompt, completion) tokens per call
+    shard: str | None = None  # the shard estimated, where its tables may already hold what a stage would read
+    embedder: Any = None  # a lib.embeddings embedder, for a synthesis setting's query
 
     def template_tokens(self, name: str) -> int:
         """A template's own tokens (system and user, and the chat format's markers), its inputs empty."""
@@ -94,6 +96,18 @@ class Estimating:
         if tables.PERSONA_HUB.name in self.rows:
             return self.rows[tables.PERSONA_HUB.name]
         return self.rows.get(tables.TEXT_PERSONAS.name, 0) + self.rows.get(tables.EXPANDED_PERSONAS.name, 0)
+
+    def drawn_personas(self, settings: Any) -> int:
+        """The personas a synthesis task's settings draw: counted on the shard's hub where it is built (its query,
+        clusters and filters applied); before that, the hub's estimate up to `personas`."""
+        if self.store is not None and self.shard is not None and self.store.exists(tables.PERSONA_HUB):
+            if self.store.row_count(tables.PERSONA_HUB, [self.shard]) and (self.embedder or not settings.query):
+                from persona_hub_dagster.lib.synthesis.generate import draw_personas
+
+                hub = self.store.scan(tables.PERSONA_HUB, [self.shard]).collect()
+                return draw_personas(hub, settings, self.store, self.shard, self.embedder).personas.height
+        hub = self.hub_personas()
+        return hub if settings.personas is None else min(settings.personas, hub)
 
     def items(self, task_table: str, per_item: int, *, template: str, extra: float = 0.0):
         """For an evaluation: the items it gets, its calls, and a call's prompt (its template, the item as the task's

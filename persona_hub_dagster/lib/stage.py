@@ -62,6 +62,10 @@ class StageCall:
     benchmarks: Sequence[Any] = ()  # `benchmarks`: lib.evaluation.contamination.Benchmark, loaded
 
 
+class Markdown(str):
+    """Metadata text the UI renders as Markdown (a table of clusters, an inline image)."""
+
+
 @dataclass
 class StageResult:
     """A stage's tables for the partition (every table of its catalog entry) and what to report about them."""

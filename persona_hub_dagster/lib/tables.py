@@ -124,6 +124,21 @@ HUB_INDEX_PATH = ("_index", "persona_hub", "lookup")
 # Where persona_hub's candidates come from, in the order keep-first follows.
 HUB_SOURCES = (TEXT_PERSONAS, EXPANDED_PERSONAS)
 
+# ---------------------------------------------------------------------------------------------------- coverage
+
+PERSONA_CLUSTERS = Table(
+    ("persona_clusters",),
+    "Every hub persona's place on the hub's coverage map: its cluster (k-means on the hub's embeddings; a negative "
+    "id is the stratum of a script the embedding model cannot read), the cluster's label (its most distinctive "
+    "terms), the cosine to the cluster's centroid and the clustering it was assigned under.",
+)
+COVERAGE = StageTables((PERSONA_CLUSTERS,))
+# The clusterings themselves (centroids, labels, terms, example, training-sample sizes), one row per cluster, every
+# clustering kept: persona_clusters rows name the one they were assigned under.
+CLUSTERINGS = Table(("_index", "persona_clusters", "clusterings"), partitioned=False)
+# Not a Delta table: the coverage maps (PNG) of each clustering and shard.
+COVERAGE_MAPS_PATH = ("_index", "persona_clusters", "maps")
+
 # ---------------------------------------------------------------------------------------------------- synthesis
 
 DEMONSTRATION_PERSONAS = Table(

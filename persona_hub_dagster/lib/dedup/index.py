@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from persona_hub_dagster.lib.dedup.index_mirror import ObjectStoreMirror
-from persona_hub_dagster.lib.dedup.vector_lists import VectorLists, atomic_save_npy
+from persona_hub_dagster.lib.dedup.vector_lists import VectorLists, atomic_save_npy, earliest_above, nearest_k
 from persona_hub_dagster.lib.locations import is_uri
 
 INDEX_CACHE_ENV = "PERSONA_HUB_INDEX_CACHE"
@@ -125,6 +125,17 @@ class Matches:
     persona_id: list[str | None]
     position: np.ndarray
     similarity: np.ndarray
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A kept persona found by `HubIndex.nearest`."""
+
+    shard: str
+    persona_id: str
+    persona: str
+    similarity: float
+    position: int
 
 
 class HubIndex(VectorLists, ObjectStoreMirror):
@@ -341,7 +352,7 @@ class HubIndex(VectorLists, ObjectStoreMirror):
             with self._timed("vector_probe"):
                 probes = self._probe(queries)
             with self._timed("vector_scan"):
-                self._scan(queries, probes, segments, threshold, best, similarity)
+                self._scan(queries, probes, segments, earliest_above(threshold, best, similarity))
         found = best != _NONE
         rank_to_sid = {rank: sid for sid, rank in ranks.items()}
         shard_of = self._shard_of()
@@ -353,6 +364,30 @@ class HubIndex(VectorLists, ObjectStoreMirror):
         for i, sid, pid in zip(np.flatnonzero(found).tolist(), sids.tolist(), ids, strict=True):
             shard[i], persona_id[i] = shard_of[sid], pid
         return Matches(shard, persona_id, positions, similarity)
+
+    def nearest(self, queries: np.ndarray, k: int, shards: Sequence[str] | None = None) -> list[list[Neighbour]]:
+        """Per query its k nearest kept personas by cosine (best first) among `shards` (default: all), through the
+        probed lists: persona search. Similarities are exact; only the lists searched are chosen (NPROBE of nlist)."""
+        entries = [e for name, e in self.manifest.shards.items() if (shards is None or name in shards) and e.vectors]
+        n = len(queries)
+        top_keys = np.full((n, k), _NONE, dtype=np.int64)
+        top_sims = np.full((n, k), -np.inf, dtype=np.float32)
+        if n and entries and k > 0:
+            queries = np.ascontiguousarray(queries, dtype=np.float32)
+            segments = [(e.sid, e.sid, self._segment(e.sid)) for e in entries]  # keyed by shard id itself
+            self._scan(queries, self._probe(queries), segments, nearest_k(top_keys, top_sims))
+        shard_of = self._shard_of()
+        found = top_keys != _NONE
+        sids, positions = (top_keys[found] >> 32), (top_keys[found] & 0xFFFFFFFF)
+        ids, texts = self.personas(sids, positions)
+        flat = iter(zip(sids.tolist(), positions.tolist(), ids, texts, top_sims[found].tolist(), strict=True))
+        return [
+            [
+                Neighbour(shard_of[sid], pid, text, sim, pos)
+                for sid, pos, pid, text, sim in (next(flat) for _ in range(int(row.sum())))
+            ]
+            for row in found
+        ]
 
     # ------------------------------------------------------------------ adding and removing shards
 

@@ -52,10 +52,10 @@ class VectorLists:
         quantizer.add(centroids)
         return quantizer
 
-    def _scan(self, queries, probes, segments, threshold, best, similarity) -> None:
-        """For each query, the smallest key (and its cosine) with cosine >= threshold over the probed lists of the
-        segments, into `best` and `similarity`, reading the segments list range by list range. Only the best so far
-        is kept per query: memory stays O(queries) however many earlier near-duplicates a query has."""
+    def _scan(self, queries, probes, segments, collect) -> None:
+        """Compares each query with every vector of its probed lists in the segments, reading them list range by
+        list range, and hands each block of similarities to `collect(query rows, stored keys, similarities)`, which
+        keeps what it needs (memory: one range and what `collect` keeps)."""
         nlist, dim = self.manifest.nlist, queries.shape[1]
         flat = probes.ravel()
         order = np.argsort(flat, kind="stable")
@@ -93,10 +93,7 @@ class VectorLists:
                     step = max(1, PRODUCT_BUDGET // len(stored))
                     for start in range(0, len(askers), step):
                         q = askers[start : start + step]
-                        sims = queries[q] @ stored.T
-                        rows, cols = np.nonzero(sims >= threshold)
-                        if len(rows):
-                            _keep_smallest(q[rows], keys_all[members][cols], sims[rows, cols], best, similarity)
+                        collect(q, keys_all[members], queries[q] @ stored.T)
         finally:
             for f in files.values():
                 f.close()
@@ -163,6 +160,37 @@ class VectorLists:
         for path in (self.folder / "segments").glob(f"*-g{old}.*"):
             path.unlink()
         (self.folder / "segments" / f"centroids-{old}.npy").unlink(missing_ok=True)
+
+
+def earliest_above(threshold: float, best: np.ndarray, similarity: np.ndarray):
+    """A `_scan` collector: per query the smallest key (and its cosine) with cosine >= threshold, into `best` and
+    `similarity`. Only the best so far is kept: memory stays O(queries) however many near-duplicates a query has."""
+
+    def collect(q, keys, sims) -> None:
+        rows, cols = np.nonzero(sims >= threshold)
+        if len(rows):
+            _keep_smallest(q[rows], keys[cols], sims[rows, cols], best, similarity)
+
+    return collect
+
+
+def nearest_k(top_keys: np.ndarray, top_sims: np.ndarray):
+    """A `_scan` collector: per query its k most similar keys so far (`top_keys`/`top_sims`, (queries, k), sims
+    -inf where empty), best first once the scan is over."""
+    k = top_keys.shape[1]
+
+    def collect(q, keys, sims) -> None:
+        merged_sims = np.concatenate([top_sims[q], sims], axis=1)
+        merged_keys = np.concatenate([top_keys[q], np.broadcast_to(keys, sims.shape)], axis=1)
+        keep = np.argpartition(-merged_sims, k - 1, axis=1)[:, :k] if merged_sims.shape[1] > k else None
+        if keep is None:
+            keep = np.broadcast_to(np.arange(merged_sims.shape[1]), merged_sims.shape)
+        chosen_sims = np.take_along_axis(merged_sims, keep, axis=1)
+        order = np.argsort(-chosen_sims, axis=1, kind="stable")
+        top_sims[q] = np.take_along_axis(chosen_sims, order, axis=1)[:, :k]
+        top_keys[q] = np.take_along_axis(np.take_along_axis(merged_keys, keep, axis=1), order, axis=1)[:, :k]
+
+    return collect
 
 
 def _keep_smallest(q, key, sim, best, similarity) -> None:

@@ -17,11 +17,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from persona_hub_dagster.lib import prompts, tables
+from persona_hub_dagster.lib.coverage import selection
 from persona_hub_dagster.lib.estimate import Estimating, StageEstimate
-from persona_hub_dagster.lib.ids import content_id, stable_rank
+from persona_hub_dagster.lib.ids import content_id
 from persona_hub_dagster.lib.llm.client import LLMClient
 from persona_hub_dagster.lib.llm.types import LLMRequest, LLMResponse
 from persona_hub_dagster.lib.stage import (
@@ -46,6 +48,7 @@ BASE_COLUMNS = {
     "item_id": pl.String,
     "persona_id": pl.String,
     "shard": pl.String,
+    "persona_cluster": pl.Int32,  # the persona's cluster on the coverage map when it was drawn (null: none)
     "sample": pl.Int32,
     "prompting": pl.String,
     "demonstration_ids": pl.List(pl.String),  # what the prompt showed (empty in zero-shot mode)
@@ -94,15 +97,35 @@ def prepare(task: SynthesisTask, settings: SynthesisSettings, store: DeltaStore 
     return Prepared(task, settings, task.context(settings), pool)
 
 
-def sample_personas(hub: pl.DataFrame, settings: SynthesisSettings) -> pl.DataFrame:
-    """A deterministic sample of the shard's hub personas (the same on every machine for the same seed)."""
-    hub = hub.select("persona_id", "persona").unique("persona_id", keep="first")
-    ranked = hub.with_columns(
-        rank=pl.Series([stable_rank(settings.seed, p) for p in hub["persona_id"]], dtype=pl.String)
-    ).sort("rank")
-    if settings.personas is not None:
-        ranked = ranked.head(settings.personas)
-    return ranked.drop("rank")
+def draw_personas(
+    hub: pl.DataFrame,
+    settings: SynthesisSettings,
+    store: DeltaStore | None = None,
+    shard: str | None = None,
+    embedder: Any = None,
+) -> selection.Drawn:
+    """The shard's hub personas the settings draw (lib/coverage/selection.py): aimed by query, clusters and filters,
+    spread evenly across the shard's clusters (persona_clusters) or uniformly; deterministic for the seed."""
+    clusters = shard_clusters(store, shard) if store is not None and shard is not None else None
+    similarity = None
+    if settings.query:
+        if store is None or shard is None or embedder is None:
+            raise ValueError("a query needs the shard's stored hub and an embedding model")
+        from persona_hub_dagster.lib.coverage.persona_clusters import vectors_for
+
+        vectors, has_vector = vectors_for(store, shard, hub, embedder)
+        similarity = np.full(hub.height, np.nan, dtype=np.float32)
+        if len(vectors):
+            similarity[has_vector] = vectors @ embedder.encode([settings.query])[0]
+    return selection.draw(hub, selection.aim_of(settings), clusters, similarity)
+
+
+def shard_clusters(store: DeltaStore, shard: str) -> pl.DataFrame | None:
+    """The shard's persona_clusters rows, or None where the shard has none."""
+    if not store.exists(tables.PERSONA_CLUSTERS):
+        return None
+    rows = store.scan(tables.PERSONA_CLUSTERS, [shard]).select("persona_id", "cluster", "cluster_label").collect()
+    return rows if rows.height else None
 
 
 def items_for(prepared: Prepared, personas: pl.DataFrame) -> list[Item]:
@@ -115,8 +138,11 @@ def items_for(prepared: Prepared, personas: pl.DataFrame) -> list[Item]:
             demonstrations.choose(prepared.pool, settings.shots, seed=settings.seed, persona_id=pid, sample=sample)
             if prepared.pool
             else [],
+            cluster=cluster,
         )
-        for pid, persona in personas.select("persona_id", "persona").iter_rows()
+        for pid, persona, cluster in personas.select(
+            "persona_id", "persona", pl.col("cluster") if "cluster" in personas.columns else pl.lit(None)
+        ).iter_rows()
         for sample in range(settings.samples_per_persona)
     ]
 
@@ -168,10 +194,12 @@ def synthesize(
     run_id: str,
     batch_size: int = 32,
     store: DeltaStore | None = None,
+    drawn: selection.Drawn | None = None,
 ) -> RowsAndRejects:
+    """The task's items for `hub`'s personas, as `drawn` (default: drawn from `hub` alone, without clusters)."""
     prepared = prepare(task, settings, store)
     provenance = Provenance(task.table.name, shard, run_id, client.backend.model, task.prompt_version())
-    items = items_for(prepared, sample_personas(hub, settings))
+    items = items_for(prepared, (drawn or draw_personas(hub, settings)).personas)
     alive = list(range(len(items)))
     output = RowsAndRejects()
     for round_number in range(1, task.rounds(settings) + 1):
@@ -242,6 +270,7 @@ def _row(prepared: Prepared, item: Item, context_version: str, provenance: Prove
     return {
         "item_id": content_id(identity),
         "persona_id": item.persona_id,
+        "persona_cluster": item.cluster,
         "sample": item.sample,
         "prompting": prepared.settings.prompting,
         "demonstration_ids": [d.id for d in item.demonstrations],
@@ -310,7 +339,8 @@ def stage(task: SynthesisTask) -> Stage:
     """synthetic/<task>: the task's items for a shard's hub personas."""
 
     def run(inputs: Mapping[tables.Table, pl.LazyFrame], call: StageCall, settings: SynthesisSettings) -> StageResult:
-        hub = inputs[tables.PERSONA_HUB].select("persona_id", "persona").collect()
+        hub = inputs[tables.PERSONA_HUB].collect()
+        drawn = draw_personas(hub, settings, call.store, call.shard, call.embedder)
         output = synthesize(
             task,
             hub,
@@ -320,13 +350,15 @@ def stage(task: SynthesisTask) -> Stage:
             run_id=call.run_id,
             batch_size=call.batch_size,
             store=call.store,
+            drawn=drawn,
         )
         items = frame(output.rows, output_schema(task))
-        planned = len(sample_personas(hub, settings)) * settings.samples_per_persona
+        planned = drawn.personas.height * settings.samples_per_persona
         return StageResult(
             {task.table: items, task.writes.rejects: rejects_frame(output.rejects)},
             {
                 "hub_personas": hub.height,
+                "persona_selection": drawn.composition(),
                 "prompting": settings.prompting,
                 "acceptance_rate": rate(items.height, planned),
                 "rejection_rate": rate(len(output.rejects), items.height + len(output.rejects)),
@@ -342,8 +374,7 @@ def stage(task: SynthesisTask) -> Stage:
     def estimate(settings: SynthesisSettings, shard: Estimating) -> StageEstimate:
         """Every step of every round for each sampled persona; the prompts as `persona-hub prompt` renders them
         (the few-shot modes' demonstrations included), a conversation's later turns with the turns before them."""
-        hub = shard.hub_personas()
-        personas = hub if settings.personas is None else min(settings.personas, hub)
+        personas = shard.drawn_personas(settings)
         items, rounds = personas * settings.samples_per_persona, task.rounds(settings)
         shown, _ = example_requests(task, settings, EXAMPLE_PERSONA, shard.store)
         first_round = [shard.request_tokens(request) for _, request in shown[: len(task.steps)]]
@@ -369,10 +400,12 @@ def stage(task: SynthesisTask) -> Stage:
         samplings=lambda settings: [step.sampling_for(settings) for step in task.steps],
         version_extra=version_extra,
         reads=(tables.PERSONA_HUB,),
-        uses=(tables.DEMONSTRATION_PERSONAS,),
+        uses=(tables.PERSONA_CLUSTERS, tables.DEMONSTRATION_PERSONAS),
+        resources=("llm", "embeddings"),
         estimate=estimate,
         lineage={
             **same_columns(tables.PERSONA_HUB, "persona_id", "shard"),
+            "persona_cluster": ((tables.PERSONA_CLUSTERS, "cluster"),),
             **{column: ((tables.PERSONA_HUB, "persona"),) for column in task.columns},  # written for the persona
             "demonstration_ids": ((tables.DEMONSTRATION_PERSONAS, "demonstration_id"),),
         },

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from persona_hub_dagster.lib import prompts, tables
+from persona_hub_dagster.lib.coverage.selection import check_aim
 from persona_hub_dagster.lib.ids import content_id
 from persona_hub_dagster.lib.llm.types import SamplingParams
 from persona_hub_dagster.lib.settings import setting
@@ -47,9 +48,26 @@ class TemplateInputError(ValueError):
 class SynthesisSettings:
     """What every task takes; a task with settings of its own extends this."""
 
-    personas: int | None = setting(200, "Hub personas sampled from the shard; null: every one of them.")
+    personas: int | None = setting(
+        200, "Hub personas drawn from the shard; null: every one of them (that the aim selects)."
+    )
     samples_per_persona: int = setting(1, "Items asked per persona, each with its own seed.")
     seed: int = setting(0, "Seeds the persona sample and the choice of demonstrations.")
+    sampling: str = setting(
+        "stratified",
+        "stratified: evenly across the coverage map's clusters (persona_clusters), one persona from each in turn, so "
+        "rare kinds of people are reached; uniform: a uniform sample. Without clusters for the shard, uniform.",
+    )
+    query: str | None = setting(
+        None, "Draw only personas whose embedding is at least min_similarity to this text (e.g. 'healthcare workers')."
+    )
+    min_similarity: float = setting(0.3, "The cosine a persona needs to the query (the embedding model's scale).")
+    clusters: tuple[int, ...] = setting((), "Draw only from these clusters of persona_clusters (ids; empty: all).")
+    where: tuple[str, ...] = setting(
+        (),
+        "Filters on persona_hub columns, all of which must hold: 'column=value', 'column=v1|v2' or 'column!=value' "
+        "(e.g. 'source=expanded_personas', 'hop=1|2', 'relation=write').",
+    )
     prompting: str = setting(
         "zero_shot",
         "zero_shot: the persona and the task; few_shot: plus `shots` demonstrations from the task's pool, chosen per "
@@ -67,6 +85,7 @@ class SynthesisSettings:
             raise ValueError(f"prompting must be one of {PROMPTING_MODES}, not {self.prompting!r}")
         if self.shots < 1:
             raise ValueError("shots must be at least 1")
+        check_aim(asdict(self))
 
 
 @dataclass(frozen=True)
@@ -98,6 +117,7 @@ class Item:
     sample: int
     demonstrations: list = field(default_factory=list)  # lib.synthesis.demonstrations.Demonstration
     fields: dict[str, Any] = field(default_factory=dict)  # what the steps produced so far
+    cluster: int | None = None  # its cluster on the coverage map (persona_clusters), where the shard has one
 
 
 Parse = Callable[[Any, Item, TaskContext], dict[str, Any]]

@@ -1,0 +1,178 @@
+"""Which of a shard's hub personas a synthesis task draws: aimed (a semantic query, clusters of the coverage map,
+filters on hub columns) and spread (evenly across clusters, or uniformly).
+
+Every draw is deterministic: a persona's place in its cluster, and a cluster's place in the round, is a stable hash
+of the seed and its id, so the same settings pick the same personas on every machine. A stratified draw takes one
+persona from every cluster in turn (round-robin) until it has enough: a cluster of a hundred personas and one of ten
+thousand give the same number while both last, so the rare kinds of people the hub holds are reached, not only its
+densest clusters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from persona_hub_dagster.lib.ids import stable_rank
+
+SAMPLING_MODES = ("stratified", "uniform")
+UNCLUSTERED = None  # a persona without a persona_clusters row (the clusters predate a re-run of the hub)
+
+
+@dataclass(frozen=True)
+class Aim:
+    """What to draw from: the subset of the hub (query, clusters, filters) and how to spread the draw."""
+
+    personas: int | None
+    seed: int = 0
+    sampling: str = "stratified"
+    query: str | None = None
+    min_similarity: float = 0.3
+    clusters: tuple[int, ...] = ()
+    where: tuple[str, ...] = ()
+
+    @property
+    def aimed(self) -> bool:
+        return bool(self.query or self.clusters or self.where)
+
+
+@dataclass
+class Drawn:
+    """The drawn personas (persona_id, persona, cluster, cluster_label, query_similarity) and what the draw was."""
+
+    personas: pl.DataFrame
+    eligible: int
+    hub: int
+    mode: str
+    notes: list[str] = field(default_factory=list)
+
+    def composition(self) -> dict[str, Any]:
+        """What the metadata and the eval report show: how many personas, from how many of the hub's, per cluster."""
+        labels = self.personas["cluster_label"].fill_null("(no cluster)").to_list()
+        counts = Counter(labels)
+        return {
+            "mode": self.mode,
+            "drawn": self.personas.height,
+            "eligible": self.eligible,
+            "hub": self.hub,
+            "clusters_drawn": len(counts),
+            "cluster_entropy_bits": round(entropy(list(counts.values())), 4),
+            "per_cluster": dict(counts.most_common()),
+            "notes": self.notes,
+        }
+
+
+def entropy(counts: Sequence[int]) -> float:
+    total = sum(counts)
+    return -sum(c / total * math.log2(c / total) for c in counts if c) if total else 0.0
+
+
+def parse_where(where: Sequence[str]) -> list[tuple[str, bool, list[str]]]:
+    """Filters "column=value", "column=v1|v2" (any of) and "column!=value" as (column, negated, values)."""
+    parsed = []
+    for clause in where:
+        negated = "!=" in clause
+        column, sep, values = clause.partition("!=" if negated else "=")
+        if not sep or not column.strip():
+            raise ValueError(f"a filter is 'column=value', 'column=v1|v2' or 'column!=value', not {clause!r}")
+        parsed.append((column.strip(), negated, [v.strip() for v in values.split("|")]))
+    return parsed
+
+
+def filtered(hub: pl.DataFrame, where: Sequence[str]) -> pl.DataFrame:
+    for column, negated, values in parse_where(where):
+        if column not in hub.columns:
+            raise ValueError(f"persona_hub has no column {column!r} to filter on; it has {', '.join(hub.columns)}")
+        match = pl.col(column).cast(pl.String).is_in(values).fill_null(False)
+        hub = hub.filter(~match if negated else match)
+    return hub
+
+
+def draw(
+    hub: pl.DataFrame,
+    aim: Aim,
+    clusters: pl.DataFrame | None,
+    query_similarity: np.ndarray | None = None,
+) -> Drawn:
+    """The personas of `hub` (persona_id, persona and its other columns) that `aim` draws. `clusters`: the shard's
+    persona_clusters rows (None: not clustered); `query_similarity`: per hub row its cosine to the query (NaN where the
+    persona has no embedding), needed when the aim has a query."""
+    notes: list[str] = []
+    total = hub.select(pl.col("persona_id").n_unique()).item()
+    frame = (
+        hub.with_columns(query_similarity=pl.Series(query_similarity, dtype=pl.Float32).fill_nan(None))
+        if (query_similarity is not None)
+        else hub.with_columns(query_similarity=pl.lit(None, dtype=pl.Float32))
+    )
+    frame = frame.unique("persona_id", keep="first", maintain_order=True)
+    if clusters is not None:
+        frame = frame.join(clusters.select("persona_id", "cluster", "cluster_label"), on="persona_id", how="left")
+        missing = frame["cluster"].null_count()
+        if missing:
+            notes.append(f"{missing} personas have no persona_clusters row (re-materialize persona_clusters)")
+    else:
+        frame = frame.with_columns(cluster=pl.lit(None, dtype=pl.Int32), cluster_label=pl.lit(None, dtype=pl.String))
+    frame = filtered(frame, aim.where)
+    if aim.clusters:
+        if clusters is None:
+            raise ValueError("`clusters` needs persona_clusters for the shard: materialize persona_clusters first")
+        frame = frame.filter(pl.col("cluster").is_in(list(aim.clusters)))
+    if aim.query:
+        if query_similarity is None:
+            raise ValueError("a query needs the personas' similarity to it")
+        unembedded = frame["query_similarity"].null_count()
+        if unembedded:
+            notes.append(f"{unembedded} personas in scripts the embedding model cannot read cannot match the query")
+        frame = frame.filter(pl.col("query_similarity") >= aim.min_similarity)
+    eligible = frame.height
+    mode = aim.sampling
+    if mode == "stratified" and clusters is None:
+        mode = "uniform"
+        notes.append("uniform: the shard has no persona_clusters yet, so there are no clusters to spread over")
+    ranked = frame.with_columns(
+        rank=pl.Series([stable_rank(aim.seed, p) for p in frame["persona_id"]], dtype=pl.String)
+    )
+    if mode == "stratified":
+        ranked = (
+            ranked.with_columns(
+                turn=pl.col("rank").rank("ordinal").over("cluster"),
+                cluster_rank=pl.col("cluster").map_elements(
+                    lambda c: stable_rank(aim.seed, "cluster", c), return_dtype=pl.String
+                ),
+            )
+            .sort(["turn", "cluster_rank", "rank"], nulls_last=True)
+            .drop("turn", "cluster_rank")
+        )
+    else:
+        ranked = ranked.sort("rank")
+    if aim.personas is not None:
+        ranked = ranked.head(aim.personas)
+    return Drawn(ranked.drop("rank"), eligible, total, mode, notes)
+
+
+def aim_of(settings: Any) -> Aim:
+    """The Aim of a synthesis task's settings (SynthesisSettings and its subclasses)."""
+    return Aim(
+        personas=settings.personas,
+        seed=settings.seed,
+        sampling=settings.sampling,
+        query=settings.query,
+        min_similarity=settings.min_similarity,
+        clusters=tuple(settings.clusters),
+        where=tuple(settings.where),
+    )
+
+
+def check_aim(values: Mapping[str, Any]) -> None:
+    """The settings' own validation (SynthesisSettings.__post_init__)."""
+    if values["sampling"] not in SAMPLING_MODES:
+        raise ValueError(f"sampling must be one of {SAMPLING_MODES}, not {values['sampling']!r}")
+    if not -1.0 <= values["min_similarity"] <= 1.0:
+        raise ValueError("min_similarity is a cosine: between -1 and 1")
+    parse_where(values["where"])
