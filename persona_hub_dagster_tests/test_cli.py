@@ -248,8 +248,8 @@ def test_run_settings_from_a_file_set_and_sample_compose_and_typos_are_one_line(
     # On the command line: one line, with the valid names.
     typo = persona_hub(env, "materialize", "s", "--set", "synthesize_math.persona=2", check=False)
     assert typo.returncode == 2 and typo.stderr.strip().splitlines() == [
-        "error: synthesize_math has no setting persona; its settings are batch_size, focus, max_tokens, personas, "
-        "prompting, samples_per_persona, seed, shots, temperature"
+        "error: synthesize_math has no setting persona; its settings are batch_size, clusters, focus, max_tokens, "
+        "min_similarity, personas, prompting, query, samples_per_persona, sampling, seed, shots, temperature, where"
     ]
     assert main(["materialize", "s", "--set", "no_such_stage.x=1"]) == 2
 

@@ -210,3 +210,27 @@ def test_where_filters_parse_and_reject_what_they_cannot_read():
         SynthesisSettings(where=("hop",))
     with pytest.raises(ValueError, match="sampling must be"):
         SynthesisSettings(sampling="evenly")
+
+
+def test_the_commands_search_the_hub_and_show_what_a_setting_selects(planted, tmp_path):
+    import json
+    import os
+
+    from persona_hub_dagster_tests.helpers.cli import persona_hub
+
+    store, kinds, _ = planted
+    env = {**os.environ, "PERSONA_HUB_STORAGE": store.root, "DAGSTER_HOME": str(tmp_path)}
+    found = persona_hub(env, "personas", "search", "a beekeeper or dairy farmer", "--k", "3", "--json")
+    rows = [json.loads(line) for line in found.stdout.splitlines()]
+    assert [r["rank"] for r in rows] == [1, 2, 3] and kinds[rows[0]["persona"]] == "farming"
+    assert rows[0]["cluster_label"] and rows[0]["text_id"].startswith("text-")
+    plain = persona_hub(env, "personas", "search", "a beekeeper or dairy farmer", "--shard", "s2")
+    assert plain.stdout.count("\n") == 20 and " s2 " in plain.stdout.splitlines()[0]
+    thai = persona_hub(env, "personas", "search", "พยาบาล", check=False)
+    assert thai.returncode == 2 and "Thai script" in thai.stderr
+    query = "query=healthcare workers: nurses, doctors and paramedics"
+    shown = persona_hub(env, "prompt", "math", "--shard", "s1", "--set", query, "--set", "personas=5")
+    selection_line = json.loads(shown.stderr.strip().splitlines()[-1])["selection"]
+    assert selection_line["drawn"] == 5 and selection_line["eligible"] >= 10
+    drawn_persona = next(line for line in shown.stdout.splitlines() if "nurse" in line or "paramedic" in line)
+    assert drawn_persona

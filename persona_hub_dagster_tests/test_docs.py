@@ -50,6 +50,15 @@ RUN_BY: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     ],
     # The job the demo runs first, with the demo settings' tasks.
     "persona-hub demonstrations": [("test_cli.py::test_demo_registers_and_processes_the_sample_shard", ('"demo"',))],
+    "persona-hub personas": [
+        (
+            "test_coverage.py::test_the_commands_search_the_hub_and_show_what_a_setting_selects",
+            ('"personas"', '"search"', '"--k"', '"--shard"', '"--json"'),
+        )
+    ],
+    "persona-hub prompt": [
+        ("test_coverage.py::test_the_commands_search_the_hub_and_show_what_a_setting_selects", ('"prompt"', '"--shard"'))
+    ],
     "persona-hub unregister-shard": [
         ("test_shard_lifecycle.py::test_the_cli_shows_what_goes_and_asks_before_deleting", ('"unregister-shard"',))
     ],

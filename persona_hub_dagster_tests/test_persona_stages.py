@@ -20,7 +20,7 @@ from persona_hub_dagster.lib.personas.text_to_persona import (
     select_texts,
     text_to_personas,
 )
-from persona_hub_dagster.lib.synthesis.generate import sample_personas, synthesize
+from persona_hub_dagster.lib.synthesis.generate import draw_personas, synthesize
 from persona_hub_dagster.lib.synthesis.steps import SynthesisSettings
 from persona_hub_dagster.lib.synthesis.tasks import TASKS
 from persona_hub_dagster_tests.helpers.scripted_backend import ScriptedBackend
@@ -169,8 +169,8 @@ def test_the_call_budget_caps_the_walk():
 def test_the_task_registry_and_math_validation():
     assert {"math", "instructions"} <= set(TASKS)
     hub = pl.DataFrame({"persona_id": [f"p{i}" for i in range(5)], "persona": [f"Persona {i}" for i in range(5)]})
-    assert sample_personas(hub, SynthesisSettings(personas=3, seed=1)).equals(
-        sample_personas(hub, SynthesisSettings(personas=3, seed=1))
+    assert draw_personas(hub, SynthesisSettings(personas=3, seed=1)).personas.equals(
+        draw_personas(hub, SynthesisSettings(personas=3, seed=1)).personas
     )
     problems = {
         "p0": "A ferry carries 240 passengers at 18 km/h; how long does a 27 km crossing take with two 6-minute stops?",

@@ -108,7 +108,15 @@ def cmd_prompt(args) -> int:
     task = TASKS[args.task]
     values = dict(parse_setting(text) for text in args.set)
     settings = settings_from(task.settings, {**values, "prompting": args.mode})
-    shown, note = example_requests(task, settings, args.persona, DeltaStore())
+    store, persona = DeltaStore(), args.persona
+    if args.shard:
+        drawn = _drawn(store, args.shard, settings)
+        print(json.dumps({"selection": drawn.composition()}, ensure_ascii=False), file=sys.stderr)
+        if not drawn.personas.height:
+            print(f"error: these settings draw no persona from shard {args.shard!r}", file=sys.stderr)
+            return 2
+        persona = drawn.personas["persona"][0]
+    shown, note = example_requests(task, settings, persona, store)
     if note:
         print(f"note: {note}", file=sys.stderr)
     for label, request in shown:
@@ -119,6 +127,18 @@ def cmd_prompt(args) -> int:
             print(f"--- answer schema ---\n{json.dumps(request.json_schema)}")
         print()
     return 0
+
+
+def _drawn(store: DeltaStore, shard: str, settings):
+    """The personas a task's settings draw from a shard's hub (`prompt --shard`)."""
+    from persona_hub_dagster.defs.models import EmbeddingsResource
+    from persona_hub_dagster.lib import tables
+    from persona_hub_dagster.lib.synthesis.generate import draw_personas
+
+    hub = store.scan(tables.PERSONA_HUB, [shard]).collect() if store.exists(tables.PERSONA_HUB) else None
+    if hub is None or not hub.height:
+        raise SystemExit(f"error: shard {shard!r} has no persona_hub rows yet: materialize it first")
+    return draw_personas(hub, settings, store, shard, EmbeddingsResource().lazy_embedder(store))
 
 
 def cmd_contamination(args) -> int:

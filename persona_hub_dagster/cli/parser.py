@@ -68,6 +68,11 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     prompt.add_argument("--mode", choices=PROMPTING_MODES, default="zero_shot", help="prompting mode (zero_shot)")
     prompt.add_argument("--persona", default=EXAMPLE_PERSONA, help="the persona to render with")
     prompt.add_argument(
+        "--shard",
+        help="draw from this shard's hub as the settings would (query, clusters, where, sampling): print what they "
+        "select and render with the first persona drawn",
+    )
+    prompt.add_argument(
         "--set",
         action="append",
         default=[],

@@ -163,8 +163,9 @@ def planted_personas(n: int, seed: int = 0, *, scripts: int = 0) -> list[tuple[s
     out: list[tuple[str, str]] = []
     plan = rng.choices(kinds, weights, k=n * 3) + ["chinese"] * scripts * 8 + ["thai"] * scripts * 8
     wanted = {"chinese": scripts, "thai": scripts}
+    latin = 0
     for kind in plan:
-        if kind in wanted and wanted[kind] == 0 or kind not in wanted and sum(k in KINDS for k, _ in out) >= n:
+        if kind in wanted and wanted[kind] == 0 or kind not in wanted and latin >= n:
             continue
         text = persona_text(kind, rng)
         if text in seen:
@@ -173,4 +174,6 @@ def planted_personas(n: int, seed: int = 0, *, scripts: int = 0) -> list[tuple[s
         out.append((kind, text))
         if kind in wanted:
             wanted[kind] -= 1
+        else:
+            latin += 1
     return out

@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from persona_hub_dagster.lib import tables
+from persona_hub_dagster.lib.coverage.selection import entropy
 from persona_hub_dagster.lib.evaluation import diversity
 from persona_hub_dagster.lib.evaluation.sandbox import ENABLE_HINT
 from persona_hub_dagster.lib.storage import DeltaStore
@@ -51,6 +52,8 @@ REPORT_SCHEMA = {
     "contaminated": pl.Int64,  # null when not checked
     "mean_scores": pl.String,  # JSON: the judge's mean score per criterion (judged tasks)
     "mean_pairwise_distance": pl.Float64,  # on a sample across shards ((all) rows)
+    "persona_clusters": pl.Int64,  # clusters of the coverage map the items' personas came from (null: unclustered)
+    "cluster_entropy_bits": pl.Float64,  # entropy of the items over those clusters: how evenly they spread
     "reported_at": pl.Datetime("us", "UTC"),
     "run_id": pl.String,
 }
@@ -76,9 +79,11 @@ def build(store: DeltaStore, *, embedder=None, run_id: str = "", sample: int = 1
             continue
         evals = store.read(evaluated)  # a task with no item yet still gets its (all) row: 0 items
         items = store.read(task.table).join(evals.select("item_id", "shard"), on=["item_id", "shard"])
+        if "persona_cluster" not in items.columns:  # items written before the coverage map
+            items = items.with_columns(persona_cluster=pl.lit(None, dtype=pl.Int32))
         texts = items.with_columns(
             text=pl.Series([task.item_text(r) for r in items.iter_rows(named=True)], dtype=pl.String)
-        ).select("item_id", "shard", "text")
+        ).select("item_id", "shard", "text", "persona_cluster")
         evals = evals.join(texts, on=["item_id", "shard"], how="left")
         for shard in sorted(evals["shard"].unique()):
             rows.append(_metrics(name, shard, evals.filter(pl.col("shard") == shard)))
@@ -134,7 +139,16 @@ def _metrics(task: str, shard: str, evals: pl.DataFrame) -> dict[str, Any]:
         if score_columns
         else None,
         "mean_pairwise_distance": None,
+        **_spread(evals["persona_cluster"]),
     }
+
+
+def _spread(clusters: pl.Series) -> dict[str, Any]:
+    """How the items spread over the coverage map's clusters (None where their personas were not clustered)."""
+    counts = clusters.drop_nulls().value_counts()["count"].to_list() if clusters.drop_nulls().len() else []
+    if not counts:
+        return {"persona_clusters": None, "cluster_entropy_bits": None}
+    return {"persona_clusters": len(counts), "cluster_entropy_bits": round(entropy(counts), 4)}
 
 
 # The eval tables' own check columns: booleans that are not `passed` or a set property.

@@ -1,0 +1,201 @@
+"""The coverage map on a skewed hub: does a stratified draw spread where a uniform one follows the dense kinds, does a
+query find its kind, and what do clustering 10^6 personas and assigning a new 10^5-persona shard cost.
+
+    nice .venv/bin/python bench/persona_coverage.py --root /tmp/coverage --out /tmp/coverage/results.json
+
+Hub: shards of planted personas (persona_hub_dagster_tests/helpers/planted_hub.py: two common kinds, software people
+and retail workers, 10x as frequent as each of four rare ones: healthcare, crafts, farming and German lawyers; plus
+Chinese and Thai personas), written straight into persona_hub and its embeddings table (no dedup: the generator's
+texts are distinct), embedded with the fast model (model2vec distilled from MiniLM, `Embedder(fast=True)`; MiniLM
+would take ~2 h for 1.1M personas here). Every step runs the project's own code (lib/coverage) in a fresh process,
+peak RSS by getrusage:
+
+1. build: 10 shards of 10^5 personas (10^6), then shard `new` (10^5 more).
+2. cluster: persona_clusters for the last of the 10 shards with `recluster: true`: the whole hub clustered from its
+   bounded sample (k = 256), then that shard assigned.
+3. assign: persona_clusters for shard `new`: assigned to the existing clusters (no reclustering expected).
+4. spread (on shard `s00`, clustered in a step of its own): per draw size, for uniform and stratified draws:
+   planted-kind entropy (bits; six Latin kinds and two scripts: at most 3 bits), cluster entropy, the least-drawn kind,
+   the mean pairwise cosine distance of the drawn personas' embeddings; and for queries aimed at a planted kind, the
+   precision and recall of the selected personas against the planted labels at several min_similarity values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the planted hub's generator lives with the tests
+SHARDS = [f"s{i:02d}" for i in range(10)]
+PERSONAS = 100_000
+QUERIES = {
+    "healthcare": "healthcare workers: nurses, doctors and paramedics",
+    "crafts": "people who build things with their hands",
+    "farming": "farmers who grow crops and raise animals",
+}
+
+
+def peak_gb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+
+
+def store_and_embedder(root: str):
+    from persona_hub_dagster.lib.embeddings import Embedder
+    from persona_hub_dagster.lib.storage import DeltaStore
+
+    store = DeltaStore(root)
+    return store, Embedder(fast=True, static_cache_root=root)
+
+
+def build(root: str) -> dict:
+    import polars as pl
+
+    from persona_hub_dagster.lib import tables
+    from persona_hub_dagster.lib.dedup.hub import _vector_series
+    from persona_hub_dagster.lib.ids import content_id
+    from persona_hub_dagster_tests.helpers.planted_hub import planted_personas
+
+    store, embedder = store_and_embedder(root)
+    started, kinds = time.perf_counter(), {}
+    for seed, shard in enumerate([*SHARDS, "new"]):
+        planted = planted_personas(PERSONAS, seed=seed, scripts=20)
+        texts = [text for _, text in planted]
+        ids = [content_id(f"{shard}\x1f{t}") for t in texts]
+        kinds.update(zip(ids, (kind for kind, _ in planted), strict=True))
+        hub = pl.DataFrame({"persona_id": ids, "persona": texts, "shard": shard, "source": "text_personas"})
+        store.write_partitions(tables.PERSONA_HUB, hub, partitions=[shard])
+        readable = [why is None for why in embedder.unreadable(texts)]
+        vectors = embedder.encode([t for t, r in zip(texts, readable, strict=True) if r])
+        embedded = [i for i, r in zip(ids, readable, strict=True) if r]
+        frame = pl.DataFrame(
+            {"shard": shard, "persona_id": embedded, "model": embedder.identity, "vector": _vector_series(vectors)}
+        )
+        store.write_partitions(tables.HUB_EMBEDDINGS, frame, partitions=[shard])
+    Path(root, "kinds.json").write_text(json.dumps(kinds))
+    return {"step": "build", "seconds": round(time.perf_counter() - started, 1), "peak_rss_gb": peak_gb()}
+
+
+def place(root: str, shard: str, recluster: bool) -> dict:
+    from persona_hub_dagster.lib import tables
+    from persona_hub_dagster.lib.coverage.persona_clusters import ClusterSettings, place_shard
+    from persona_hub_dagster.lib.stage import Markdown  # noqa: F401 (metadata values)
+
+    store, embedder = store_and_embedder(root)
+    hub = store.scan(tables.PERSONA_HUB, [shard]).select("persona_id", "persona").collect()
+    started = time.perf_counter()
+    rows, metadata = place_shard(store, shard, hub, embedder, ClusterSettings(recluster=recluster), "bench")
+    seconds = time.perf_counter() - started
+    store.write_partitions(tables.PERSONA_CLUSTERS, rows, partitions=[shard])
+    keep = ("clustering", "clusters", "strata", "reclustered", "outlier_share", "shard_clusters")
+    return {
+        "step": f"{'cluster' if recluster else 'assign'} {shard}",
+        "hub_personas": sum(store.row_count(tables.PERSONA_HUB, [s]) for s in store.partitions(tables.PERSONA_HUB)),
+        "seconds": round(seconds, 1),
+        "peak_rss_gb": peak_gb(),
+        **{k: metadata[k] for k in keep},
+    }
+
+
+def spread(root: str) -> dict:
+    import numpy as np
+    import polars as pl
+
+    from persona_hub_dagster.lib import tables
+    from persona_hub_dagster.lib.coverage.persona_clusters import vectors_for
+    from persona_hub_dagster.lib.coverage.selection import entropy
+    from persona_hub_dagster.lib.synthesis.generate import draw_personas
+    from persona_hub_dagster.lib.synthesis.steps import SynthesisSettings
+
+    store, embedder = store_and_embedder(root)
+    kinds = json.loads(Path(root, "kinds.json").read_text())
+    hub = store.scan(tables.PERSONA_HUB, ["s00"]).collect()
+    vectors, has_vector = vectors_for(store, "s00", hub, embedder)
+    row_of = {pid: i for i, pid in enumerate(hub.filter(pl.Series(has_vector))["persona_id"].to_list())}
+    planted = Counter(kinds[p] for p in hub["persona_id"])
+    out = {"hub": hub.height, "planted": dict(planted.most_common()), "draws": [], "queries": []}
+    for size in (100, 1000):
+        for mode in ("uniform", "stratified"):
+            drawn = draw_personas(hub, SynthesisSettings(personas=size, sampling=mode, seed=0), store, "s00")
+            got = Counter(kinds[p] for p in drawn.personas["persona_id"])
+            rows = [row_of[p] for p in drawn.personas["persona_id"] if p in row_of]
+            chosen = vectors[rows]
+            similarity = chosen @ chosen.T
+            pairs = len(rows) * (len(rows) - 1)
+            out["draws"].append(
+                {
+                    "size": size,
+                    "mode": mode,
+                    "kind_entropy_bits": round(entropy(list(got.values())), 3),
+                    "kinds_drawn": len(got),
+                    "least_drawn_kind": min(got.get(k, 0) for k in planted),
+                    "per_kind": dict(got.most_common()),
+                    "cluster_entropy_bits": drawn.composition()["cluster_entropy_bits"],
+                    "clusters_drawn": drawn.composition()["clusters_drawn"],
+                    "mean_pairwise_distance": round(float(1 - (similarity.sum() - len(rows)) / pairs), 4),
+                }
+            )
+    for kind, query in QUERIES.items():
+        q = embedder.encode([query])[0]
+        similarity = np.full(hub.height, np.nan, dtype=np.float32)
+        similarity[has_vector] = vectors @ q
+        truth = np.array([kinds[p] == kind for p in hub["persona_id"]])
+        for threshold in (0.2, 0.3, 0.4, 0.5):
+            selected = np.nan_to_num(similarity, nan=-1) >= threshold
+            hits = int((selected & truth).sum())
+            out["queries"].append(
+                {
+                    "kind": kind,
+                    "query": query,
+                    "min_similarity": threshold,
+                    "selected": int(selected.sum()),
+                    "precision": round(hits / max(int(selected.sum()), 1), 3),
+                    "recall": round(hits / int(truth.sum()), 3),
+                }
+            )
+    out["peak_rss_gb"] = peak_gb()
+    return {"step": "spread s00", **out}
+
+
+def in_fresh_process(*argv: str) -> dict:
+    result = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, check=True, cwd=REPO)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--step", choices=["build", "cluster", "assign", "spread", "spread-cluster"])
+    args = parser.parse_args()
+    if args.step:
+        result = {
+            "build": lambda: build(args.root),
+            "cluster": lambda: place(args.root, SHARDS[-1], True),
+            "assign": lambda: place(args.root, "new", False),
+            "spread-cluster": lambda: place(args.root, "s00", False),
+            "spread": lambda: spread(args.root),
+        }[args.step]()
+        print(json.dumps(result, ensure_ascii=False))
+        return
+    results = []
+    for step in ("build", "cluster", "assign", "spread-cluster", "spread"):
+        if step == "build" and Path(args.root, "kinds.json").exists():
+            continue
+        result = in_fresh_process("--root", args.root, "--out", args.out, "--step", step)
+        print(json.dumps(result, ensure_ascii=False)[:2000], flush=True)
+        results.append(result)
+    meta = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, 2 cores"}
+    Path(args.out).write_text(json.dumps({"results": results, **meta}, indent=1, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()
