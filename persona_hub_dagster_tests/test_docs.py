@@ -57,7 +57,10 @@ RUN_BY: dict[str, list[tuple[str, tuple[str, ...]]]] = {
         )
     ],
     "persona-hub prompt": [
-        ("test_coverage.py::test_the_commands_search_the_hub_and_show_what_a_setting_selects", ('"prompt"', '"--shard"'))
+        (
+            "test_coverage.py::test_the_commands_search_the_hub_and_show_what_a_setting_selects",
+            ('"prompt"', '"--shard"'),
+        )
     ],
     "persona-hub unregister-shard": [
         ("test_shard_lifecycle.py::test_the_cli_shows_what_goes_and_asks_before_deleting", ('"unregister-shard"',))

@@ -262,6 +262,38 @@ def test_planted_cross_shard_duplicates_are_found_after_training_and_retraining(
         assert all(found.similarity[q] >= 0.9 for q in range(len(queries)) if found.shard[q])
 
 
+def test_nearest_gives_the_exact_top_k_of_an_untrained_index_and_nearly_all_of_a_trained_one(tmp_path, monkeypatch):
+    """Persona search: the k most similar kept personas, best first, with exact cosines; one list is an exact
+    search, and past training (307 lists, 128 probed) the probed lists hold >= 0.95 of the exact top 10."""
+    rng = np.random.default_rng(3)
+    a, b = unit(rng, 300), unit(rng, 300)
+    queries = near(rng, a[:5], noise=2.0)
+    with HubIndex(tmp_path / "exact") as index:
+        index.add(entries("a", np.arange(3000).reshape(-1, 10), a), LAYOUT)
+        index.add(entries("b", np.arange(3000).reshape(-1, 10) + 10**6, b), LAYOUT)
+        found = index.nearest(queries, 7)
+        both = np.concatenate([a, b])
+        for q, row in enumerate(found):
+            best = np.argsort(-(queries[q] @ both.T), kind="stable")[:7]
+            assert [n.persona_id for n in row] == [f"a-{i}" if i < 300 else f"b-{i - 300}" for i in best]
+            assert [n.similarity for n in row] == pytest.approx((queries[q] @ both.T)[best].tolist(), abs=1e-5)
+        assert {n.shard for row in index.nearest(queries, 7, ["b"]) for n in row} == {"b"}
+        assert index.nearest(queries[:0], 3) == [] and [len(r) for r in index.nearest(queries, 0)] == [0] * 5
+    monkeypatch.setattr(vector_lists, "TRAIN_AT", 2_000)
+    topics = unit(rng, 40)
+    vectors = near(rng, topics[rng.integers(0, 40, 12_000)], noise=6.0)
+    with HubIndex(tmp_path / "trained") as index:
+        index.add(entries("t", np.arange(120_000).reshape(-1, 10), vectors), LAYOUT)
+        assert index.manifest.nlist > 2 * vector_lists.SEARCH_NPROBE  # 307 lists, 128 probed
+        queries = near(rng, vectors[rng.choice(12_000, 100, replace=False)], noise=3.0)
+        found = index.nearest(queries, 10)
+        exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+        overlap = np.mean(
+            [len({n.position for n in row} & set(e.tolist())) / 10 for row, e in zip(found, exact, strict=True)]
+        )
+        assert overlap >= 0.95
+
+
 def test_the_mirror_on_s3_carries_the_index_to_another_machine(tmp_path, s3_bucket):
     location = f"s3://{s3_bucket}/hub/_index/persona_hub/lookup"
     rng = np.random.default_rng(3)

@@ -48,7 +48,13 @@ from pathlib import Path
 import numpy as np
 
 from persona_hub_dagster.lib.dedup.index_mirror import ObjectStoreMirror
-from persona_hub_dagster.lib.dedup.vector_lists import VectorLists, atomic_save_npy, earliest_above, nearest_k
+from persona_hub_dagster.lib.dedup.vector_lists import (
+    SEARCH_NPROBE,
+    VectorLists,
+    atomic_save_npy,
+    earliest_above,
+    nearest_k,
+)
 from persona_hub_dagster.lib.locations import is_uri
 
 INDEX_CACHE_ENV = "PERSONA_HUB_INDEX_CACHE"
@@ -367,7 +373,8 @@ class HubIndex(VectorLists, ObjectStoreMirror):
 
     def nearest(self, queries: np.ndarray, k: int, shards: Sequence[str] | None = None) -> list[list[Neighbour]]:
         """Per query its k nearest kept personas by cosine (best first) among `shards` (default: all), through the
-        probed lists: persona search. Similarities are exact; only the lists searched are chosen (NPROBE of nlist)."""
+        probed lists: persona search. Similarities are exact; only the lists searched are chosen (SEARCH_NPROBE of
+        nlist, 4x what dedup probes: a search is a handful of queries)."""
         entries = [e for name, e in self.manifest.shards.items() if (shards is None or name in shards) and e.vectors]
         n = len(queries)
         top_keys = np.full((n, k), _NONE, dtype=np.int64)
@@ -375,7 +382,7 @@ class HubIndex(VectorLists, ObjectStoreMirror):
         if n and entries and k > 0:
             queries = np.ascontiguousarray(queries, dtype=np.float32)
             segments = [(e.sid, e.sid, self._segment(e.sid)) for e in entries]  # keyed by shard id itself
-            self._scan(queries, self._probe(queries), segments, nearest_k(top_keys, top_sims))
+            self._scan(queries, self._probe(queries, SEARCH_NPROBE), segments, nearest_k(top_keys, top_sims))
         shard_of = self._shard_of()
         found = top_keys != _NONE
         sids, positions = (top_keys[found] >> 32), (top_keys[found] & 0xFFFFFFFF)

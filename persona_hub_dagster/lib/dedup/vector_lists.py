@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 TRAIN_AT = 50_000  # vectors: below this the index is one list, and a lookup is an exact search
 RETRAIN_GROWTH = 8  # retrain (and re-file) once the index holds this many times what the centroids were trained on
 NPROBE = 32
+SEARCH_NPROBE = 128  # lists a persona search probes: a handful of queries, so recall costs next to nothing
 RANGE_BYTES = 64 * 2**20  # vectors read per step of a lookup
 PRODUCT_BUDGET = 8 * 2**20  # similarities per matrix product (32 MB of float32)
 
@@ -38,10 +39,10 @@ class VectorLists:
     def _shard_entry(self, sid: int) -> ShardEntry:
         return next(e for e in self.manifest.shards.values() if e.sid == sid)
 
-    def _probe(self, queries: np.ndarray) -> np.ndarray:
+    def _probe(self, queries: np.ndarray, nprobe: int = NPROBE) -> np.ndarray:
         if self.manifest.nlist == 1:
             return np.zeros((len(queries), 1), dtype=np.int64)
-        return self._quantizer().search(queries, min(NPROBE, self.manifest.nlist))[1]
+        return self._quantizer().search(queries, min(nprobe, self.manifest.nlist))[1]
 
     def _quantizer(self, generation: int | None = None):
         import faiss
