@@ -120,6 +120,8 @@ def train(
             spherical=True,
             seed=seed + 1,
             max_points_per_centroid=SAMPLE_PER_CLUSTER,
+            # A small hub has fewer than FAISS's 39 points per centroid by design (k ~ sqrt(n / 2)): no warning.
+            min_points_per_centroid=1,
             verbose=False,
         )
         kmeans.train(vectors)

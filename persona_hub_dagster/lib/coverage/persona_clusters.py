@@ -216,7 +216,7 @@ def hub_sample(
     """(vectors, their texts, texts without vectors) of a deterministic sample of about `size` personas of the whole
     hub, shard by shard (memory: one shard's personas and the sample). `own` is this run's shard, not yet written."""
     others = [s for s in store.partitions(tables.PERSONA_HUB) if s != shard]
-    total = sum(store.row_count(tables.PERSONA_HUB, [s]) for s in others) + own.height
+    total = _hub_size(store, shard, own.height)
     share = min(1.0, size / max(total, 1))
     vectors, texts, unembedded = [], [], []
     for s in sorted([*others, shard]):
@@ -234,6 +234,13 @@ def hub_sample(
     present = [v for v in vectors if len(v)]
     stacked = np.concatenate(present) if present else np.zeros((0, 0), dtype=np.float32)
     return stacked, texts, unembedded
+
+
+def _hub_size(store: DeltaStore, shard: str, own: int) -> int:
+    """The hub's personas with this shard's as this run has them (from the Delta log's statistics)."""
+    if not store.exists(tables.PERSONA_HUB):
+        return own
+    return store.row_count(tables.PERSONA_HUB) - store.row_count(tables.PERSONA_HUB, [shard]) + own
 
 
 def _take(n: int, share: float, shard: str) -> np.ndarray:
@@ -255,10 +262,7 @@ def place_shard(
     vectors, has_vector = vectors_for(store, shard, hub, embedder)
     texts = hub["persona"].to_list()
     current = load_clustering(store)
-    hub_personas = (
-        sum(store.row_count(tables.PERSONA_HUB, [s]) for s in store.partitions(tables.PERSONA_HUB) if s != shard)
-        + hub.height
-    )
+    hub_personas = _hub_size(store, shard, hub.height)
     reason = "asked (recluster: true)" if settings.recluster else None
     if current is None or current.model != embedder.identity:
         reason = needs_reclustering(current, model=embedder.identity, hub_personas=hub_personas)
