@@ -14,10 +14,13 @@ peak RSS by getrusage:
 2. cluster: persona_clusters for the last of the 10 shards with `recluster: true`: the whole hub clustered from its
    bounded sample (k = 256), then that shard assigned.
 3. assign: persona_clusters for shard `new`: assigned to the existing clusters (no reclustering expected).
-4. spread (on shard `s00`, clustered in a step of its own): per draw size, for uniform and stratified draws:
+4. spread (on shard `s00`, assigned in a step of its own): per draw size, for uniform and stratified draws:
    planted-kind entropy (bits; six Latin kinds and two scripts: at most 3 bits), cluster entropy, the least-drawn kind,
    the mean pairwise cosine distance of the drawn personas' embeddings; and for queries aimed at a planted kind, the
    precision and recall of the selected personas against the planted labels at several min_similarity values.
+5. items: math problems from `--items` personas drawn each way on the configured model (the embedded 135M one by
+   default): the items' planted kinds, cluster entropy, distinct-1/2 and mean pairwise embedding distance, as
+   eval/report measures them.
 """
 
 from __future__ import annotations
@@ -165,6 +168,48 @@ def spread(root: str) -> dict:
     return {"step": "spread s00", **out}
 
 
+def items(root: str, per_mode: int) -> dict:
+    """Math problems from `per_mode` personas drawn each way, on the configured model (the embedded one by default):
+    the spread of the items as eval/report measures it."""
+    from persona_hub_dagster.lib import tables
+    from persona_hub_dagster.lib.coverage.selection import entropy
+    from persona_hub_dagster.lib.evaluation import diversity
+    from persona_hub_dagster.lib.llm import LLMClient, LLMSettings, open_backend
+    from persona_hub_dagster.lib.synthesis.generate import draw_personas, synthesize
+    from persona_hub_dagster.lib.synthesis.tasks import TASKS
+
+    store, embedder = store_and_embedder(root)
+    kinds = json.loads(Path(root, "kinds.json").read_text())
+    hub = store.scan(tables.PERSONA_HUB, ["s00"]).collect()
+    out = []
+    with open_backend(LLMSettings.from_env()) as backend:
+        for mode in ("uniform", "stratified"):
+            settings = TASKS["math"].settings(personas=per_mode, sampling=mode, max_tokens=160)
+            drawn = draw_personas(hub, settings, store, "s00")
+            started = time.perf_counter()
+            output = synthesize(TASKS["math"], hub, LLMClient(backend), settings, shard="s00", run_id="b", drawn=drawn)
+            texts = [row["problem"] for row in output.rows]
+            vectors = embedder.encode(texts)
+            similarity = vectors @ vectors.T
+            pairs = len(texts) * (len(texts) - 1)
+            clusters = Counter(row["persona_cluster"] for row in output.rows)
+            out.append(
+                {
+                    "mode": mode,
+                    "asked": drawn.personas.height,
+                    "items": len(texts),
+                    "seconds": round(time.perf_counter() - started, 1),
+                    "item_kinds": dict(Counter(kinds[row["persona_id"]] for row in output.rows).most_common()),
+                    "cluster_entropy_bits": round(entropy(list(clusters.values())), 3),
+                    "distinct_1": diversity.distinct_n(texts, 1),
+                    "distinct_2": diversity.distinct_n(texts, 2),
+                    "mean_pairwise_distance": round(float(1 - (similarity.sum() - len(texts)) / max(pairs, 1)), 4),
+                    "model": backend.model,
+                }
+            )
+    return {"step": "items s00", "per_mode": per_mode, "results": out, "peak_rss_gb": peak_gb()}
+
+
 def in_fresh_process(*argv: str) -> dict:
     result = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, check=True, cwd=REPO)
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -174,7 +219,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--step", choices=["build", "cluster", "assign", "spread", "spread-cluster"])
+    parser.add_argument("--step", choices=["build", "cluster", "assign", "spread", "spread-cluster", "items"])
+    parser.add_argument("--items", type=int, default=60, help="personas per sampling mode for the items step")
     args = parser.parse_args()
     if args.step:
         result = {
@@ -183,14 +229,15 @@ def main() -> None:
             "assign": lambda: place(args.root, "new", False),
             "spread-cluster": lambda: place(args.root, "s00", False),
             "spread": lambda: spread(args.root),
+            "items": lambda: items(args.root, args.items),
         }[args.step]()
         print(json.dumps(result, ensure_ascii=False))
         return
     results = []
-    for step in ("build", "cluster", "assign", "spread-cluster", "spread"):
+    for step in ("build", "cluster", "assign", "spread-cluster", "spread", "items"):
         if step == "build" and Path(args.root, "kinds.json").exists():
             continue
-        result = in_fresh_process("--root", args.root, "--out", args.out, "--step", step)
+        result = in_fresh_process("--root", args.root, "--out", args.out, "--step", step, "--items", str(args.items))
         print(json.dumps(result, ensure_ascii=False)[:2000], flush=True)
         results.append(result)
     meta = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, 2 cores"}

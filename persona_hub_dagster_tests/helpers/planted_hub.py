@@ -1,7 +1,7 @@
 """A persona hub with planted kinds of people in skewed proportions (some kinds 10x as frequent as others), in
 English, German, Chinese and Thai: test_coverage and bench/persona_coverage.py. Each persona is a sentence built from
-its kind's roles, places and pastimes, so that personas of one kind differ (none is a near-duplicate of another) but
-read alike."""
+its kind's roles, places and interests, with a city, an age and a pastime any kind may have, so that personas of one
+kind differ (none is a near-duplicate of another) but read alike."""
 
 from __future__ import annotations
 
@@ -20,6 +20,29 @@ PASTIMES = [
     "plays the cello in an amateur orchestra", "follows Formula 1 closely", "goes birdwatching at dawn",
     "organizes neighbourhood cleanups", "brews kombucha at home",
 ]  # fmt: skip
+
+# What people of a kind care about besides their work (one of these and one of PASTIMES in each persona: a kind is
+# its role, workplace and interests, as in real personas, and shares the city, age and some pastimes with the rest).
+INTERESTS = {
+    "software": ["contributes to open-source compilers", "writes a blog about distributed databases",
+                 "mentors junior developers online", "builds home automation with a Raspberry Pi",
+                 "follows programming language research", "speaks at cloud computing meetups"],
+    "retail": ["tracks which products sell best each season", "trains new cashiers on the till",
+               "plans the shop window displays", "handles customer complaints with patience",
+               "counts inventory on Sunday mornings", "negotiates discounts with suppliers"],
+    "healthcare": ["reads journals on infectious disease", "volunteers at a free vaccination clinic",
+                   "teaches first aid to teenagers", "studies for a critical care certification",
+                   "worries about staff shortages on night shifts", "campaigns for better patient safety"],
+    "crafts": ["sharpens chisels and hand planes", "sells handmade pieces at a craft fair",
+               "teaches apprentices traditional joinery", "collects antique tools",
+               "restores old furniture for neighbours", "experiments with natural wood finishes"],
+    "farming": ["watches the weather for the harvest", "breeds hardy heritage livestock",
+                "sells produce at the farmers market", "experiments with crop rotation",
+                "repairs tractors in the barn", "worries about drought and soil erosion"],
+    "german_law": ["liest jeden Morgen die neuesten Urteile", "berät ehrenamtlich Mieter",
+                   "schreibt Fachartikel zum Vertragsrecht", "bereitet Referendare auf das Examen vor",
+                   "verhandelt Vergleiche mit Versicherungen", "interessiert sich für Datenschutzrecht"],
+}  # fmt: skip
 
 # kind -> (relative frequency, roles, workplaces): two common kinds, five rare ones.
 KINDS: dict[str, tuple[int, list[str], list[str]]] = {
@@ -147,10 +170,11 @@ def persona_text(kind: str, rng: random.Random) -> str:
         return rng.choice(THAI).format(city=rng.choice(THAI_CITIES))
     _, roles, places = KINDS[kind]
     role, place, city = rng.choice(roles), rng.choice(places), rng.choice(CITIES)
+    interest = rng.choice(INTERESTS[kind])
     if kind == "german_law":
-        return f"Eine {rng.choice(['junge', 'erfahrene', 'engagierte'])} Person, {role} bei {place} in {city}."
-    pastimes = rng.sample(PASTIMES, 2)
-    return f"A {rng.choice(AGES)} {role} at {place} in {city} who {pastimes[0]} and {pastimes[1]}."
+        adjective = rng.choice(["junge", "erfahrene", "engagierte"])
+        return f"Eine {adjective} Person, {role} bei {place} in {city}, die {interest}."
+    return f"A {rng.choice(AGES)} {role} at {place} in {city} who {interest} and {rng.choice(PASTIMES)}."
 
 
 def planted_personas(n: int, seed: int = 0, *, scripts: int = 0) -> list[tuple[str, str]]:

@@ -2,13 +2,16 @@
 
 Clusters are trained with FAISS's spherical k-means on the embeddings the hub already stores (the vectors its semantic
 dedup compared: `_index/persona_hub/embeddings`), on a bounded sample of the whole hub, and every persona is assigned
-to its nearest centroid with that cosine. k follows the hub's size (`choose_k`: ~sqrt(n / 2), at most MAX_K, so that
-a person can read the list and an even draw across clusters still reaches the rare kinds); a setting overrides it.
+to its nearest centroid with that cosine. k follows the hub's size (`choose_k`: ~2 sqrt(n), at most MAX_K, so that
+a person can read the list and a kind with a few percent of the hub gets clusters of its own); a setting overrides it.
 
 A persona the embedding model cannot read (a Thai persona under the English default, see lib/embeddings.py) has no
 vector. It is not left out: it belongs to its script's stratum, a cluster of its own with a negative id
 (`script_stratum`), so that an even draw reaches the Thai personas as one kind of people too. A multilingual embedding
 model (PERSONA_HUB_EMBEDDING_MODEL) puts them in the clusters proper.
+
+Clusters are grouped into ~sqrt(k) regions (`group_into_regions`), which the synthesis tasks' even draws go across
+first (lib/coverage/selection.py).
 
 Labels are class-based TF-IDF (c-TF-IDF, as BERTopic): a term's frequency in the cluster times log(1 + the average
 cluster's length / the term's frequency across all clusters), over the hub's units of text (lib/dedup/scripts.py:
@@ -18,8 +21,9 @@ Thai letter pairs), plus each cluster's most central persona as its example.
 A clustering is kept until it no longer fits (`needs_reclustering`): when asked, when the embedding model changed,
 when the hub has grown GROWTH_TO_RECLUSTER-fold since it was trained (k is for the hub's size), or when a new shard's
 personas fall outside it: more than OUTLIER_SHARE_TO_RECLUSTER of them less similar to their centroid than the
-least similar 5% of the training sample (`floor`). By construction ~5% of personas drawn like the training sample
-fall below the floor; a shard of a kind of people the hub did not hold before falls below it far more often.
+least similar 5% of the sample's held-out part (`floor`: a fifth of the sample is kept out of k-means for it). By
+construction ~5% of personas drawn like the sample fall below the floor; a shard of a kind of people the hub did not
+hold before falls below it far more often.
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ from persona_hub_dagster.lib.ids import content_id
 
 MAX_K = 256
 SAMPLE_PER_CLUSTER = 256  # training vectors per centroid (FAISS's own cap); the sample is at most MAX_K * this
-FLOOR_QUANTILE = 0.05  # the floor: this quantile of the training sample's similarity to its centroid
+FLOOR_QUANTILE = 0.05  # the floor: this quantile of the held-out sample's similarity to its centroid
+HELD_OUT_SHARE = 0.2  # of the sample, kept out of k-means to measure the floor on
+MIN_HELD_OUT = 20
 OUTLIER_SHARE_TO_RECLUSTER = 0.25  # 5x what a shard like the training sample shows
 GROWTH_TO_RECLUSTER = 4
 LABEL_TERMS = 3
@@ -66,6 +72,7 @@ class Clustering:
     terms: list[list[str]]
     examples: list[str]
     sizes: list[int]  # members in the training sample
+    regions: list[int]  # per cluster (in `clusters` order) its region; a stratum is its own region
     floor: float
     trained_on: int  # hub personas when it was trained
     sample: int
@@ -80,10 +87,35 @@ class Clustering:
             return self.labels[self.clusters.index(cluster)]
         return stratum_label(cluster, [])
 
+    def region_of(self, cluster: int) -> int:
+        return self.regions[self.clusters.index(cluster)] if cluster in self.clusters else cluster
+
 
 def choose_k(personas: int) -> int:
-    """Clusters for a hub of `personas`: ~sqrt(n / 2) (12 for 300, 71 for 10,000), 1 below 4, at most MAX_K."""
-    return int(min(MAX_K, max(1, round(math.sqrt(personas / 2)))))
+    """Clusters for a hub of `personas`: ~2 sqrt(n) (35 for 300, 200 for 10,000), at most MAX_K. Fine enough that a
+    kind of people with a few percent of the hub gets clusters of its own (with sqrt(n / 2), 12 for 300, four rare
+    kinds shared one cluster); the regions then group them for even draws."""
+    return int(min(MAX_K, max(1, round(2 * math.sqrt(personas)))))
+
+
+def group_into_regions(centroids: np.ndarray) -> list[int]:
+    """Per centroid its region: the centroids grouped by average-linkage agglomerative clustering on cosine distance
+    into ~sqrt(k) regions, numbered by their first cluster. k-means gives a kind of people clusters in proportion to
+    its personas (ten times as many for a kind ten times as frequent), so an even draw over clusters is nearly a
+    uniform one; merging by distance does not count personas, so a region is a part of the map, dense or sparse,
+    and an even draw over regions reaches the rare kinds (bench/RESULTS.md, "The coverage map")."""
+    k = len(centroids)
+    if k < 3:
+        return list(range(k))
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    cut = fcluster(linkage(centroids.astype(np.float64), "average", metric="cosine"), regions_for(k), "maxclust")
+    first: dict[int, int] = {}
+    return [first.setdefault(int(group), len(first)) for group in cut]
+
+
+def regions_for(k: int) -> int:
+    return max(1, round(math.sqrt(k)))
 
 
 def script_stratum(script: str) -> int:
@@ -111,7 +143,10 @@ def train(
     import faiss
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    k = min(k or choose_k(trained_on), len(vectors)) if len(vectors) else 0
+    held_out = np.random.default_rng(seed).random(len(vectors)) < HELD_OUT_SHARE
+    if len(vectors) - held_out.sum() < 2 * MIN_HELD_OUT:
+        held_out[:] = False  # too few to spare any: the floor is measured on the training personas
+    k = min(k or choose_k(trained_on), int((~held_out).sum())) if len(vectors) else 0
     if k >= 2:
         kmeans = faiss.Kmeans(
             vectors.shape[1],
@@ -120,11 +155,11 @@ def train(
             spherical=True,
             seed=seed + 1,
             max_points_per_centroid=SAMPLE_PER_CLUSTER,
-            # A small hub has fewer than FAISS's 39 points per centroid by design (k ~ sqrt(n / 2)): no warning.
+            # A small hub has fewer than FAISS's 39 points per centroid by design (k ~ 2 sqrt(n)): no warning.
             min_points_per_centroid=1,
             verbose=False,
         )
-        kmeans.train(vectors)
+        kmeans.train(vectors[~held_out])
         centroids = kmeans.centroids.astype(np.float32)
     elif k == 1:
         centroids = vectors.mean(axis=0, keepdims=True)
@@ -149,11 +184,26 @@ def train(
         " · ".join(terms[:LABEL_TERMS]) if cluster >= 0 else stratum_label(cluster, terms)
         for cluster, terms in zip(clusters, cluster_terms, strict=True)
     ]
-    floor = float(np.quantile(similarity, FLOOR_QUANTILE)) if len(similarity) else 0.0
+    # On personas k-means did not see: the trained ones sit closer to centroids fitted to them (the more so the
+    # smaller the clusters), and a shard like the sample would then seem to fall outside.
+    unseen = similarity[held_out] if held_out.sum() >= MIN_HELD_OUT else similarity
+    floor = float(np.quantile(unseen, FLOOR_QUANTILE)) if len(unseen) else 0.0
     sizes = [int((members == c).sum()) for c in clusters]
+    regions = group_into_regions(centroids) + [c for c in clusters if c < 0]
     identity = content_id(f"{model}\x1f{trained_on}\x1f{seed}\x1f{centroids.tobytes().hex()[:4096]}")[:16]
     return Clustering(
-        identity, model, centroids, clusters, labels, cluster_terms, examples, sizes, floor, trained_on, len(all_texts)
+        identity,
+        model,
+        centroids,
+        clusters,
+        labels,
+        cluster_terms,
+        examples,
+        sizes,
+        regions,
+        floor,
+        trained_on,
+        len(all_texts),
     )
 
 

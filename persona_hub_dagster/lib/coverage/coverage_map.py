@@ -1,7 +1,7 @@
 """The coverage map as a picture: the clusters' centroids projected to 2-D (PCA of the centroids, so every shard of a
-clustering is drawn in the same plane), each a disc sized by its personas in the hub and the largest labelled, with a
-sample of the shard's personas as points in their cluster's colour. Strata of unembedded scripts have no place in the
-plane and are listed beside it."""
+clustering is drawn in the same plane), each a disc sized by its personas in the hub, coloured by its region, the
+largest labelled, with a sample of the shard's personas as points in their region's colour. Strata of unembedded
+scripts have no place in the plane and are listed beside it."""
 
 from __future__ import annotations
 
@@ -51,13 +51,13 @@ def _render(plt, clustering, hub_sizes, vectors, clusters, title) -> bytes:
         if len(vectors):
             take = np.random.default_rng(0).permutation(len(vectors))[:POINTS]
             points = (vectors[take] - mean) @ basis.T
-            axes.scatter(points[:, 0], points[:, 1], s=4, c=[colours(int(c) % 20) for c in clusters[take]], alpha=0.5)
+            tint = [colours(clustering.region_of(int(c)) % 20) for c in clusters[take]]
+            axes.scatter(points[:, 0], points[:, 1], s=4, c=tint, alpha=0.5)
         centres = (clustering.centroids - mean) @ basis.T
         sizes = np.array([hub_sizes.get(c, 0) for c in range(clustering.k)], dtype=np.float64)
         area = 30 + 600 * sizes / max(sizes.max(), 1)
-        axes.scatter(
-            centres[:, 0], centres[:, 1], s=area, c=[colours(c % 20) for c in range(clustering.k)], edgecolors="k"
-        )
+        tint = [colours(clustering.region_of(c) % 20) for c in range(clustering.k)]
+        axes.scatter(centres[:, 0], centres[:, 1], s=area, c=tint, edgecolors="k")
         for c in np.argsort(-sizes, kind="stable")[:LABELLED].tolist():
             label = f"{c}: {clustering.label_of(c)} ({int(sizes[c])})"
             axes.annotate(label, centres[c], fontsize=8, xytext=(4, 4), textcoords="offset points")

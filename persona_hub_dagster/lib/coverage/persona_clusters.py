@@ -39,6 +39,7 @@ SCHEMA = {
     "persona_id": pl.String,
     "cluster": pl.Int32,
     "cluster_label": pl.String,
+    "region": pl.Int32,  # the cluster's region (a group of neighbouring clusters; a stratum is its own)
     "similarity": pl.Float32,  # cosine to the cluster's centroid; null for a script's stratum
     "clustering": pl.String,
     "run_id": pl.String,
@@ -104,6 +105,7 @@ def _as_array(series: pl.Series) -> np.ndarray:
 CLUSTERINGS_SCHEMA = {
     "clustering": pl.String,
     "cluster": pl.Int32,
+    "region": pl.Int32,
     "label": pl.String,
     "terms": pl.List(pl.String),
     "example": pl.String,
@@ -126,6 +128,7 @@ def save_clustering(store: DeltaStore, clustering: Clustering, *, reason: str, r
         {
             "clustering": [clustering.id] * len(clustering.clusters),
             "cluster": clustering.clusters,
+            "region": clustering.regions,
             "label": clustering.labels,
             "terms": clustering.terms,
             "example": clustering.examples,
@@ -172,6 +175,7 @@ def load_clustering(store: DeltaStore, clustering_id: str | None = None) -> Clus
         ordered["terms"].to_list(),
         ordered["example"].to_list(),
         ordered["sample_size"].to_list(),
+        ordered["region"].to_list(),
         float(first["floor"]),
         int(first["trained_on"]),
         int(first["sample"]),
@@ -194,11 +198,18 @@ def cluster_table(store: DeltaStore, clustering: Clustering, *, besides: str | N
     info = pl.DataFrame(
         {
             "cluster": clustering.clusters,
+            "region": clustering.regions,
             "label": clustering.labels,
             "example": clustering.examples,
             "terms": clustering.terms,
         },
-        schema={"cluster": pl.Int32, "label": pl.String, "example": pl.String, "terms": pl.List(pl.String)},
+        schema={
+            "cluster": pl.Int32,
+            "region": pl.Int32,
+            "label": pl.String,
+            "example": pl.String,
+            "terms": pl.List(pl.String),
+        },
     )
     return (
         info.join(sizes, on="cluster", how="left")
@@ -287,6 +298,7 @@ def place_shard(
             "persona_id": hub["persona_id"],
             "cluster": assignment.cluster,
             "cluster_label": [current.label_of(int(c)) for c in assignment.cluster.tolist()],
+            "region": [current.region_of(int(c)) for c in assignment.cluster.tolist()],
             "similarity": assignment.similarity,
             "clustering": [current.id] * hub.height,
             "run_id": [run_id] * hub.height,
@@ -324,16 +336,19 @@ def _report(store, shard, clustering, rows, assignment, vectors, reason) -> dict
         f"(clustering {clustering.id}); points: shard {shard}",
     )
     map_uri = filesystems.write_bytes(f"{store.table_uri(tables.COVERAGE_MAPS_PATH)}/{clustering.id}/{shard}.png", png)
-    lines = ["| cluster | label | personas in hub | in this shard | example |", "|---:|---|---:|---:|---|"]
+    lines = [
+        "| cluster | region | label | personas in hub | in this shard | example |",
+        "|---:|---:|---|---:|---:|---|",
+    ]
     for row in table.iter_rows(named=True):
         example = (row["example"] or "").replace("|", "/").replace("\n", " ")
-        lines.append(
-            f"| {row['cluster']} | {row['label']} | {row['personas']} | {row['shard_personas'] or 0} | {example} |"
-        )
+        cells = [row["cluster"], row["region"], row["label"], row["personas"], row["shard_personas"] or 0, example]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     return {
         "clustering": clustering.id,
         "clusters": clustering.k,
         "strata": len(clustering.clusters) - clustering.k,
+        "regions": len(set(clustering.regions)) - (len(clustering.clusters) - clustering.k),
         "reclustered": reason or "no",
         "outlier_share": round(assignment.outlier_share, 4),
         "shard_clusters": rows["cluster"].n_unique(),

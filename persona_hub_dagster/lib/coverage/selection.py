@@ -1,11 +1,13 @@
 """Which of a shard's hub personas a synthesis task draws: aimed (a semantic query, clusters of the coverage map,
 filters on hub columns) and spread (evenly across clusters, or uniformly).
 
-Every draw is deterministic: a persona's place in its cluster, and a cluster's place in the round, is a stable hash
-of the seed and its id, so the same settings pick the same personas on every machine. A stratified draw takes one
-persona from every cluster in turn (round-robin) until it has enough: a cluster of a hundred personas and one of ten
-thousand give the same number while both last, so the rare kinds of people the hub holds are reached, not only its
-densest clusters.
+Every draw is deterministic: a persona's place in its cluster, and a cluster's or region's place in the round, is a
+stable hash of the seed and its id, so the same settings pick the same personas on every machine. A stratified draw
+takes one persona from every region in turn (round-robin), and within a region from each of its clusters in turn,
+until it has enough: a region of a hundred personas and one of ten thousand give the same number while both last, so
+the rare kinds of people the hub holds are reached, not only its densest parts. (Regions, not clusters: k-means
+gives a dense kind of people more clusters, in proportion, so turns over clusters alone follow the density; see
+clustering.group_into_regions.)
 """
 
 from __future__ import annotations
@@ -53,16 +55,24 @@ class Drawn:
     notes: list[str] = field(default_factory=list)
 
     def composition(self) -> dict[str, Any]:
-        """What the metadata and the eval report show: how many personas, from how many of the hub's, per cluster."""
-        labels = self.personas["cluster_label"].fill_null("(no cluster)").to_list()
-        counts = Counter(labels)
+        """What the metadata and the eval report show: how many personas, from how many of the hub's, per cluster
+        ("<id>: <label>") and per region."""
+        named = self.personas.select(
+            pl.when(pl.col("cluster").is_null())
+            .then(pl.lit("(no cluster)"))
+            .otherwise(pl.col("cluster").cast(pl.String) + ": " + pl.col("cluster_label"))
+        ).to_series()
+        counts = Counter(named.to_list())
+        regions = Counter(self.personas["region"].drop_nulls().to_list())
         return {
             "mode": self.mode,
             "drawn": self.personas.height,
             "eligible": self.eligible,
             "hub": self.hub,
             "clusters_drawn": len(counts),
+            "regions_drawn": len(regions),
             "cluster_entropy_bits": round(entropy(list(counts.values())), 4),
+            "region_entropy_bits": round(entropy(list(regions.values())), 4),
             "per_cluster": dict(counts.most_common()),
             "notes": self.notes,
         }
@@ -112,12 +122,20 @@ def draw(
     )
     frame = frame.unique("persona_id", keep="first", maintain_order=True)
     if clusters is not None:
-        frame = frame.join(clusters.select("persona_id", "cluster", "cluster_label"), on="persona_id", how="left")
+        if "region" not in clusters.columns:  # rows written before regions: each cluster its own
+            clusters = clusters.with_columns(region=pl.col("cluster"))
+        frame = frame.join(
+            clusters.select("persona_id", "cluster", "cluster_label", "region"), on="persona_id", how="left"
+        )
         missing = frame["cluster"].null_count()
         if missing:
             notes.append(f"{missing} personas have no persona_clusters row (re-materialize persona_clusters)")
     else:
-        frame = frame.with_columns(cluster=pl.lit(None, dtype=pl.Int32), cluster_label=pl.lit(None, dtype=pl.String))
+        frame = frame.with_columns(
+            cluster=pl.lit(None, dtype=pl.Int32),
+            cluster_label=pl.lit(None, dtype=pl.String),
+            region=pl.lit(None, dtype=pl.Int32),
+        )
     frame = filtered(frame, aim.where)
     if aim.clusters:
         if clusters is None:
@@ -139,21 +157,30 @@ def draw(
         rank=pl.Series([stable_rank(aim.seed, p) for p in frame["persona_id"]], dtype=pl.String)
     )
     if mode == "stratified":
-        ranked = (
-            ranked.with_columns(
-                turn=pl.col("rank").rank("ordinal").over("cluster"),
-                cluster_rank=pl.col("cluster").map_elements(
-                    lambda c: stable_rank(aim.seed, "cluster", c), return_dtype=pl.String
-                ),
-            )
-            .sort(["turn", "cluster_rank", "rank"], nulls_last=True)
-            .drop("turn", "cluster_rank")
-        )
+        ranked = _round_robin(ranked, aim.seed)
     else:
         ranked = ranked.sort("rank")
     if aim.personas is not None:
         ranked = ranked.head(aim.personas)
     return Drawn(ranked.drop("rank"), eligible, total, mode, notes)
+
+
+def _round_robin(ranked: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """`ranked` (a stable `rank` per persona) in stratified order: turn by turn across regions, and within a region
+    turn by turn across its clusters; personas without a cluster form one group of their own."""
+
+    def order_of(column: str) -> pl.Expr:
+        return pl.col(column).map_elements(lambda v: stable_rank(seed, column, v), return_dtype=pl.String)
+
+    return (
+        ranked.with_columns(
+            in_cluster=pl.col("rank").rank("ordinal").over("cluster"), cluster_order=order_of("cluster")
+        )
+        .sort(["in_cluster", "cluster_order", "rank"], nulls_last=True)
+        .with_columns(in_region=pl.int_range(pl.len()).over("region"), region_order=order_of("region"))
+        .sort(["in_region", "region_order"], nulls_last=True, maintain_order=True)
+        .drop("in_cluster", "cluster_order", "in_region", "region_order")
+    )
 
 
 def aim_of(settings: Any) -> Aim:

@@ -124,7 +124,9 @@ def shard_clusters(store: DeltaStore, shard: str) -> pl.DataFrame | None:
     """The shard's persona_clusters rows, or None where the shard has none."""
     if not store.exists(tables.PERSONA_CLUSTERS):
         return None
-    rows = store.scan(tables.PERSONA_CLUSTERS, [shard]).select("persona_id", "cluster", "cluster_label").collect()
+    rows = store.scan(tables.PERSONA_CLUSTERS, [shard])
+    wanted = [c for c in ("persona_id", "cluster", "cluster_label", "region") if c in rows.collect_schema().names()]
+    rows = rows.select(wanted).collect()
     return rows if rows.height else None
 
 
