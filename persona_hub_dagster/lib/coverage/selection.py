@@ -169,8 +169,9 @@ def _round_robin(ranked: pl.DataFrame, seed: int) -> pl.DataFrame:
     """`ranked` (a stable `rank` per persona) in stratified order: turn by turn across regions, and within a region
     turn by turn across its clusters; personas without a cluster form one group of their own."""
 
-    def order_of(column: str) -> pl.Expr:
-        return pl.col(column).map_elements(lambda v: stable_rank(seed, column, v), return_dtype=pl.String)
+    def order_of(column: str) -> pl.Expr:  # one hash per cluster or region, not per persona
+        order = {v: stable_rank(seed, column, v) for v in ranked[column].drop_nulls().unique().to_list()}
+        return pl.col(column).replace_strict(order, default=None, return_dtype=pl.String)
 
     return (
         ranked.with_columns(

@@ -55,7 +55,8 @@ class SynthesisSettings:
     seed: int = setting(0, "Seeds the persona sample and the choice of demonstrations.")
     sampling: str = setting(
         "stratified",
-        "stratified: evenly across the coverage map's clusters (persona_clusters), one persona from each in turn, so "
+        "stratified: evenly across the coverage map (persona_clusters): one persona from each region in turn, and "
+        "within a region from each cluster in turn, so "
         "rare kinds of people are reached; uniform: a uniform sample. Without clusters for the shard, uniform.",
     )
     query: str | None = setting(
