@@ -18,7 +18,8 @@ peak RSS by getrusage:
    planted-kind entropy (bits; six Latin kinds and two scripts: at most 3 bits), cluster entropy, the least-drawn kind,
    the mean pairwise cosine distance of the drawn personas' embeddings; and for queries aimed at a planted kind, the
    precision and recall of the selected personas against the planted labels at several min_similarity values.
-5. items: math problems from `--items` personas drawn each way on the configured model (the embedded 135M one by
+5. queries-minilm: the same queries with MiniLM on 10^4 of those personas.
+6. items: math problems from `--items` personas drawn each way on the configured model (the embedded 135M one by
    default): the items' planted kinds, cluster entropy, distinct-1/2 and mean pairwise embedding distance, as
    eval/report measures them.
 """
@@ -168,6 +169,42 @@ def spread(root: str) -> dict:
     return {"step": "spread s00", **out}
 
 
+def queries_minilm(root: str, n: int = 10_000) -> dict:
+    """The queries' precision and recall with MiniLM (the default model) on n of s00's personas: the default
+    min_similarity of each model family (lib/embeddings.py QUERY_THRESHOLDS) comes from here and from `spread`."""
+    import numpy as np
+
+    from persona_hub_dagster.lib import tables
+    from persona_hub_dagster.lib.embeddings import Embedder
+
+    store, _ = store_and_embedder(root)
+    kinds = json.loads(Path(root, "kinds.json").read_text())
+    hub = store.scan(tables.PERSONA_HUB, ["s00"]).head(n).collect()
+    embedder = Embedder()
+    readable = np.array([why is None for why in embedder.unreadable(hub["persona"].to_list())])
+    hub = hub.filter(readable)
+    started = time.perf_counter()
+    vectors = embedder.encode(hub["persona"].to_list())
+    seconds = time.perf_counter() - started
+    out = []
+    for kind, query in QUERIES.items():
+        similarity = vectors @ embedder.encode([query])[0]
+        truth = np.array([kinds[p] == kind for p in hub["persona_id"]])
+        for threshold in (0.2, 0.25, 0.3, 0.35, 0.4):
+            selected = similarity >= threshold
+            hits = int((selected & truth).sum())
+            out.append(
+                {
+                    "kind": kind,
+                    "min_similarity": threshold,
+                    "selected": int(selected.sum()),
+                    "precision": round(hits / max(int(selected.sum()), 1), 3),
+                    "recall": round(hits / int(truth.sum()), 3),
+                }
+            )
+    return {"step": "queries-minilm s00", "personas": hub.height, "encode_seconds": round(seconds, 1), "queries": out}
+
+
 def items(root: str, per_mode: int) -> dict:
     """Math problems from `per_mode` personas drawn each way, on the configured model (the embedded one by default):
     the spread of the items as eval/report measures it."""
@@ -219,7 +256,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--step", choices=["build", "cluster", "assign", "spread", "spread-cluster", "items"])
+    steps = ["build", "cluster", "assign", "spread-cluster", "spread", "queries-minilm", "items"]
+    parser.add_argument("--step", choices=steps)
     parser.add_argument("--items", type=int, default=60, help="personas per sampling mode for the items step")
     args = parser.parse_args()
     if args.step:
@@ -229,12 +267,13 @@ def main() -> None:
             "assign": lambda: place(args.root, "new", False),
             "spread-cluster": lambda: place(args.root, "s00", False),
             "spread": lambda: spread(args.root),
+            "queries-minilm": lambda: queries_minilm(args.root),
             "items": lambda: items(args.root, args.items),
         }[args.step]()
         print(json.dumps(result, ensure_ascii=False))
         return
     results = []
-    for step in ("build", "cluster", "assign", "spread-cluster", "spread", "items"):
+    for step in steps:
         if step == "build" and Path(args.root, "kinds.json").exists():
             continue
         result = in_fresh_process("--root", args.root, "--out", args.out, "--step", step, "--items", str(args.items))

@@ -44,6 +44,9 @@ DEFAULT_MODEL_ALIASES = {None, "", DEFAULT_MODEL, f"sentence-transformers/{DEFAU
 # model2vec's value is the one that agrees best (F1 0.94) with MiniLM >= 0.9 on templated persona pairs
 # (bench/embedding_thresholds.py); recalibrate on real personas when the hub is built.
 DUPLICATE_THRESHOLDS = {"sentence-transformers": 0.90, "model2vec": 0.89}
+# The cosine a persona needs to a short query ("healthcare workers") to count as what it asks for, per model family:
+# about 0.95 precision and 0.8 recall on planted kinds (MiniLM on the test hub, model2vec on bench/persona_coverage.py).
+QUERY_THRESHOLDS = {"sentence-transformers": 0.30, "model2vec": 0.40}
 STATIC_PCA_DIMS = 256
 # The scripts a model's embeddings mean something for, by model name; a model not listed is trusted with every script
 # and checked by its tokenizer's unknown tokens only.
@@ -201,6 +204,10 @@ class Embedder:
     def duplicate_threshold(self) -> float:
         return DUPLICATE_THRESHOLDS[self.family]
 
+    @property
+    def query_threshold(self) -> float:
+        return QUERY_THRESHOLDS[self.family]
+
     def unreadable(self, texts: Sequence[str]) -> list[str | None]:
         """Per text: why this model cannot read it (its embedding would carry no meaning), or None."""
         reasons = script_unreadable(self.model_name, texts)
@@ -241,6 +248,10 @@ class LazyEmbedder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         return self._loaded().encode(texts)
+
+    @property
+    def query_threshold(self) -> float:
+        return QUERY_THRESHOLDS[self.identity.split(":")[0]]  # known without loading the model
 
     def unreadable(self, texts: Sequence[str]) -> list[str | None]:
         # The script check needs no model: a shard with nothing readable never loads it.

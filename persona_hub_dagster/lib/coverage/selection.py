@@ -35,7 +35,7 @@ class Aim:
     seed: int = 0
     sampling: str = "stratified"
     query: str | None = None
-    min_similarity: float = 0.3
+    min_similarity: float | None = None  # None: the embedding model's own (lib/embeddings.py QUERY_THRESHOLDS)
     clusters: tuple[int, ...] = ()
     where: tuple[str, ...] = ()
 
@@ -147,7 +147,10 @@ def draw(
         unembedded = frame["query_similarity"].null_count()
         if unembedded:
             notes.append(f"{unembedded} personas in scripts the embedding model cannot read cannot match the query")
+        if aim.min_similarity is None:
+            raise ValueError("a query needs a min_similarity (draw_personas gives the embedding model's own)")
         frame = frame.filter(pl.col("query_similarity") >= aim.min_similarity)
+        notes.append(f"query {aim.query!r} at min_similarity {aim.min_similarity}")
     eligible = frame.height
     mode = aim.sampling
     if mode == "stratified" and clusters is None:
@@ -201,6 +204,6 @@ def check_aim(values: Mapping[str, Any]) -> None:
     """The settings' own validation (SynthesisSettings.__post_init__)."""
     if values["sampling"] not in SAMPLING_MODES:
         raise ValueError(f"sampling must be one of {SAMPLING_MODES}, not {values['sampling']!r}")
-    if not -1.0 <= values["min_similarity"] <= 1.0:
+    if values["min_similarity"] is not None and not -1.0 <= values["min_similarity"] <= 1.0:
         raise ValueError("min_similarity is a cosine: between -1 and 1")
     parse_where(values["where"])

@@ -117,7 +117,10 @@ def draw_personas(
         similarity = np.full(hub.height, np.nan, dtype=np.float32)
         if len(vectors):
             similarity[has_vector] = vectors @ embedder.encode([settings.query])[0]
-    return selection.draw(hub, selection.aim_of(settings), clusters, similarity)
+    aim = selection.aim_of(settings)
+    if settings.query and settings.min_similarity is None:
+        aim = replace(aim, min_similarity=embedder.query_threshold)
+    return selection.draw(hub, aim, clusters, similarity)
 
 
 def shard_clusters(store: DeltaStore, shard: str) -> pl.DataFrame | None:

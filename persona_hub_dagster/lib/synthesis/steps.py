@@ -62,7 +62,11 @@ class SynthesisSettings:
     query: str | None = setting(
         None, "Draw only personas whose embedding is at least min_similarity to this text (e.g. 'healthcare workers')."
     )
-    min_similarity: float = setting(0.3, "The cosine a persona needs to the query (the embedding model's scale).")
+    min_similarity: float | None = setting(
+        None,
+        "The cosine a persona needs to the query; null: the embedding model's own (MiniLM 0.3, its fast model2vec "
+        "distillation 0.4: ~0.95 precision, ~0.8 recall on planted kinds).",
+    )
     clusters: tuple[int, ...] = setting((), "Draw only from these clusters of persona_clusters (ids; empty: all).")
     where: tuple[str, ...] = setting(
         (),
