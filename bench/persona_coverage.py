@@ -18,8 +18,10 @@ peak RSS by getrusage:
    planted-kind entropy (bits; six Latin kinds and two scripts: at most 3 bits), cluster entropy, the least-drawn kind,
    the mean pairwise cosine distance of the drawn personas' embeddings; and for queries aimed at a planted kind, the
    precision and recall of the selected personas against the planted labels at several min_similarity values.
-5. queries-minilm: the same queries with MiniLM on 10^4 of those personas.
-6. items: math problems from `--items` personas drawn each way on the configured model (the embedded 135M one by
+5. regions: why stratified draws go across regions of clusters: the planted kinds' entropy of 1,000 drawn over
+   k-means clusters alone and over regions of them (average or ward linkage; 4, 8, 16 regions).
+6. queries-minilm: the same queries with MiniLM on 10^4 of those personas.
+7. items: math problems from `--items` personas drawn each way on the configured model (the embedded 135M one by
    default): the items' planted kinds, cluster entropy, distinct-1/2 and mean pairwise embedding distance, as
    eval/report measures them.
 """
@@ -169,6 +171,54 @@ def spread(root: str) -> dict:
     return {"step": "spread s00", **out}
 
 
+def regions(root: str, size: int = 1000) -> dict:
+    """Why the even draw goes across regions: on s00, stratified draws over k-means clusters alone (k = 16, 64, 256)
+    and over regions of them (average or ward linkage, 4, 8 or 16 regions), each through selection.draw; the planted
+    kinds' entropy of `size` drawn."""
+    import faiss
+    import numpy as np
+    import polars as pl
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    from persona_hub_dagster.lib import tables
+    from persona_hub_dagster.lib.coverage.clustering import nearest_centroids
+    from persona_hub_dagster.lib.coverage.persona_clusters import vectors_for
+    from persona_hub_dagster.lib.coverage.selection import Aim, draw, entropy
+
+    store, embedder = store_and_embedder(root)
+    kinds = json.loads(Path(root, "kinds.json").read_text())
+    hub = store.scan(tables.PERSONA_HUB, ["s00"]).select("persona_id", "persona").collect()
+    vectors, has_vector = vectors_for(store, "s00", hub, embedder)
+    hub = hub.filter(pl.Series(has_vector))
+    rng = np.random.default_rng(0)
+
+    def kind_entropy(cluster: np.ndarray, region: np.ndarray) -> float:
+        frame = pl.DataFrame(
+            {"persona_id": hub["persona_id"], "cluster": cluster, "cluster_label": "", "region": region},
+            schema_overrides={"cluster": pl.Int32, "region": pl.Int32},
+        )
+        drawn = draw(hub, Aim(personas=size), frame).personas
+        return round(entropy(list(Counter(kinds[p] for p in drawn["persona_id"]).values())), 3)
+
+    uniform = draw(hub, Aim(personas=size, sampling="uniform"), None).personas
+    out = {"uniform": round(entropy(list(Counter(kinds[p] for p in uniform["persona_id"]).values())), 3)}
+    for k in (16, 64, 256):
+        kmeans = faiss.Kmeans(vectors.shape[1], k, niter=20, spherical=True, seed=1, verbose=False)
+        kmeans.train(vectors[rng.choice(len(vectors), min(len(vectors), k * 256), replace=False)])
+        centroids = kmeans.centroids / np.linalg.norm(kmeans.centroids, axis=1, keepdims=True)
+        cluster, _ = nearest_centroids(centroids, vectors)
+        out[f"k={k} clusters alone"] = kind_entropy(cluster, cluster)
+        for method in ("average", "ward"):
+            tree = linkage(
+                centroids.astype(np.float64), method, metric="cosine" if method == "average" else "euclidean"
+            )
+            for count in (4, 8, 16):
+                if count < k:
+                    region = fcluster(tree, count, "maxclust")[cluster]
+                    out[f"k={k} {count} regions ({method})"] = kind_entropy(cluster, region)
+    return {"step": "regions s00", "size": size, "kind_entropy_bits": out}
+
+
 def queries_minilm(root: str, n: int = 10_000) -> dict:
     """The queries' precision and recall with MiniLM (the default model) on n of s00's personas: the default
     min_similarity of each model family (lib/embeddings.py QUERY_THRESHOLDS) comes from here and from `spread`."""
@@ -256,7 +306,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", required=True)
     parser.add_argument("--out", required=True)
-    steps = ["build", "cluster", "assign", "spread-cluster", "spread", "queries-minilm", "items"]
+    steps = ["build", "cluster", "assign", "spread-cluster", "spread", "regions", "queries-minilm", "items"]
     parser.add_argument("--step", choices=steps)
     parser.add_argument("--items", type=int, default=60, help="personas per sampling mode for the items step")
     args = parser.parse_args()
@@ -267,6 +317,7 @@ def main() -> None:
             "assign": lambda: place(args.root, "new", False),
             "spread-cluster": lambda: place(args.root, "s00", False),
             "spread": lambda: spread(args.root),
+            "regions": lambda: regions(args.root),
             "queries-minilm": lambda: queries_minilm(args.root),
             "items": lambda: items(args.root, args.items),
         }[args.step]()
