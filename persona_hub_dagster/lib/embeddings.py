@@ -44,8 +44,10 @@ DEFAULT_MODEL_ALIASES = {None, "", DEFAULT_MODEL, f"sentence-transformers/{DEFAU
 # model2vec's value is the one that agrees best (F1 0.94) with MiniLM >= 0.9 on templated persona pairs
 # (bench/embedding_thresholds.py); recalibrate on real personas when the hub is built.
 DUPLICATE_THRESHOLDS = {"sentence-transformers": 0.90, "model2vec": 0.89}
-# The cosine a persona needs to a short query ("healthcare workers") to count as what it asks for, per model family:
-# about 0.95 precision and 0.8 recall on planted kinds (MiniLM on the test hub, model2vec on bench/persona_coverage.py).
+# The cosine a persona needs to a short query ("healthcare workers") to count as what it asks for, per model family.
+# On planted kinds (bench/persona_coverage.py), a query naming them: MiniLM at 0.3, precision 0.86-0.90 and recall
+# 0.96-1.0; model2vec at 0.4, 0.94-1.0 and 0.80-0.81. A query that only describes them ("people who build things with
+# their hands") is far less precise with either model: 0.28 with MiniLM at 0.3.
 QUERY_THRESHOLDS = {"sentence-transformers": 0.30, "model2vec": 0.40}
 STATIC_PCA_DIMS = 256
 # The scripts a model's embeddings mean something for, by model name; a model not listed is trusted with every script
