@@ -238,3 +238,18 @@ def test_the_commands_search_the_hub_and_show_what_a_setting_selects(planted, tm
     assert selection_line["drawn"] == 5 and selection_line["eligible"] >= 10
     drawn_persona = next(line for line in shown.stdout.splitlines() if "nurse" in line or "paramedic" in line)
     assert drawn_persona
+
+
+def test_an_empty_shard_and_a_hub_of_unreadable_scripts_are_placed_without_a_model(tmp_path):
+    from persona_hub_dagster.lib.coverage.persona_clusters import ClusterSettings, place_shard
+    from persona_hub_dagster.lib.storage import DeltaStore
+
+    store = DeltaStore(root=str(tmp_path / "delta"))
+    embedder = EmbeddingsResource().lazy_embedder(store)
+    empty = pl.DataFrame(schema={"persona_id": pl.String, "persona": pl.String})
+    rows, report = place_shard(store, "e", empty, embedder, ClusterSettings(), "r")
+    assert rows.height == 0 and report["clusters"] == 0
+    thai = pl.DataFrame({"persona_id": ["t1", "t2"], "persona": ["ครูสอนภาษาไทยที่เชียงใหม่", "ชาวประมงที่ภูเก็ต"]})
+    rows, report = place_shard(store, "t", thai, embedder, ClusterSettings(), "r")
+    assert rows["cluster"].to_list() == [clustering.script_stratum("Thai")] * 2
+    assert rows["cluster_label"][0].startswith("Thai script") and embedder._embedder is None  # never loaded

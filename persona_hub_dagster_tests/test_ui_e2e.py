@@ -56,10 +56,12 @@ def _restore_default_sigint():
 
 def prepare(home: Path, storage: Path, source: Path) -> None:
     """What the UI tests find when they open the browser: three text shards whose Text-to-Persona ran (partition
-    metadata to plot), and a shard of ready-made personas taken through the hub (column lineage to inspect), all in
+    metadata to plot), and a shard of ready-made personas taken through the hub (column lineage to inspect) and onto
+    the coverage map, all in
     the instance `dagster dev` will serve. In-process: one model load for all of it."""
     import dagster as dg
 
+    from persona_hub_dagster.defs.coverage.assets import persona_clusters_asset
     from persona_hub_dagster.defs.hub.assets import build_persona_hub
     from persona_hub_dagster.defs.models import EmbeddingsResource, LLMResource
     from persona_hub_dagster.defs.partitions import register_shards
@@ -95,7 +97,7 @@ def prepare(home: Path, storage: Path, source: Path) -> None:
         for shard in files:
             assets = [ingest_raw_text, text_to_persona_asset]
             if shard.kind == "personas":
-                assets += [persona_to_persona_asset, build_persona_hub]
+                assets += [persona_to_persona_asset, build_persona_hub, persona_clusters_asset]
             result = dg.materialize(
                 assets,
                 partition_key=shard.key,
@@ -351,6 +353,21 @@ def test_partition_metadata_is_plotted(ui):
         for e in events
     }
     assert all(tokens[shard] > 0 for shard in TEXT_SHARDS) and tokens[PERSONA_SHARD] == 0
+
+
+def test_the_coverage_map_shows_what_the_hub_holds(ui):
+    """persona_clusters' latest materialization: its clusters as a table and the map as an image, in the browser."""
+    page = ui.page
+    with on_failure_screenshot(ui, "coverage_map"):
+        ui.open("/assets/persona_clusters")
+        for label in ("hub_clusters", "coverage_map", "clustering"):
+            page.get_by_text(label, exact=True).first.wait_for()
+        row = page.get_by_role("row").filter(has=page.get_by_text("coverage_map", exact=True))
+        row.get_by_role("button").first.click()  # Markdown metadata opens in a dialog
+        image = page.locator('img[src^="data:image/png"]').first
+        image.wait_for()
+        assert page.evaluate("(img) => img.naturalWidth", image.element_handle()) >= 600
+        ui.screenshot("coverage_map")
 
 
 def test_the_asset_graph_shows_every_group(ui):

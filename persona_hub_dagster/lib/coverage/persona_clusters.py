@@ -88,6 +88,8 @@ def vectors_for(store: DeltaStore, shard: str, personas: pl.DataFrame, embedder:
         return _as_array(placed["vector"]), has_vector
     texts = personas["persona"].to_list()
     has_vector = np.array([why is None for why in embedder.unreadable(texts)], dtype=bool)
+    if not has_vector.any():  # nothing the model reads: it is never loaded
+        return np.zeros((0, 0), dtype=np.float32), has_vector
     vectors = embedder.encode([t for t, read in zip(texts, has_vector.tolist(), strict=True) if read])
     return np.asarray(vectors, dtype=np.float32), has_vector
 
