@@ -185,39 +185,27 @@ def load_clustering(store: DeltaStore, clustering_id: str | None = None) -> Clus
     )
 
 
-def cluster_table(store: DeltaStore, clustering: Clustering, *, besides: str | None = None) -> pl.DataFrame:
-    """The clustering's clusters with their personas in the hub (rows of persona_clusters assigned under it; those
-    of shard `besides` left out)."""
-    sizes = pl.DataFrame(schema={"cluster": pl.Int32, "personas": pl.UInt32})
-    if store.exists(tables.PERSONA_CLUSTERS):
-        sizes = (
-            store.scan(tables.PERSONA_CLUSTERS)
-            .filter((pl.col("clustering") == clustering.id) & (pl.col("shard") != (besides or "")))
-            .group_by("cluster")
-            .agg(personas=pl.len())
-            .collect()
-        )
-    info = pl.DataFrame(
+def cluster_table(clustering: Clustering, hub_personas: int) -> pl.DataFrame:
+    """The clustering's clusters with their estimated personas in the hub: the cluster's share of the sample the
+    clustering was trained on (a uniform sample of the hub) times the hub's size. Counting the hub's rows instead
+    would read every shard's persona_clusters on every shard's run."""
+    sampled = max(sum(clustering.sizes), 1)
+    return pl.DataFrame(
         {
             "cluster": clustering.clusters,
             "region": clustering.regions,
             "label": clustering.labels,
             "example": clustering.examples,
-            "terms": clustering.terms,
+            "personas": [round(size / sampled * hub_personas) for size in clustering.sizes],
         },
         schema={
             "cluster": pl.Int32,
             "region": pl.Int32,
             "label": pl.String,
             "example": pl.String,
-            "terms": pl.List(pl.String),
+            "personas": pl.Int64,
         },
-    )
-    return (
-        info.join(sizes, on="cluster", how="left")
-        .with_columns(pl.col("personas").fill_null(0).cast(pl.Int64))
-        .sort(["personas", "cluster"], descending=[True, False])
-    )
+    ).sort(["personas", "cluster"], descending=[True, False])
 
 
 # ---------------------------------------------------------------------------------------------------- training
@@ -271,7 +259,7 @@ def place_shard(
     store: DeltaStore, shard: str, hub: pl.DataFrame, embedder: Any, settings: ClusterSettings, run_id: str
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """The shard's persona_clusters rows and what to report: the clustering (trained first when due), the shard's
-    clusters, the hub's, the map."""
+    clusters, the hub's (estimated from the clustering's sample), the map."""
     vectors, has_vector = vectors_for(store, shard, hub, embedder)
     texts = hub["persona"].to_list()
     current = load_clustering(store)
@@ -307,10 +295,10 @@ def place_shard(
         },
         schema=SCHEMA,
     ).with_columns(pl.col("similarity").fill_nan(None))
-    return rows, _report(store, shard, current, rows, assignment, vectors, reason)
+    return rows, _report(store, shard, current, rows, assignment, vectors, reason, hub_personas)
 
 
-def _report(store, shard, clustering, rows, assignment, vectors, reason) -> dict[str, Any]:
+def _report(store, shard, clustering, rows, assignment, vectors, reason, hub_personas) -> dict[str, Any]:
     elsewhere = pl.DataFrame(schema={"shard": pl.String, "clustering": pl.String})
     if store.exists(tables.PERSONA_CLUSTERS):
         elsewhere = (
@@ -322,24 +310,19 @@ def _report(store, shard, clustering, rows, assignment, vectors, reason) -> dict
         )
     stale = sorted(set(elsewhere.filter(pl.col("clustering") != clustering.id)["shard"].to_list()))
     own = rows.group_by("cluster").agg(shard_personas=pl.len())
-    table = (
-        cluster_table(store, clustering, besides=shard)
-        .join(own, on="cluster", how="left")
-        .with_columns(personas=pl.col("personas") + pl.col("shard_personas").fill_null(0))
-        .sort(["personas", "cluster"], descending=[True, False])
-    )
+    table = cluster_table(clustering, hub_personas).join(own, on="cluster", how="left", maintain_order="left")
     hub_sizes = dict(zip(table["cluster"].to_list(), table["personas"].to_list(), strict=True))
     png = coverage_map.render(
         clustering,
         hub_sizes,
         vectors,
         assignment.cluster[assignment.cluster >= 0] if clustering.k else assignment.cluster[:0],
-        f"persona hub coverage: {sum(hub_sizes.values()):,} personas in {len(hub_sizes)} clusters "
+        f"persona hub coverage: ~{sum(hub_sizes.values()):,} personas in {len(hub_sizes)} clusters "
         f"(clustering {clustering.id}); points: shard {shard}",
     )
     map_uri = filesystems.write_bytes(f"{store.table_uri(tables.COVERAGE_MAPS_PATH)}/{clustering.id}/{shard}.png", png)
     lines = [
-        "| cluster | region | label | personas in hub | in this shard | example |",
+        "| cluster | region | label | personas in hub (est.) | in this shard | example |",
         "|---:|---:|---|---:|---:|---|",
     ]
     for row in table.iter_rows(named=True):
