@@ -80,10 +80,12 @@ def test_a_shard_flows_from_raw_text_to_the_report_and_waits_for_the_nightly_exp
     assert ticks.tick() == {"persona_hub": {SHARD}, "persona_hub_decisions": {SHARD}}
 
     ticks.landed("persona_hub", "persona_hub_decisions")
-    # Synthesis and its evaluations are requested together: one run for the shard, steps in dependency order.
+    # The coverage map, synthesis and its evaluations are requested together: one run for the shard, steps in
+    # dependency order (persona_clusters before the draws that read it).
     requested = ticks.tick()
     stages = [key for key in ticks.definitions.get_repository_def().asset_graph.get_all_asset_keys()]
     expected = {k.to_user_string() for k in stages if k.path[0] in ("synthetic", "eval") and k.path[-1] != "report"}
+    expected.add("persona_clusters")
     assert requested == {key: {SHARD} for key in expected}
     ticks.landed(*expected)
     assert ticks.tick() == {"eval/report": {None}}

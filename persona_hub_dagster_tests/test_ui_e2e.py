@@ -363,7 +363,7 @@ def test_the_coverage_map_shows_what_the_hub_holds(ui):
         for label in ("hub_clusters", "coverage_map", "clustering"):
             page.get_by_text(label, exact=True).first.wait_for()
         row = page.get_by_role("row").filter(has=page.get_by_text("coverage_map", exact=True))
-        row.get_by_role("button").first.click()  # Markdown metadata opens in a dialog
+        row.get_by_text("[Show Markdown]").first.click()  # Markdown metadata opens in a dialog
         image = page.locator('img[src^="data:image/png"]').first
         image.wait_for()
         assert page.evaluate("(img) => img.naturalWidth", image.element_handle()) >= 600
