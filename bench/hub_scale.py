@@ -330,7 +330,8 @@ def _earlier_vectors(store, k: int):
     """(persona ids, vectors) of each earlier shard's kept personas, in keep-first order: from the index where it
     holds the shard (filled shards have no tables), else from the embeddings table (the code before the index)."""
     from persona_hub_dagster.lib import tables
-    from persona_hub_dagster.lib.dedup.build import _vector_array, open_index
+    from persona_hub_dagster.lib.dedup.build import open_index
+    from persona_hub_dagster.lib.embeddings import vector_array
 
     index_folder = Path(store.table_uri(tables.HUB_INDEX_PATH))
     index = open_index(store) if (index_folder / "manifest.json").exists() else None
@@ -348,7 +349,7 @@ def _earlier_vectors(store, k: int):
                 continue
             stored = store.scan(tables.HUB_EMBEDDINGS, [shard_name(j)]).select("persona_id", "vector").collect()
             if not stored.is_empty():
-                yield stored["persona_id"].to_list(), _vector_array(stored["vector"])
+                yield stored["persona_id"].to_list(), vector_array(stored["vector"])
     finally:
         if index is not None:
             index.close()

@@ -66,7 +66,7 @@ def build(root: str) -> dict:
     import polars as pl
 
     from persona_hub_dagster.lib import tables
-    from persona_hub_dagster.lib.dedup.hub import _vector_series
+    from persona_hub_dagster.lib.embeddings import vector_column
     from persona_hub_dagster.lib.ids import content_id
     from persona_hub_dagster_tests.helpers.planted_hub import planted_personas
 
@@ -83,7 +83,7 @@ def build(root: str) -> dict:
         vectors = embedder.encode([t for t, r in zip(texts, readable, strict=True) if r])
         embedded = [i for i, r in zip(ids, readable, strict=True) if r]
         frame = pl.DataFrame(
-            {"shard": shard, "persona_id": embedded, "model": embedder.identity, "vector": _vector_series(vectors)}
+            {"shard": shard, "persona_id": embedded, "model": embedder.identity, "vector": vector_column(vectors)}
         )
         store.write_partitions(tables.HUB_EMBEDDINGS, frame, partitions=[shard])
     Path(root, "kinds.json").write_text(json.dumps(kinds))

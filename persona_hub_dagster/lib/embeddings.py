@@ -129,6 +129,26 @@ def script_unreadable(model_name: str, texts: Sequence[str]) -> list[str | None]
     return reasons
 
 
+def vector_column(vectors: np.ndarray):
+    """(n, dim) vectors as a polars List(Float32) column, built on their flat float32 buffer (Python floats would take
+    ~11 KB a vector, measured)."""
+    import polars as pl
+    import pyarrow as pa
+
+    dim = vectors.shape[1] if vectors.ndim == 2 else 0
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+    offsets = pa.array(np.arange(0, len(vectors) * dim + 1, max(dim, 1), dtype=np.int32)[: len(vectors) + 1])
+    return pl.Series(pa.ListArray.from_arrays(offsets, flat), dtype=pl.List(pl.Float32))
+
+
+def vector_array(series) -> np.ndarray:
+    """A polars list column of equal-length vectors as one (n, dim) float32 array, from its flat buffer."""
+    if series.len() == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    flat = series.explode().to_numpy().astype(np.float32, copy=False)
+    return flat.reshape(series.len(), -1)
+
+
 class EmbeddingModelNotFound(FileNotFoundError):
     """An embedding model that is not on this machine."""
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -76,7 +76,6 @@ class Clustering:
     floor: float
     trained_on: int  # hub personas when it was trained
     sample: int
-    meta: dict = field(default_factory=dict)
 
     @property
     def k(self) -> int:
@@ -246,7 +245,7 @@ def assign(clustering: Clustering, vectors: np.ndarray, has_vector: np.ndarray, 
     rest = np.flatnonzero(~has_vector)
     cluster[rest] = [script_stratum(s) for s in dominant_scripts([texts[i] for i in rest.tolist()])]
     if len(embedded) and not len(clustering.centroids):  # a hub of unreadable scripts only, then readable text
-        cluster[embedded] = -1 - NAMED_SCRIPTS.index("Latin")
+        cluster[embedded] = script_stratum("Latin")
     outliers = int((cosine < clustering.floor).sum()) if len(clustering.centroids) else 0
     return Assignment(cluster, similarity, outliers, len(embedded))
 

@@ -30,6 +30,7 @@ from persona_hub_dagster.lib.coverage.clustering import (
     needs_reclustering,
     train,
 )
+from persona_hub_dagster.lib.embeddings import vector_array
 from persona_hub_dagster.lib.settings import setting
 from persona_hub_dagster.lib.stage import Markdown, Stage, StageCall, StageResult, StageWarning, same_columns
 from persona_hub_dagster.lib.storage import DeltaStore
@@ -85,21 +86,13 @@ def vectors_for(store: DeltaStore, shard: str, personas: pl.DataFrame, embedder:
         placed = placed.sort("row")
         has_vector = np.zeros(len(ids), dtype=bool)
         has_vector[placed["row"].to_numpy()] = True
-        return _as_array(placed["vector"]), has_vector
+        return vector_array(placed["vector"]), has_vector
     texts = personas["persona"].to_list()
     has_vector = np.array([why is None for why in embedder.unreadable(texts)], dtype=bool)
     if not has_vector.any():  # nothing the model reads: it is never loaded
         return np.zeros((0, 0), dtype=np.float32), has_vector
     vectors = embedder.encode([t for t, read in zip(texts, has_vector.tolist(), strict=True) if read])
     return np.asarray(vectors, dtype=np.float32), has_vector
-
-
-def _as_array(series: pl.Series) -> np.ndarray:
-    """A list column of equal-length vectors as one (n, dim) float32 array, from its flat buffer."""
-    if not len(series):
-        return np.zeros((0, 0), dtype=np.float32)
-    flat = series.explode().to_numpy().astype(np.float32, copy=False)
-    return flat.reshape(len(series), -1)
 
 
 # ---------------------------------------------------------------------------------------------------- clusterings
@@ -124,30 +117,28 @@ CLUSTERINGS_SCHEMA = {
 
 
 def save_clustering(store: DeltaStore, clustering: Clustering, *, reason: str, run_id: str) -> None:
-    k = clustering.k
-    centroids = [clustering.centroids[c].tolist() if c >= 0 else None for c in clustering.clusters]
-    frame = pl.DataFrame(
-        {
-            "clustering": [clustering.id] * len(clustering.clusters),
-            "cluster": clustering.clusters,
-            "region": clustering.regions,
-            "label": clustering.labels,
-            "terms": clustering.terms,
-            "example": clustering.examples,
-            "sample_size": clustering.sizes,
-            "centroid": centroids,
-            "model": [clustering.model] * len(clustering.clusters),
-            "floor": [clustering.floor] * len(clustering.clusters),
-            "trained_on": [clustering.trained_on] * len(clustering.clusters),
-            "sample": [clustering.sample] * len(clustering.clusters),
-            "reason": [reason] * len(clustering.clusters),
-            "trained_at": [datetime.now(UTC)] * len(clustering.clusters),
-            "run_id": [run_id] * len(clustering.clusters),
-        },
-        schema=CLUSTERINGS_SCHEMA,
-    )
-    assert k == sum(c >= 0 for c in clustering.clusters)
-    store.append(tables.CLUSTERINGS, frame)
+    """Appended to the clusterings table, one row per cluster (a stratum's centroid is null)."""
+    per_cluster = {
+        "cluster": clustering.clusters,
+        "region": clustering.regions,
+        "label": clustering.labels,
+        "terms": clustering.terms,
+        "example": clustering.examples,
+        "sample_size": clustering.sizes,
+        "centroid": [clustering.centroids[c].tolist() if c >= 0 else None for c in clustering.clusters],
+    }
+    shared = {
+        "clustering": clustering.id,
+        "model": clustering.model,
+        "floor": clustering.floor,
+        "trained_on": clustering.trained_on,
+        "sample": clustering.sample,
+        "reason": reason,
+        "trained_at": datetime.now(UTC),
+        "run_id": run_id,
+    }
+    frame = pl.DataFrame(per_cluster).with_columns(**{name: pl.lit(value) for name, value in shared.items()})
+    store.append(tables.CLUSTERINGS, frame.select(list(CLUSTERINGS_SCHEMA)).cast(CLUSTERINGS_SCHEMA))
 
 
 def load_clustering(store: DeltaStore, clustering_id: str | None = None) -> Clustering | None:
@@ -166,7 +157,7 @@ def load_clustering(store: DeltaStore, clustering_id: str | None = None) -> Clus
     proper = rows.filter(pl.col("cluster") >= 0).sort("cluster")
     strata = rows.filter(pl.col("cluster") < 0)
     ordered = pl.concat([proper, strata])
-    centroids = _as_array(proper["centroid"]) if proper.height else np.zeros((0, 0), dtype=np.float32)
+    centroids = vector_array(proper["centroid"]) if proper.height else np.zeros((0, 0), dtype=np.float32)
     first = rows.row(0, named=True)
     return Clustering(
         clustering_id,
@@ -181,7 +172,6 @@ def load_clustering(store: DeltaStore, clustering_id: str | None = None) -> Clus
         float(first["floor"]),
         int(first["trained_on"]),
         int(first["sample"]),
-        {"reason": first["reason"], "trained_at": first["trained_at"]},
     )
 
 

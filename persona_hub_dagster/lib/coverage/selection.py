@@ -24,7 +24,6 @@ import polars as pl
 from persona_hub_dagster.lib.ids import stable_rank
 
 SAMPLING_MODES = ("stratified", "uniform")
-UNCLUSTERED = None  # a persona without a persona_clusters row (the clusters predate a re-run of the hub)
 
 
 @dataclass(frozen=True)
@@ -38,10 +37,6 @@ class Aim:
     min_similarity: float | None = None  # None: the embedding model's own (lib/embeddings.py QUERY_THRESHOLDS)
     clusters: tuple[int, ...] = ()
     where: tuple[str, ...] = ()
-
-    @property
-    def aimed(self) -> bool:
-        return bool(self.query or self.clusters or self.where)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from persona_hub_dagster.lib.dedup.hub import (
     load_candidates,
 )
 from persona_hub_dagster.lib.dedup.index import HubIndex, ShardEntries, unique_rows
+from persona_hub_dagster.lib.embeddings import vector_array
 from persona_hub_dagster.lib.storage import DeltaStore
 
 
@@ -152,7 +153,7 @@ def entries_from_tables(
         other = stored.filter(pl.col("model") != embedder.identity)
         readable = [why is None for why in embedder.unreadable(other["persona"].to_list())]
         other = other.filter(pl.Series(readable, dtype=pl.Boolean))
-        parts = [(current["position"].to_numpy(), _vector_array(current["vector"]))]
+        parts = [(current["position"].to_numpy(), vector_array(current["vector"]))]
         if other.height:
             parts.append((other["position"].to_numpy(), embedder.encode(other["persona"].to_list())))
         vector_positions = np.concatenate([p for p, _ in parts]).astype(np.int64)
@@ -170,14 +171,6 @@ def entries_from_tables(
         vectors,
         embedder.identity if embedder is not None and len(vectors) else None,
     )
-
-
-def _vector_array(series: pl.Series) -> np.ndarray:
-    """A list column of equal-length vectors as one (n, dim) float32 array, from its flat buffer."""
-    if series.len() == 0:
-        return np.zeros((0, 0), dtype=np.float32)
-    flat = series.explode().to_numpy().astype(np.float32, copy=False)
-    return flat.reshape(series.len(), -1)
 
 
 def open_index(store: DeltaStore, cache_dir: str | None = None) -> HubIndex:

@@ -35,6 +35,7 @@ from persona_hub_dagster.lib.dedup import minhash
 from persona_hub_dagster.lib.dedup.filters import quality_filter, strip_prompt_frame
 from persona_hub_dagster.lib.dedup.index import ShardEntries
 from persona_hub_dagster.lib.dedup.semantic import semantic_keep_first
+from persona_hub_dagster.lib.embeddings import vector_column
 from persona_hub_dagster.lib.settings import setting
 from persona_hub_dagster.lib.storage import DeltaStore
 
@@ -386,7 +387,7 @@ def shard_result(
             "persona_id": pl.Series(decisions.ids, dtype=pl.String).gather(embedded),
             "model": pl.repeat(embedder.identity if embedder else "", len(embedded), eager=True),
             # From the flat float32 buffer (no Python floats: 11 KB per vector that way, measured).
-            "vector": _vector_series(vectors),
+            "vector": vector_column(vectors),
         },
         schema={"shard": pl.String, "persona_id": pl.String, "model": pl.String, "vector": pl.List(pl.Float32)},
     )
@@ -413,12 +414,3 @@ def shard_result(
         embedder.identity if embedder is not None and len(embedded) else None,
     )
     return ShardResult(hub, decision_frame, band_frame, embedding_frame, run, entries, decisions.counts())
-
-
-def _vector_series(vectors: np.ndarray) -> pl.Series:
-    import pyarrow as pa
-
-    dim = vectors.shape[1] if vectors.ndim == 2 else 0
-    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
-    offsets = pa.array(np.arange(0, len(vectors) * dim + 1, max(dim, 1), dtype=np.int32)[: len(vectors) + 1])
-    return pl.Series(pa.ListArray.from_arrays(offsets, flat), dtype=pl.List(pl.Float32))
